@@ -1,0 +1,46 @@
+"""Errors of the three audiences: the guest (faults), the host perf API (errno), the user (config)."""
+
+from __future__ import annotations
+
+import errno as _errno
+
+GP_VECTOR = 13  # #GP, SDM Vol. 3A 6.15 "Interrupt 13 - General Protection Exception"
+UD_VECTOR = 6
+
+
+class GuestFault(Exception):
+    """A fault the (virtual) hardware delivers to the guest, e.g. #GP on a reserved bit.
+
+    Raised by `vcpu.wrmsr/rdmsr/rdpmc` exactly where hardware or KVM injects the fault.
+    The instruction does not retire and has no side effect (SDM: faults are taken before retirement).
+    """
+
+    def __init__(self, vector: int = GP_VECTOR, reason: str = "") -> None:
+        super().__init__(f"guest fault vector={vector} {reason}".strip())
+        self.vector = vector
+        self.reason = reason
+
+
+def gp(reason: str = "") -> GuestFault:
+    """Build a #GP(0) fault with a reason (for logs and test messages)."""
+    return GuestFault(GP_VECTOR, reason)
+
+
+class PerfError(OSError):
+    """An error returned by the host (or guest) perf API, with `.errno` like the syscall."""
+
+    def __init__(self, err: int, reason: str = "") -> None:
+        super().__init__(err, f"{_errno.errorcode.get(err, err)}: {reason}")
+        self.reason = reason
+
+
+class ConfigError(ValueError):
+    """Bad user input (scenario file, option, plugin name): one message naming field and allowed values."""
+
+    def __init__(self, field: str, message: str, allowed: object | None = None) -> None:
+        text = f"{field}: {message}"
+        if allowed is not None:
+            text += f" (allowed: {allowed})"
+        super().__init__(text)
+        self.field = field
+        self.allowed = allowed

@@ -1,0 +1,20 @@
+"""Guest PMU configuration (what userspace sets through CPUID / PERF_CAPABILITIES)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class GuestPmuConfig(BaseModel):
+    """None = as the host model. Vendors clamp like KVM (`kvm_pmu_refresh`): a version or a
+    count above the host's is reduced to the host's."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: int | None = Field(None, ge=0)
+    gp_counters: int | None = Field(None, ge=0)
+    fixed_counters: int | None = Field(None, ge=0)
+    full_width_writes: bool | None = None
+    lbr: bool | None = None
+    #: facility-specific settings (e.g. {"arch_lbr": {"depth": 32}})
+    facility_options: dict[str, dict] = Field(default_factory=dict)

@@ -1,0 +1,88 @@
+"""Guest perf: the core perf scheduler and the vendor driver, running inside the guest.
+
+Its register port is the vCPU itself, so every MSR the guest driver touches goes through
+the mode (VM-exits where intercepted). Guest timer ticks rotate multiplexed events; the
+guest PMI handler reloads sampling periods and unmasks the LVTPC, as Linux does
+(arch/x86/events/core.c perf_events_lapic_init, x86_pmu_handle_irq).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from vpmu_core.hv.lapic import LVT_MASKED, X2APIC_LVTPC
+from vpmu_core.perf.attr import EventState, PerfEventAttr
+from vpmu_core.perf.core import PerfSubsystem
+from vpmu_core.perf.event import PerfEvent
+
+if TYPE_CHECKING:
+    from vpmu_core.hv.vcpu import VCpu
+    from vpmu_core.hv.vm import VM
+
+APIC_DM_NMI = 0x400
+
+
+class GuestCpu:
+    """A vCPU as perf sees it from inside the guest."""
+
+    def __init__(self, vcpu: VCpu) -> None:
+        self.vcpu = vcpu
+        self.index = vcpu.index
+        self.port = vcpu
+        self.current_task: Any = None
+
+    def now_ns(self) -> int:
+        return self.vcpu.now_ns()
+
+
+class GuestPerf:
+    """`vm.guest_perf`: perf_event_open etc. inside the guest (per-vCPU events)."""
+
+    def __init__(self, vm: VM) -> None:
+        self.vm = vm
+        self.cpus = [GuestCpu(v) for v in vm.vcpus]
+        self.perf = PerfSubsystem(
+            vm.host.model.make_driver(), self.cpus, name=f"guest:{vm.name}", mux_interval_ns=vm.guest_mux_interval_ns
+        )
+        self.perf.truth_source = self._truth_for
+        self.events: list[PerfEvent] = []
+        self._lapic_ready: set[int] = set()
+
+    def perf_event_open(
+        self, attr: PerfEventAttr, pid: int = -1, cpu: int = 0, group: PerfEvent | None = None
+    ) -> PerfEvent:
+        """perf_event_open(2) in the guest: per-vCPU events (pid must be -1)."""
+        if 0 <= cpu < len(self.cpus):
+            self._init_vcpu(self.vm.vcpus[cpu])
+        ev = self.perf.perf_event_open(attr, pid, cpu, group, owner="guest")
+        self.events.append(ev)
+        return ev
+
+    def _truth_for(self, ev: PerfEvent) -> int:
+        a = ev.attr
+        rows = tuple(r for r in (2, 3) if not (r == 2 and a.exclude_kernel) and not (r == 3 and a.exclude_user))
+        host = self.vm.host
+        return host.truth_rows(host.truth.owners.get(self.vm.vcpus[ev.cpu].name), ev.hw.kind, rows)
+
+    def _init_vcpu(self, vcpu: VCpu) -> None:
+        if vcpu.index in self._lapic_ready:
+            return
+        self._lapic_ready.add(vcpu.index)
+        vcpu.wrmsr(X2APIC_LVTPC, APIC_DM_NMI)  # perf_events_lapic_init
+        vcpu.guest_pmi_handler = self._handle_pmi
+        vcpu.guest_tick = self._tick
+
+    def _tick(self, vcpu: VCpu) -> None:
+        self.perf.rotate(vcpu.index)
+
+    def _handle_pmi(self, vcpu: VCpu) -> None:
+        """The guest's PMI handler: find overflowed sampling counters, reload, unmask."""
+        perf = self.perf
+        for e in list(perf.ctx[vcpu.index].active):
+            if e.state != EventState.ACTIVE or e.idx is None or not e.period:
+                continue
+            raw = perf.driver.read(vcpu, e.idx)
+            ran = (raw - e._start_raw) & e._mask
+            if ran >= e.period_left:
+                perf.handle_overflow(vcpu.index, e.idx, ran - e.period_left)
+        vcpu.wrmsr(X2APIC_LVTPC, vcpu.lapic.value & ~LVT_MASKED)

@@ -1,0 +1,538 @@
+"""The vCPU: a host task that enters and leaves guest mode, and the guest-facing API.
+
+Run-loop boundaries (arch/x86/kvm/x86.c): `vcpu_run` (the KVM_RUN ioctl), the inner run
+loop of `vcpu_enter_guest` (fastpath exits re-enter without leaving it), and VM-entry/exit.
+Every boundary calls the composed mode's hooks. Background exits come from the exit
+process; guest MSR/RDPMC/CPUID accesses cause their own exits when intercepted.
+
+Counting window (DESIGN §5): each guest WRMSR/RDMSR/RDPMC/CPUID retires one instruction at
+the vCPU's CPL, counted under the PMU state that existed before it took effect.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from vpmu_core.engine.exits import ExitProcess
+from vpmu_core.engine.host import derive_seed
+from vpmu_core.engine.task import Task
+from vpmu_core.errors import GuestFault, gp
+from vpmu_core.events import N_KINDS, Work, WorkCursor
+from vpmu_core.hv.lapic import X2APIC_LVTPC, LvtPc
+
+if TYPE_CHECKING:
+    from vpmu_core.engine.cpu import HostCpu
+    from vpmu_core.hv.vm import VM
+
+log = structlog.get_logger("vpmu.hv")
+
+#: one retired instruction of one cycle (the counting-window unit)
+ONE_INSTRUCTION = (1, 1, 1) + (0,) * (N_KINDS - 3)
+
+
+@dataclass(frozen=True)
+class Pmi:
+    """A virtual PMI delivered through the vLAPIC LVTPC."""
+
+    time_ns: int
+    vector: int
+    nmi: bool
+
+
+class VcpuStats:
+    """`exits`: reason -> count. `overhead_cycles`: operation -> host cycles charged."""
+
+    def __init__(self, vcpu: VCpu) -> None:
+        self.exits: Counter[str] = Counter()
+        self._vcpu = vcpu
+        self.guest_cycles = 0
+        self.fastpath_exits = 0
+        self.userspace_exits = 0
+
+    @property
+    def overhead_cycles(self) -> dict[str, int]:
+        return dict(self._vcpu.host.costs_ledger.cycles[self._vcpu.name])
+
+    @property
+    def calls(self) -> dict[str, int]:
+        return dict(self._vcpu.host.costs_ledger.calls[self._vcpu.name])
+
+    @property
+    def total_exits(self) -> int:
+        return sum(self.exits.values())
+
+
+class VcpuTask(Task):
+    kind = "vcpu"
+
+    def __init__(self, vcpu: VCpu, pid: int, cpu: int) -> None:
+        super().__init__(vcpu.host, pid, vcpu.name, cpu)
+        self.vcpu = vcpu
+        self.owner = vcpu.name
+        self._truth = vcpu.host.truth.slots(self.owner)
+
+    def run(self, cpu: HostCpu, budget: int) -> int:
+        return self.vcpu._run(cpu, budget)
+
+
+class VCpu:
+    """See module docstring and DESIGN §5."""
+
+    def __init__(self, vm: VM, index: int, cpu: int) -> None:
+        host = vm.host
+        self.vm = vm
+        self.host = host
+        self.index = index
+        self.name = f"{vm.name}/vcpu{index}"
+        self.hooks = host.hooks
+        self.costs = host.costs
+        self.task = VcpuTask(self, host._alloc_pid(), cpu)
+        self.pmu = host.model.make_pmu(vm.pmu_config)
+        self.facilities: dict[str, Any] = {}
+        for name, fac in host.facilities.items():
+            if vm.facility_enabled(name):
+                self.facilities[name] = fac.make_state(guest=True)
+        self.cpuid_table = host.model.cpuid_table(vm.pmu_config)
+        for name, fac in host.facilities.items():
+            if name in self.facilities:
+                fac.adjust_cpuid(self.cpuid_table, guest=True)
+        self.lapic = LvtPc()
+        self.cpl = 0
+        #: CR4.PCE: RDPMC allowed at CPL > 0 (SDM Vol. 2B RDPMC)
+        self.cr4_pce = False
+        self.pmis: list[Pmi] = []
+        self.stats = VcpuStats(self)
+        self.exit_process = ExitProcess(vm.exit_profile, host.freq_hz, derive_seed(host.seed, vm.name, index))
+        #: per-vCPU state of the mode (KVM's struct kvm_pmu), set by the mode's vcpu_create
+        self.mode_state: Any = None
+        #: facilities the mode has stopped from recording (e.g. vLBR event not ACTIVE)
+        self.facility_blocked: set[str] = set()
+        #: the reference mode counts guest spans straight into `self.pmu`
+        self.direct_count = False
+        self.in_vcpu_run = False
+        self.in_run_loop = False
+        self.in_guest = False
+        self.loaded_on: int | None = None
+        self._pmi_requested = False
+        self._exit_cycles = 0
+        self._in_exit = False
+        #: the guest kernel's PMI handler (guest perf installs it)
+        self.guest_pmi_handler: Callable[[VCpu], None] | None = None
+        self._guest_pmi_due = False
+        self._in_guest_handler = False
+        #: guest timer tick for guest perf multiplexing (guest cycles)
+        self.guest_tick_cycles = host.ns_to_cycles(vm.guest_mux_interval_ns)
+        self._guest_tick_left = self.guest_tick_cycles
+        self.guest_tick: Callable[[VCpu], None] | None = None
+        host._add_task(self.task)
+        self.hooks.guest_cpuid(vcpu=self, table=self.cpuid_table)
+
+    def __repr__(self) -> str:
+        return f"VCpu({self.name}, cpu={self.task.cpu})"
+
+    # ---- small helpers ------------------------------------------------------------------
+    @property
+    def cpu(self) -> HostCpu:
+        return self.host.cpus[self.task.cpu]
+
+    def now_ns(self) -> int:
+        return self.cpu.now_ns()
+
+    def charge(self, op: str, cycles: int, n: int = 1) -> None:
+        """Charge host cycles for an operation; they become host-mode work of this vCPU's
+        task at the end of the current exit (or right away outside one)."""
+        self.host.costs_ledger.charge(self.name, op, cycles, n)
+        self._exit_cycles += cycles
+        if not self._in_exit:
+            self._flush_host_work()
+
+    def request_pmi(self) -> None:
+        """KVM_REQ_PMI: deliver a PMI through the LVTPC at the next VM-entry."""
+        self._pmi_requested = True
+
+    # ---- run-loop boundaries ------------------------------------------------------------
+    def _sched_in(self, cpu: HostCpu) -> None:
+        self.loaded_on = cpu.index
+        self.hooks.vcpu_load(vcpu=self, cpu=cpu)
+
+    def _sched_out(self, cpu: HostCpu) -> None:
+        if self.in_guest:
+            # preempted or blocked: an exit that leaves the run loop (external interrupt / HLT)
+            reason = "external_interrupt" if self.task.runnable else "hlt"
+            self._exit(reason, False, False, reenter=False)
+        if self.in_run_loop:
+            self.in_run_loop = False
+            self._in_exit = True
+            self.hooks.run_loop_leave(vcpu=self)
+            self._in_exit = False
+            self._flush_host_work()
+        self.hooks.vcpu_put(vcpu=self, cpu=cpu)
+        self.loaded_on = None
+
+    def _ensure_in_guest(self) -> None:
+        cpu = self.cpu
+        if cpu.current_task is not self.task:
+            cpu.switch_to(self.task)
+        if not self.in_vcpu_run:
+            self.in_vcpu_run = True
+            self.hooks.vcpu_run_enter(vcpu=self)
+        if not self.in_run_loop:
+            self._in_exit = True
+            self.hooks.run_loop_enter(vcpu=self)
+            self._in_exit = False
+            self.in_run_loop = True
+        if not self.in_guest:
+            self._enter()
+
+    def _enter(self) -> None:
+        self._in_exit = True
+        self.hooks.vm_entry(vcpu=self)
+        if self._pmi_requested:
+            self._pmi_requested = False
+            self._deliver_pmi()
+        self._in_exit = False
+        self._flush_host_work()
+        self.cpu.pmu.set_guest_mode(True)
+        self.in_guest = True
+
+    def _deliver_pmi(self) -> None:
+        """kvm_pmu_deliver_pmi -> kvm_apic_local_deliver(APIC_LVTPC)."""
+        if self.lapic.deliver():
+            self.pmis.append(Pmi(self.cpu.now_ns(), self.lapic.vector, self.lapic.is_nmi))
+            self.host.costs_ledger.charge(self.name, "pmi_inject", self.costs.pmi_inject)
+            self._exit_cycles += self.costs.pmi_inject
+            if self.guest_pmi_handler is not None:
+                self._guest_pmi_due = True
+
+    def _flush_host_work(self) -> None:
+        c = self._exit_cycles
+        if c <= 0:
+            return
+        self._exit_cycles = 0
+        instr = c * self.costs.exit_host_ipc_x100 // 100
+        counts = Work(instructions=instr, cycles=c).counts
+        was_guest = self.cpu.pmu.guest_mode
+        if was_guest:
+            self.cpu.pmu.set_guest_mode(False)
+        self.cpu.run_host_span(self.task, counts, 0)
+        if was_guest:
+            self.cpu.pmu.set_guest_mode(True)
+
+    def _exit(
+        self,
+        reason: str,
+        fastpath: bool,
+        userspace: bool,
+        handler: Callable[[], Any] | None = None,
+        reenter: bool = True,
+    ) -> Any:
+        """One VM-exit round trip (`reenter=False`: the vCPU is being scheduled out). `handler` emulates the exiting instruction (after the
+        run loop is left for slow-path exits, as `handle_exit` runs after the PMU put)."""
+        cpu = self.cpu
+        cpu.pmu.set_guest_mode(False)
+        self.in_guest = False
+        self._in_exit = True
+        hooks = self.hooks
+        self.stats.exits[reason] += 1
+        hooks.vm_exit(vcpu=self, reason=reason, fastpath=fastpath)
+        costs = self.costs
+        result = None
+        fault: GuestFault | None = None
+        if fastpath:
+            self.stats.fastpath_exits += 1
+            self.host.costs_ledger.charge(self.name, "vmexit_fastpath", costs.vmexit_fastpath)
+            self._exit_cycles += costs.vmexit_fastpath
+            if handler is not None:
+                try:
+                    result = handler()
+                except GuestFault as f:
+                    fault = f
+            self._in_exit = False
+            self._flush_host_work()
+            self._in_exit = True
+        else:
+            self.host.costs_ledger.charge(self.name, "vmexit", costs.vmexit_full_simple)
+            self._exit_cycles += costs.vmexit_full_simple
+            self.in_run_loop = False
+            hooks.run_loop_leave(vcpu=self)
+            if handler is not None:
+                try:
+                    result = handler()
+                except GuestFault as f:
+                    fault = f
+            self._in_exit = False
+            self._flush_host_work()
+            self._in_exit = True
+            if userspace:
+                self.stats.userspace_exits += 1
+                self.in_vcpu_run = False
+                hooks.vcpu_run_leave(vcpu=self)
+                self.host.costs_ledger.charge(self.name, "vmexit_userspace", costs.vmexit_to_userspace_extra)
+                self._exit_cycles += costs.vmexit_to_userspace_extra
+                self._in_exit = False
+                self._flush_host_work()
+                self._in_exit = True
+                hooks.vcpu_run_enter(vcpu=self)
+                self.in_vcpu_run = True
+            if reenter:
+                hooks.run_loop_enter(vcpu=self)
+                self.in_run_loop = True
+        self._in_exit = False
+        if reenter and cpu.current_task is self.task:
+            self._enter()
+        if fault is not None:
+            raise fault
+        return result
+
+    # ---- guest execution ------------------------------------------------------------------
+    def execute(self, work: Work) -> None:
+        """Run guest work in guest mode until it completes (exits, preemption, timers and
+        multiplexing happen on the way). Other CPUs catch up to the same time after."""
+        if not isinstance(work, Work):
+            raise TypeError("execute() takes a vpmu.Work")
+        self.task.queue.append(WorkCursor(work))
+        cpu = self.cpu
+        self._ensure_in_guest()
+        cpu.run_until(1 << 62, until_idle=self.task)
+        self.host.sync(cpu.now)
+
+    def _run(self, cpu: HostCpu, budget: int) -> int:
+        """Run queued guest work for up to `budget` cycles (called by the CPU scheduler)."""
+        used = 0
+        queue = self.task.queue
+        ep = self.exit_process
+        if queue:
+            self._ensure_in_guest()
+        while queue and used < budget:
+            if self._guest_pmi_due and not self._in_guest_handler:
+                self._run_guest_pmi_handler()
+            cur = queue[0]
+            step = budget - used
+            if ep.next_gap < step:
+                step = ep.next_gap
+            t = cpu.next_mux - cpu.now
+            if t < step:
+                step = t
+            if self.guest_tick is not None and self._guest_tick_left < step:
+                step = self._guest_tick_left
+            if step < 1:
+                step = 1
+            counts = cur.take(step)
+            c = counts[0]
+            self._guest_span(cpu, counts, cur.work.cpl)
+            used += c
+            ep.next_gap -= c
+            if cur.finished:
+                queue.popleft()
+            if ep.next_gap <= 0:
+                reason, fast, user = ep.draw()
+                self._exit(reason, fast, user)
+            if cpu.now >= cpu.next_mux:
+                # the host tick is an external interrupt: a slow-path exit (perf rotates in it)
+                self._exit("external_interrupt", False, False, handler=cpu.timer_tick)
+            if self.guest_tick is not None:
+                self._guest_tick_left -= c
+                if self._guest_tick_left <= 0:
+                    self._guest_tick_left = self.guest_tick_cycles
+                    self.guest_tick(self)
+        if self._guest_pmi_due and not self._in_guest_handler:
+            self._run_guest_pmi_handler()
+        return used
+
+    def _guest_span(self, cpu: HostCpu, counts: tuple[int, ...], cpl: int) -> None:
+        """Guest-mode work: physical counters (guest plan), facilities, truth, clock."""
+        ov = cpu.pmu.accrue(counts, cpl, True)
+        if self.facilities:
+            for name, f in self.facilities.items():
+                if f.active and name not in self.facility_blocked:
+                    f.record(counts, cpl, True, self.task.position)
+        if self.direct_count:
+            dov = self.pmu.accrue(counts, cpl, True)
+            if dov:
+                for pmc, _ in dov:
+                    if self.pmu.raise_overflow(pmc):
+                        self.request_pmi()
+        self.task.account(counts, cpl, True)
+        row = self.host.cpu_truth[cpu.index][2 if cpl == 0 else 3]
+        for i, v in enumerate(counts):
+            if v:
+                row[i] += v
+        cpu.now += counts[0]
+        self.stats.guest_cycles += counts[0]
+        if ov and cpu.handle_overflows(ov) and self.in_guest:
+            # the PMI (NMI or the mediated vector) forces a VM-exit
+            self._exit("pmi", False, False)
+
+    def _retire_native(self, plan: Any) -> None:
+        """A non-intercepted instruction retires in guest mode under `plan` (old state)."""
+        cpu = self.cpu
+        ov = cpu.pmu.accrue_plan(plan, ONE_INSTRUCTION, self.cpl)
+        self.task.account(ONE_INSTRUCTION, self.cpl, True)
+        cpu.now += 1
+        if ov:
+            cpu.handle_overflows(ov)
+
+    def _run_guest_pmi_handler(self) -> None:
+        self._guest_pmi_due = False
+        if self.guest_pmi_handler is None:
+            return
+        self._in_guest_handler = True
+        try:
+            self.guest_pmi_handler(self)
+        finally:
+            self._in_guest_handler = False
+
+    # ---- guest instructions -----------------------------------------------------------------
+    def _owner_of(self, msr: int) -> Any:
+        if msr == X2APIC_LVTPC:
+            return self.lapic
+        if self.pmu.has_msr(msr):
+            return self.pmu
+        for f in self.facilities.values():
+            if f.has_msr(msr):
+                return f
+        return None
+
+    def _hw_target(self, msr: int) -> Any:
+        cpu = self.cpu
+        if cpu.pmu.has_msr(msr):
+            return cpu.pmu
+        for f in cpu.facilities.values():
+            if f.has_msr(msr):
+                return f
+        return cpu.pmu
+
+    def wrmsr(self, msr: int, value: int) -> None:
+        """Guest WRMSR. Raises `GuestFault` (vector 13) where hardware/KVM gives #GP."""
+        if self.cpl != 0:
+            raise gp("WRMSR at CPL > 0")  # SDM Vol. 2B WRMSR: #GP(0) if CPL != 0, before any exit
+        if not isinstance(value, int) or value < 0 or value >> 64:
+            raise gp("WRMSR value must fit EDX:EAX")
+        self._ensure_in_guest()
+        hooks = self.hooks
+        owner = self._owner_of(msr)
+        if owner is None:
+            # KVM: unhandled MSR -> #GP injected after the exit (kvm_set_msr_common)
+            self._exit("msr_write", False, False, handler=_raise_gp(msr))
+            return
+        if owner is not self.lapic and hooks.msr_intercepted(vcpu=self, msr=msr, write=True) is False:
+            plan = self.cpu.pmu.plan(True)
+            target = self._hw_target(msr)
+            target.wrmsr(msr, value)
+            self._retire_native(plan)
+            return
+        token = hooks.instruction_snapshot(vcpu=self)
+
+        def emulate() -> None:
+            if owner is self.lapic:
+                self.lapic.write(value)
+            elif not hooks.guest_wrmsr(vcpu=self, msr=msr, value=value):
+                owner.wrmsr(msr, value)
+
+        self._exit("msr_write", False, False, handler=emulate)
+        hooks.instruction_retired(vcpu=self, token=token)
+
+    def rdmsr(self, msr: int) -> int:
+        """Guest RDMSR. Raises `GuestFault` (vector 13) where hardware/KVM gives #GP."""
+        if self.cpl != 0:
+            raise gp("RDMSR at CPL > 0")
+        self._ensure_in_guest()
+        hooks = self.hooks
+        owner = self._owner_of(msr)
+        if owner is None:
+            self._exit("msr_read", False, False, handler=_raise_gp(msr))
+            return 0
+        if owner is not self.lapic and hooks.msr_intercepted(vcpu=self, msr=msr, write=False) is False:
+            plan = self.cpu.pmu.plan(True)
+            value = self._hw_target(msr).rdmsr(msr)
+            self._retire_native(plan)
+            return value
+        token = hooks.instruction_snapshot(vcpu=self)
+
+        def emulate() -> int:
+            if owner is self.lapic:
+                return self.lapic.value
+            v = hooks.guest_rdmsr(vcpu=self, msr=msr)
+            return owner.rdmsr(msr) if v is None else v
+
+        value = self._exit("msr_read", False, False, handler=emulate)
+        hooks.instruction_retired(vcpu=self, token=token)
+        return value
+
+    def rdpmc(self, ecx: int) -> int:
+        """Guest RDPMC. #GP at CPL > 0 without CR4.PCE, for bad indexes per the vendor."""
+        if self.cpl != 0 and not self.cr4_pce:
+            raise gp("RDPMC at CPL > 0 with CR4.PCE = 0")  # SDM Vol. 2B RDPMC
+        self._ensure_in_guest()
+        hooks = self.hooks
+        if hooks.rdpmc_intercepted(vcpu=self) is False:
+            plan = self.cpu.pmu.plan(True)
+            value = self.cpu.pmu.rdpmc(ecx)
+            self._retire_native(plan)
+            return value
+        token = hooks.instruction_snapshot(vcpu=self)
+
+        def emulate() -> int:
+            v = hooks.guest_rdpmc(vcpu=self, ecx=ecx)
+            return self.pmu.rdpmc(ecx) if v is None else v
+
+        value = self._exit("rdpmc", False, False, handler=emulate)
+        hooks.instruction_retired(vcpu=self, token=token)
+        return value
+
+    def cpuid(self, leaf: int, subleaf: int = 0) -> tuple[int, int, int, int]:
+        """Guest CPUID (always exits on VMX and SVM)."""
+        self._ensure_in_guest()
+        token = self.hooks.instruction_snapshot(vcpu=self)
+        regs = self._exit("cpuid", False, False, handler=lambda: self.cpuid_table.get(leaf, subleaf))
+        self.hooks.instruction_retired(vcpu=self, token=token)
+        return regs
+
+    # ---- XSAVES / migration --------------------------------------------------------------------
+    def xsaves(self, mask: int) -> Any:
+        """Guest XSAVES of the PMU components in `mask` (e.g. 1 << 15 for Arch LBR)."""
+        from vpmu_core.hv.xsave import XsaveArea
+
+        self._ensure_in_guest()
+        area = self.hooks.guest_xsaves(vcpu=self, mask=mask)
+        if area is None:
+            area = XsaveArea.save(self.facilities.values(), mask)
+        self._retire_native(self.cpu.pmu.plan(True))
+        return area
+
+    def xrstors(self, area: Any, mask: int) -> None:
+        """Guest XRSTORS of the PMU components in `mask`."""
+        self._ensure_in_guest()
+        if self.hooks.guest_xrstors(vcpu=self, area=area, mask=mask) is None:
+            area.restore(self.facilities.values(), mask)
+        self._retire_native(self.cpu.pmu.plan(True))
+
+    def save_state(self) -> dict[str, Any]:
+        """Migration: the vCPU's PMU, facility and LVTPC state (KVM_GET_MSRS + XSAVE)."""
+        state: dict[str, Any] = {"cpl": self.cpl, "lapic_lvtpc": self.lapic.value}
+        self.hooks.vcpu_save_state(vcpu=self, state=state)
+        state.setdefault("pmu", self.pmu.snapshot())
+        state["facilities"] = {n: f.snapshot() for n, f in sorted(self.facilities.items())}
+        return state
+
+    def restore_state(self, state: dict[str, Any]) -> None:
+        """Migration target: host-initiated writes, then the mode rebuilds its backing."""
+        self.lapic.value = state["lapic_lvtpc"]
+        self.cpl = state.get("cpl", 0)
+        self.pmu.restore_snapshot(state["pmu"])
+        for n, fs in state.get("facilities", {}).items():
+            if n in self.facilities:
+                self.facilities[n].restore(fs)
+        self.hooks.vcpu_restore_state(vcpu=self, state=state)
+
+
+def _raise_gp(msr: int) -> Callable[[], None]:
+    def f() -> None:
+        raise gp(f"MSR {msr:#x} is not emulated")
+
+    return f

@@ -1,0 +1,300 @@
+"""The register model of one PMU (physical CPU or vCPU), shared by every vendor.
+
+A vendor plugin subclasses `PmuBase`: it registers its MSRs (`_reg`), decodes its control
+registers into the normalized `Pmc` fields (`_decode`) and answers the role queries the
+modes use (which MSR is a counter, a selector, the global control...). `PmuBase` owns the
+mechanisms: MSR dispatch with #GP on unknown MSRs, the counting plans and exact
+span-based accrual with the overflow point, and change notifications for modes.
+
+The same class serves the physical PMU of a host CPU and the guest-visible PMU of a vCPU
+(`guest=True`): KVM's guest-visible semantics differ from hardware in places, and the
+vendor implements those differences behind that flag, citing the KVM source.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from vpmu_core.errors import gp
+from vpmu_core.hw.pmc import FIXED_BASE, Pmc
+
+Reader = Callable[[], int]
+Writer = Callable[[int], None]
+#: (pmc, overshoot): the counter wrapped and `overshoot` events were counted after the wrap.
+Overflow = tuple[Pmc, int]
+
+
+class CounterBackend:
+    """Where a counter's value lives. Default: in `Pmc.value` (hardware). The emulated mode
+    replaces it with "base + emulated + perf count" (KVM `pmc_read_counter`)."""
+
+    def read(self, pmc: Pmc) -> int:
+        return pmc.value
+
+    def write(self, pmc: Pmc, value: int) -> None:
+        pmc.value = value & pmc.mask
+
+
+_DEFAULT_BACKEND = CounterBackend()
+
+
+class PmuBase:
+    """Base of every vendor PMU register model. See module docstring."""
+
+    vendor: str = "unknown"
+    #: True where VM-entry/VM-exit switch the global control atomically (Intel VMCS
+    #: PERF_GLOBAL_CTRL load/save fields); False where software must write it (AMD).
+    atomic_global_ctrl_switch: bool = False
+
+    def __init__(self, *, guest: bool = False) -> None:
+        self.guest = guest
+        self.gp: list[Pmc] = []
+        self.fixed: list[Pmc] = []
+        self.version = 0
+        self._msrs: dict[int, tuple[Reader, Writer | None]] = {}
+        self.backend: CounterBackend = _DEFAULT_BACKEND
+        #: physical PMU only: the CPU is in guest mode (VMX non-root / SVM guest).
+        self.guest_mode = False
+        #: physical PMU only: virtualization is on (AMD EFER.SVME; KVM sets it while VMs exist).
+        #: AMD's HostOnly/GuestOnly bits only filter while it is set (APM Vol. 2 13.2.1).
+        self.virtualization_enabled = False
+        #: physical PMU only: MSR values loaded at VM-entry and restored at VM-exit (the VMCS
+        #: MSR autoload lists / entry-exit controls, SDM Vol. 3C 25.7-25.8). Vendors read it in
+        #: `_decode` to compute `Pmc.count_guest`.
+        self.entry_loads: dict[int, int] = {}
+        self._plan_host: list[tuple[Pmc, int, bool, bool]] = []
+        self._plan_guest: list[tuple[Pmc, int, bool, bool]] = []
+        #: observers: called with a bitmask of pmc indexes whose controls changed.
+        self.control_listeners: list[Callable[[int], None]] = []
+        #: observers: called with the pmc a guest/host wrote a value into.
+        self.counter_listeners: list[Callable[[Pmc], None]] = []
+
+    # ---- layout -----------------------------------------------------------------------
+    @property
+    def pmcs(self) -> list[Pmc]:
+        return self.gp + self.fixed
+
+    def pmc(self, idx: int) -> Pmc | None:
+        if idx >= FIXED_BASE:
+            i = idx - FIXED_BASE
+            return self.fixed[i] if i < len(self.fixed) else None
+        return self.gp[idx] if 0 <= idx < len(self.gp) else None
+
+    @property
+    def all_counter_mask(self) -> int:
+        m = 0
+        for p in self.gp:
+            m |= 1 << p.idx
+        for p in self.fixed:
+            m |= 1 << p.idx
+        return m
+
+    # ---- MSR dispatch -----------------------------------------------------------------
+    def _reg(self, msr: int, read: Reader, write: Writer | None) -> None:
+        """Register an MSR. `write=None` makes it read-only (#GP on write)."""
+        self._msrs[msr] = (read, write)
+
+    def has_msr(self, msr: int) -> bool:
+        return msr in self._msrs
+
+    @property
+    def msr_indexes(self) -> list[int]:
+        return sorted(self._msrs)
+
+    def rdmsr(self, msr: int) -> int:
+        try:
+            reader = self._msrs[msr][0]
+        except KeyError:
+            raise gp(f"rdmsr {msr:#x}: no such MSR") from None
+        return reader()
+
+    def wrmsr(self, msr: int, value: int) -> None:
+        try:
+            writer = self._msrs[msr][1]
+        except KeyError:
+            raise gp(f"wrmsr {msr:#x}: no such MSR") from None
+        if writer is None:
+            raise gp(f"wrmsr {msr:#x}: read-only")
+        if value < 0 or value >> 64:
+            raise gp(f"wrmsr {msr:#x}: value does not fit 64 bits")
+        writer(value)
+
+    def rdpmc(self, ecx: int) -> int:
+        raise gp("rdpmc not supported by this model")
+
+    # ---- counter values through the backend ---------------------------------------------
+    def read_counter(self, pmc: Pmc) -> int:
+        return self.backend.read(pmc) & pmc.mask
+
+    def write_counter(self, pmc: Pmc, value: int) -> None:
+        self.backend.write(pmc, value & pmc.mask)
+        for fn in self.counter_listeners:
+            fn(pmc)
+
+    # ---- decoding and plans -----------------------------------------------------------
+    def _decode(self) -> None:
+        """Vendor: refresh every Pmc's normalized fields from the control registers."""
+        raise NotImplementedError
+
+    def refresh(self, changed_mask: int = -1) -> None:
+        """Re-decode controls, rebuild the counting plans, notify observers.
+
+        Call after every control write; `changed_mask` names the pmcs whose controls may have
+        changed (all by default)."""
+        self._decode()
+        host: list[tuple[Pmc, int, bool, bool]] = []
+        guest: list[tuple[Pmc, int, bool, bool]] = []
+        for p in self.gp + self.fixed:
+            if not p.local_en or p.event is None or p.exotic:
+                continue
+            entry = (p, int(p.event), p.os, p.usr)
+            if p.count_host:
+                host.append(entry)
+            if p.count_guest:
+                guest.append(entry)
+        self._plan_host = host
+        self._plan_guest = guest
+        if self.control_listeners and changed_mask:
+            if changed_mask == -1:
+                changed_mask = self.all_counter_mask
+            for fn in self.control_listeners:
+                fn(changed_mask)
+
+    def set_guest_mode(self, guest_mode: bool) -> None:
+        """Physical PMU: VM-entry (True) / VM-exit (False). Entry/exit MSR loads take effect."""
+        self.guest_mode = guest_mode
+
+    def set_entry_loads(self, loads: dict[int, int]) -> None:
+        """Physical PMU: program the MSR values VM-entry loads (and VM-exit restores)."""
+        if loads != self.entry_loads:
+            self.entry_loads = dict(loads)
+            self.refresh(0)
+
+    def plan(self, guest: bool) -> list[tuple[Pmc, int, bool, bool]]:
+        """The current counting plan (an immutable snapshot: refresh() builds a new list)."""
+        return self._plan_guest if guest else self._plan_host
+
+    def accrue_plan(
+        self, plan: list[tuple[Pmc, int, bool, bool]], counts: tuple[int, ...], cpl: int
+    ) -> list[Overflow] | None:
+        """Count a span under an earlier plan (the counting window: an instruction counts under
+        the PMU state that existed before it took effect)."""
+        saved_h, saved_g = self._plan_host, self._plan_guest
+        self._plan_host = plan
+        try:
+            return self.accrue(counts, cpl, False)
+        finally:
+            self._plan_host, self._plan_guest = saved_h, saved_g
+
+    def counting(self, guest: bool) -> list[Pmc]:
+        """The counters that count work of this mode right now (for checks and reports)."""
+        return [e[0] for e in (self._plan_guest if guest else self._plan_host)]
+
+    def accrue(self, counts: tuple[int, ...], cpl: int, guest: bool) -> list[Overflow] | None:
+        """Count a span of work. Returns the counters that wrapped, with the overshoot.
+
+        Hot path: no allocation unless something overflows."""
+        plan = self._plan_guest if guest else self._plan_host
+        if not plan:
+            return None
+        overflows: list[Overflow] | None = None
+        kernel = cpl == 0
+        for pmc, kind, os_, usr in plan:
+            if os_ if kernel else usr:
+                n = counts[kind]
+                if n:
+                    v = pmc.value + n
+                    mask = pmc.mask
+                    if v > mask:
+                        pmc.value = v & mask
+                        if overflows is None:
+                            overflows = []
+                        overflows.append((pmc, (v - mask - 1) % (mask + 1)))
+                    else:
+                        pmc.value = v
+        return overflows
+
+    # ---- roles the modes use (vendor implements) -----------------------------------------
+    def eventsel_msr(self, pmc: Pmc) -> int | None:
+        """The selector MSR of a GP counter (None for fixed counters)."""
+        raise NotImplementedError
+
+    def counter_msrs(self, pmc: Pmc) -> tuple[int, ...]:
+        """Every MSR index that reads/writes this counter; the first is the full-width one."""
+        raise NotImplementedError
+
+    def control_msrs(self) -> tuple[int, ...]:
+        """Selector-like MSRs a mediated vPMU always intercepts (filtering)."""
+        raise NotImplementedError
+
+    def global_msrs(self) -> dict[str, int]:
+        """Role -> MSR for the global registers this PMU has: any of "ctrl", "status",
+        "status_clr" (write-1-to-clear), "status_set", "inuse"."""
+        return {}
+
+    def fixed_ctrl_msr(self) -> int | None:
+        return None
+
+    def rdpmc_ecx(self, pmc: Pmc) -> int:
+        """The RDPMC ECX that reads this counter."""
+        raise NotImplementedError
+
+    def hw_eventsel(self, value: int) -> int:
+        """The selector value to program in hardware for a guest selector value (mediated:
+        AMD forces GuestOnly). Identity by default."""
+        return value
+
+    def raise_overflow(self, pmc: Pmc) -> bool:
+        """Record an overflow of `pmc` (status bit where the PMU has one); True = raise a PMI."""
+        raise NotImplementedError
+
+    @property
+    def global_status(self) -> int:
+        return 0
+
+    def set_global_status(self, value: int) -> None:
+        """Host-side (not guest-visible) write of the whole status, for context switches."""
+
+    def local_enable_of(self, pmc: Pmc) -> bool:
+        return pmc.local_en
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "vendor": self.vendor,
+            "version": self.version,
+            "gp": len(self.gp),
+            "fixed": len(self.fixed),
+            "gp_width": self.gp[0].width if self.gp else 0,
+            "fixed_width": self.fixed[0].width if self.fixed else 0,
+        }
+
+    # ---- state (save/restore, leak checks) -----------------------------------------------
+    def state_msrs(self) -> Iterable[int]:
+        """MSRs that make up this PMU's architectural state (default: every readable MSR)."""
+        return self.msr_indexes
+
+    host_initiated = False
+
+    def restore_snapshot(self, state: dict[int, int]) -> None:
+        """Host-initiated writes (KVM_SET_MSRS) of a snapshot; vendors allow read-only
+        registers here while `host_initiated` is True."""
+        self.host_initiated = True
+        try:
+            for msr, value in state.items():
+                if self.has_msr(msr):
+                    try:
+                        self.wrmsr(msr, value)
+                    except Exception:
+                        continue
+        finally:
+            self.host_initiated = False
+
+    def snapshot(self) -> dict[int, int]:
+        out = {}
+        for msr in self.state_msrs():
+            try:
+                out[msr] = self.rdmsr(msr)
+            except Exception:  # write-only registers read as #GP on some models
+                continue
+        return out

@@ -1,0 +1,149 @@
+"""The report: what each side believed it counted next to ground truth, what the host lost,
+what the hypervisor spent, silent errors and leaks. Plain data, stable key order, so the
+same scenario and seed give byte-identical JSON."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from vpmu_core.events import EventKind
+from vpmu_core.perf.attr import EventState
+from vpmu_core.perf.event import PerfEvent
+
+if TYPE_CHECKING:
+    from vpmu_core.engine.host import Host
+
+REPORT_SCHEMA_VERSION = 1
+
+
+def _pct(a: int, b: int) -> float | None:
+    if b == 0:
+        return None if a == 0 else 100.0
+    return round((a - b) * 100.0 / b, 4)
+
+
+def _event_row(ev: PerfEvent, scope: str, truth: int) -> dict[str, Any]:
+    c = ev.read() if not ev.closed else None
+    value = c.value if c else ev.count
+    enabled = c.time_enabled if c else ev.enabled_ns
+    running = c.time_running if c else ev.running_ns
+    scaled = value * enabled // running if running else 0
+    kind = EventKind(ev.hw.kind).name.lower() if ev.hw.kind is not None else None
+    return {
+        "scope": scope,
+        "id": ev.id,
+        "label": ev.attr.label(),
+        "kind": kind,
+        "owner": ev.owner,
+        "pid": ev.pid,
+        "cpu": ev.cpu,
+        "pinned": ev.attr.pinned,
+        "exclude_guest": ev.attr.exclude_guest,
+        "exclude_host": ev.attr.exclude_host,
+        "state": ev.state.name,
+        "value": value,
+        "time_enabled_ns": enabled,
+        "time_running_ns": running,
+        "running_pct": round(running * 100.0 / enabled, 2) if enabled else 0.0,
+        "scaled": scaled,
+        "truth": truth,
+        "error_pct": _pct(value, truth),
+        "scaled_error_pct": _pct(scaled, truth),
+        "samples": ev.samples,
+    }
+
+
+def build_report(host: Host) -> dict[str, Any]:
+    """Build the report of everything that happened on `host` so far."""
+    now = host.now_ns
+    assert host.perf is not None
+    events = []
+    for ev in sorted(host.user_events, key=lambda e: e.id):
+        events.append(_event_row(ev, "host", host.perf.truth_of(ev)))
+    for vm in host.vms:
+        gp = vm._guest_perf
+        if gp is None:
+            continue
+        for ev in sorted(gp.events, key=lambda e: e.id):
+            events.append(_event_row(ev, f"guest:{vm.name}", gp.perf.truth_of(ev)))
+    silent = [
+        {
+            "owner": iv.owner,
+            "counter": iv.counter,
+            "start_ns": iv.start_ns,
+            "end_ns": iv.end_ns if iv.end_ns is not None else now,
+            "duration_ns": iv.duration(now),
+            "cause": iv.cause,
+        }
+        for iv in host.silent.intervals
+    ]
+    host_loss = []
+    for row in events:
+        if row["scope"] != "host" or row["truth"] == 0:
+            continue
+        lost = row["truth"] - row["value"]
+        reason = "none"
+        if lost > 0:
+            if row["running_pct"] < 100.0 and row["state"] != "ERROR":
+                reason = "multiplexed or scheduled out (guest context loaded / preempted)"
+            elif row["state"] == "ERROR":
+                reason = "pinned event in ERROR"
+            else:
+                reason = "not counting while the guest or KVM ran (blind window)"
+        host_loss.append(
+            {"id": row["id"], "label": row["label"], "lost": lost, "truth": row["truth"], "reason": reason}
+        )
+    overhead: dict[str, Any] = {}
+    for vm in host.vms:
+        for v in vm.vcpus:
+            st = v.stats
+            total_exits = st.total_exits
+            cyc = host.costs_ledger.cycles[v.name]
+            total_cycles = sum(cyc.values())
+            guest_s = st.guest_cycles / host.freq_hz
+            overhead[v.name] = {
+                "exits": dict(sorted(st.exits.items())),
+                "total_exits": total_exits,
+                "fastpath_exits": st.fastpath_exits,
+                "userspace_exits": st.userspace_exits,
+                "guest_cycles": st.guest_cycles,
+                "overhead_cycles": dict(sorted(cyc.items())),
+                "calls": dict(sorted(host.costs_ledger.calls[v.name].items())),
+                "total_overhead_cycles": total_cycles,
+                "cycles_per_exit": round(total_cycles / total_exits, 2) if total_exits else 0.0,
+                "overhead_cycles_per_guest_second": round(total_cycles / guest_s, 1) if guest_s else 0.0,
+                "pmis": len(v.pmis),
+            }
+    overhead["host"] = {
+        "overhead_cycles": dict(sorted(host.costs_ledger.cycles["host"].items())),
+        "calls": dict(sorted(host.costs_ledger.calls["host"].items())),
+    }
+    guest_counters = {}
+    for vm in host.vms:
+        for v in vm.vcpus:
+            fn = getattr(host.mode, "guest_counter_values", None)
+            vals = fn(v) if fn is not None else {f"{p.idx:#x}": v.pmu.read_counter(p) for p in v.pmu.pmcs}
+            guest_counters[v.name] = vals
+    perf_api = {"host": host.perf.stats.as_dict()}
+    for vm in host.vms:
+        if vm._guest_perf is not None:
+            perf_api[f"guest:{vm.name}"] = vm._guest_perf.perf.stats.as_dict()
+    mode_stats = getattr(host.mode, "report", None)
+    return {
+        "schema": REPORT_SCHEMA_VERSION,
+        "composition": host.composition,
+        "duration_ns": now,
+        "events": events,
+        "silent_errors": silent,
+        "silent_error_total_ns": sum(s["duration_ns"] for s in silent),
+        "host_loss": host_loss,
+        "overhead": overhead,
+        "perf_api": perf_api,
+        "mode": mode_stats(host) if mode_stats else {},
+        "guest_counters": guest_counters,
+        "leaks": {
+            "checks": host.leaks.checks,
+            "leaks": [{"where": lk.where, "what": lk.what, "time_ns": lk.time_ns} for lk in host.leaks.leaks],
+        },
+        "states": {str(e.id): e.state.name for e in host.user_events if e.state != EventState.OFF},
+    }

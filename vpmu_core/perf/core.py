@@ -1,0 +1,441 @@
+"""The perf core: contexts, the four scheduling classes, ERROR/INACTIVE rules, multiplexing.
+
+After kernel/events/core.c. One `PerfSubsystem` serves host perf (CPUs = host CPUs, port =
+physical PMU) and guest perf (CPUs = vCPUs, port = the vCPU's MSR interface).
+
+Priority (`ctx_resched` / `perf_event_sched_in`): per-CPU pinned > per-task pinned >
+per-CPU flexible > per-task flexible. A pinned group that cannot get its counters goes to
+ERROR and stays there until it is enabled again; a flexible group that cannot goes INACTIVE,
+stops the flexible pass (`can_add_hw = 0`) and waits for rotation every mux interval.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import structlog
+
+from vpmu_core.errors import PerfError
+from vpmu_core.perf.assign import assign_counters
+from vpmu_core.perf.attr import EventState, PerfEventAttr
+from vpmu_core.perf.driver import HwEvent, PerfDriver, RegisterPort
+from vpmu_core.perf.event import OverflowHandler, PerfEvent
+
+log = structlog.get_logger("vpmu.perf")
+
+
+class PerfCpu(Protocol):
+    """What perf needs of a CPU (host CPU or vCPU)."""
+
+    index: int
+    port: RegisterPort
+    current_task: Any | None
+
+    def now_ns(self) -> int: ...
+
+
+class CpuContext:
+    """perf_cpu_context: the per-CPU event groups and what is loaded on the PMU."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.groups: list[PerfEvent] = []  # leaders, in rotation order
+        self.active: list[PerfEvent] = []
+        self.guest_loaded = False
+
+
+class PerfStats:
+    __slots__ = ("opens", "releases", "enables", "disables", "reschedules", "rotations", "ipis", "reprograms")
+
+    def __init__(self) -> None:
+        for s in self.__slots__:
+            setattr(self, s, 0)
+
+    def as_dict(self) -> dict[str, int]:
+        return {s: getattr(self, s) for s in self.__slots__}
+
+
+class PerfSubsystem:
+    """perf for one set of CPUs over one driver. See module docstring."""
+
+    def __init__(
+        self,
+        driver: PerfDriver,
+        cpus: list[PerfCpu],
+        *,
+        name: str = "host",
+        task_lookup: Callable[[int], Any | None] = lambda pid: None,
+        mux_interval_ns: int = 4_000_000,
+    ) -> None:
+        self.driver = driver
+        self.cpus = cpus
+        self.name = name
+        self.task_lookup = task_lookup
+        self.mux_interval_ns = mux_interval_ns
+        self.ctx = [CpuContext(c.index) for c in cpus]
+        self.events: list[PerfEvent] = []
+        self.stats = PerfStats()
+        self._next_id = 1
+        #: optional veto on open: (attr, pid, cpu) -> errno or None (mode hook
+        #: `vpmu_host_perf_event_open`, e.g. mediated refuses !exclude_guest events)
+        self.open_filter: Callable[[PerfEventAttr, int, int], int | None] | None = None
+        #: called after the set of active events of a CPU changed: (cpu index)
+        self.on_resched: list[Callable[[int], None]] = []
+        #: called for the cost of an IPI to a CPU (the host charges it)
+        self.on_ipi: Callable[[int], None] | None = None
+        self._avail = [driver.counter_mask(c.port) for c in cpus]
+        #: ground truth of what an event should count: event -> cumulative count now
+        self.truth_source: Callable[[PerfEvent], int] | None = None
+
+    # ---- helpers ----------------------------------------------------------------------
+    def port(self, cpu: int) -> RegisterPort:
+        return self.cpus[cpu].port
+
+    def now_ns_for(self, ev: PerfEvent) -> int:
+        if ev.task is not None:
+            running = getattr(ev.task, "running_on", None)
+            if running is not None:
+                return self.cpus[running].now_ns()
+            return max(ev._tstamp, getattr(ev.task, "last_ns", 0))
+        return self.cpus[ev.cpu].now_ns()
+
+    # ---- open / enable / disable / release ---------------------------------------------
+    def perf_event_open(
+        self,
+        attr: PerfEventAttr,
+        pid: int = -1,
+        cpu: int = -1,
+        group: PerfEvent | None = None,
+        *,
+        overflow_handler: OverflowHandler | None = None,
+        owner: str = "user",
+        local: bool = False,
+    ) -> PerfEvent:
+        """perf_event_open(2). Errors raise PerfError with the syscall's errno."""
+        if pid == -1 and cpu == -1:
+            raise PerfError(errno.EINVAL, "pid == -1 and cpu == -1 is invalid (perf_event_open(2))")
+        if cpu < -1 or cpu >= len(self.cpus):
+            raise PerfError(errno.EINVAL, f"cpu {cpu} out of range 0..{len(self.cpus) - 1}")
+        task = None
+        if pid != -1:
+            if pid == 0:
+                raise PerfError(errno.EINVAL, "pid 0 (calling process) has no meaning here; pass task.pid")
+            task = self.task_lookup(pid)
+            if task is None:
+                raise PerfError(errno.ESRCH, f"no task with pid {pid}")
+        if attr.exclude_host and attr.exclude_guest:
+            # both excluded counts nothing; the kernel accepts it, we keep it legal too
+            pass
+        if self.open_filter is not None:
+            err = self.open_filter(attr, pid, cpu)
+            if err:
+                raise PerfError(err, "refused by the virtualization mode")
+        if group is not None:
+            if group.closed or group.leader is not group:
+                raise PerfError(errno.EINVAL, "group_fd must be an open group leader")
+            if group.cpu != cpu or group.task is not task:
+                raise PerfError(errno.EINVAL, "a group's events must share pid and cpu")
+        port = self.cpus[cpu if cpu >= 0 else 0].port
+        hw = self.driver.hw_event(attr, port)
+        ev = PerfEvent(self, attr, hw, pid, cpu, task, group, overflow_handler, owner, self._next_id)
+        self._next_id += 1
+        ev._tstamp = self.now_ns_for(ev)
+        self.events.append(ev)
+        self.stats.opens += 1
+        if group is not None:
+            group.siblings.append(ev)
+        elif task is not None:
+            task.perf_events.append(ev)
+        else:
+            self.ctx[cpu].groups.append(ev)
+        log.debug("perf.open", perf=self.name, eid=ev.id, label=attr.label(), pid=pid, cpu=cpu, owner=owner)
+        if not attr.disabled:
+            self._enable(ev, local)
+        return ev
+
+    def enable(self, ev: PerfEvent, local: bool = False) -> None:
+        self._enable(ev, local)
+
+    def _enable(self, ev: PerfEvent, local: bool) -> None:
+        self.stats.enables += 1
+        if ev.state == EventState.OFF and self.truth_source is not None:
+            ev.truth_start = self.truth_source(ev)
+            ev.truth_open = True
+        if ev.state in (EventState.OFF, EventState.ERROR):
+            ev.state = EventState.INACTIVE
+            ev.blocked_by = None
+            self._resched_for(ev, local)
+
+    def disable(self, ev: PerfEvent, local: bool = False) -> None:
+        self.stats.disables += 1
+        if ev.state == EventState.OFF:
+            return
+        cpu = ev.active_cpu
+        if ev.state == EventState.ACTIVE:
+            self._sched_out(ev)
+        ev._set_ticking(self.now_ns_for(ev), False, False)
+        ev.state = EventState.OFF
+        if ev.truth_open and self.truth_source is not None:
+            ev.truth += self.truth_source(ev) - ev.truth_start
+            ev.truth_open = False
+        if cpu is not None:
+            self._maybe_ipi(cpu, local)
+            self.resched(cpu)
+
+    def pause(self, ev: PerfEvent) -> int:
+        """perf_event_pause(event, reset=true): disable, return the count and zero it."""
+        self.disable(ev, local=True)
+        value = ev.count
+        ev.count = 0
+        return value
+
+    def release(self, ev: PerfEvent, local: bool = False) -> None:
+        self.stats.releases += 1
+        for sib in list(ev.siblings):
+            self.release(sib, local)
+        self.disable(ev, local)
+        ev.closed = True
+        if ev.leader is not ev:
+            ev.leader.siblings.remove(ev)
+        elif ev.task is not None:
+            ev.task.perf_events.remove(ev)
+        else:
+            self.ctx[ev.cpu].groups.remove(ev)
+        self.events.remove(ev)
+
+    def set_period(self, ev: PerfEvent, period: int) -> None:
+        """perf_event_period(): takes effect at once on a running counter."""
+        ev.period = period
+        ev.period_left = period
+        if ev.state == EventState.ACTIVE and ev.idx is not None:
+            ev._fold()
+            port = self.port(ev.active_cpu)  # type: ignore[arg-type]
+            start = (-period) & ev._mask if period else 0
+            self.driver.write(port, ev.idx, start)
+            ev._start_raw = start
+            self.stats.reprograms += 1
+
+    def _resched_for(self, ev: PerfEvent, local: bool) -> None:
+        leader = ev.leader
+        if leader.task is not None:
+            cpu = getattr(leader.task, "running_on", None)
+            if cpu is None:
+                return
+        else:
+            cpu = leader.cpu
+        self._maybe_ipi(cpu, local)
+        self.resched(cpu)
+
+    def _maybe_ipi(self, cpu: int, local: bool) -> None:
+        if not local:
+            self.stats.ipis += 1
+            if self.on_ipi is not None:
+                self.on_ipi(cpu)
+
+    # ---- context switch -------------------------------------------------------------------
+    def sched_task(self, cpu: int, prev: Any | None, nxt: Any | None) -> None:
+        """Task switch on `cpu`: the previous task's events go out, the next's come in."""
+        now = self.cpus[cpu].now_ns()
+        if prev is not None:
+            for leader in prev.perf_events:
+                for e in leader.group:
+                    if e.state == EventState.ACTIVE:
+                        self._sched_out(e)
+                    e._set_ticking(now, False, False)
+            prev.last_ns = now
+        if prev is not None or (nxt is not None and nxt.perf_events):
+            self.resched(cpu)
+
+    # ---- the scheduler ---------------------------------------------------------------------
+    def resched(self, cpu: int) -> None:
+        """ctx_resched(): recompute the active set of `cpu` in priority order."""
+        self.stats.reschedules += 1
+        ctx = self.ctx[cpu]
+        task = self.cpus[cpu].current_task
+        task_groups = [g for g in task.perf_events if g.cpu in (-1, cpu)] if task is not None else []
+        ordered = (
+            [g for g in ctx.groups if g.attr.pinned]
+            + [g for g in task_groups if g.attr.pinned]
+            + [g for g in ctx.groups if not g.attr.pinned]
+            + [g for g in task_groups if not g.attr.pinned]
+        )
+        chosen: list[PerfEvent] = []
+        mapping: list[int | None] = []
+        hws: list[HwEvent] = []
+        prevs: list[int | None] = []
+        can_flex = True
+        excluded: list[PerfEvent] = []
+        avail = self._avail[cpu]
+        cpu_pinned_active = False
+        for g in ordered:
+            if g.closed or g.state in (EventState.OFF, EventState.ERROR):
+                continue
+            members = [e for e in g.group if e.state not in (EventState.OFF, EventState.ERROR)]
+            if ctx.guest_loaded and self._excluded_by_guest(g):
+                excluded.extend(members)
+                continue
+            if not g.attr.pinned and not can_flex:
+                for e in members:
+                    e.blocked_by = "multiplexed"
+                excluded.extend(members)
+                continue
+            member_prev = [
+                e.idx if (e.state == EventState.ACTIVE and e.active_cpu == cpu) else e.prev_idx for e in members
+            ]
+            trial = assign_counters(hws + [e.hw for e in members], prevs + member_prev, avail)
+            if trial is not None:
+                chosen.extend(members)
+                hws.extend(e.hw for e in members)
+                prevs.extend(member_prev)
+                mapping = trial
+                if g.attr.pinned and g.task is None:
+                    cpu_pinned_active = True
+                continue
+            cause = "host per-CPU pinned event" if cpu_pinned_active else "counter contention"
+            if g.attr.pinned:
+                for e in members:
+                    if e.state == EventState.ACTIVE:
+                        self._sched_out(e)
+                    e.state = EventState.ERROR
+                    e.blocked_by = cause
+                    e._set_ticking(self.cpus[cpu].now_ns(), False, False)
+                    log.debug("perf.pinned_error", perf=self.name, eid=e.id, cpu=cpu, cause=cause)
+            else:
+                for e in members:
+                    e.blocked_by = cause
+                excluded.extend(members)
+                can_flex = False
+        # apply: everything that leaves or moves goes out first, then the new set comes in
+        new_idx = {id(e): mapping[i] for i, e in enumerate(chosen)}
+        for e in list(ctx.active):
+            if id(e) not in new_idx or new_idx[id(e)] != e.idx:
+                self._sched_out(e)
+        now = self.cpus[cpu].now_ns()
+        for e in excluded:
+            if e.state == EventState.ACTIVE:
+                self._sched_out(e)
+            guest_paused = ctx.guest_loaded and self._excluded_by_guest(e.leader)
+            e._set_ticking(now, not guest_paused, False)
+        for i, e in enumerate(chosen):
+            if e.state != EventState.ACTIVE:
+                self._sched_in(e, cpu, mapping[i])
+            e.blocked_by = None
+            e._set_ticking(now, True, True)
+        for fn in self.on_resched:
+            fn(cpu)
+
+    def _excluded_by_guest(self, leader: PerfEvent) -> bool:
+        """While a mediated guest context is loaded, every host event on this PMU is out."""
+        return True
+
+    def _sched_in(self, e: PerfEvent, cpu: int, idx: int | None) -> None:
+        e.state = EventState.ACTIVE
+        e.active_cpu = cpu
+        e.idx = idx
+        ctx = self.ctx[cpu]
+        ctx.active.append(e)
+        if idx is not None:
+            e.prev_idx = idx
+            e._mask = (1 << self.driver.width(self.port(cpu), idx)) - 1
+            start = (-e.period_left) & e._mask if e.period else 0
+            self.driver.start(self.port(cpu), e.hw, idx, start)
+            e._start_raw = start
+            self.stats.reprograms += 1
+
+    def _sched_out(self, e: PerfEvent) -> None:
+        cpu = e.active_cpu
+        if e.state != EventState.ACTIVE or cpu is None:
+            return
+        if e.idx is not None:
+            raw = self.driver.stop(self.port(cpu), e.hw, e.idx)
+            delta = (raw - e._start_raw) & e._mask
+            e.count += delta
+            if e.period:
+                e.period_left = max(1, e.period_left - delta)
+        e._set_ticking(self.cpus[cpu].now_ns(), True, False)
+        e.state = EventState.INACTIVE
+        self.ctx[cpu].active.remove(e)
+        e.idx = None
+        e.active_cpu = None
+
+    # ---- multiplexing ----------------------------------------------------------------------
+    def needs_rotation(self, cpu: int) -> bool:
+        ctx = self.ctx[cpu]
+        task = self.cpus[cpu].current_task
+        groups = ctx.groups + (task.perf_events if task is not None else [])
+        return any(
+            not g.attr.pinned and g.state == EventState.INACTIVE and g.blocked_by is not None and not g.closed
+            for g in groups
+        )
+
+    def rotate(self, cpu: int) -> bool:
+        """perf_rotate_context(): move the first flexible group of the CPU and task
+        contexts to the tail, then reschedule. Returns whether it rotated."""
+        if not self.needs_rotation(cpu):
+            return False
+        self.stats.rotations += 1
+        ctx = self.ctx[cpu]
+        _rotate_flexible(ctx.groups)
+        task = self.cpus[cpu].current_task
+        if task is not None:
+            _rotate_flexible(task.perf_events)
+        self.resched(cpu)
+        return True
+
+    # ---- overflow ------------------------------------------------------------------------
+    def active_event(self, cpu: int, idx: int) -> PerfEvent | None:
+        for e in self.ctx[cpu].active:
+            if e.idx == idx:
+                return e
+        return None
+
+    def handle_overflow(self, cpu: int, idx: int, overshoot: int) -> bool:
+        """The PMI handler for counter `idx` (x86_pmu_handle_irq): reload the period, call
+        the event's overflow handler. Returns False if no event owns the counter."""
+        e = self.active_event(cpu, idx)
+        if e is None:
+            return False
+        port = self.port(cpu)
+        self.driver.ack(port, idx)
+        if e.period:
+            e._fold()
+            e.samples += 1
+            start = (-e.period + overshoot) & e._mask
+            self.driver.write(port, idx, start)
+            e._start_raw = start
+            e.period_left = e.period
+        if e.overflow_handler is not None:
+            e.overflow_handler(e, overshoot)
+        return True
+
+    # ---- mediated vPMU support (perf_load_guest_context / perf_put_guest_context) ----------
+    def load_guest_context(self, cpu: int) -> None:
+        ctx = self.ctx[cpu]
+        if not ctx.guest_loaded:
+            ctx.guest_loaded = True
+            self.resched(cpu)
+
+    def put_guest_context(self, cpu: int) -> None:
+        ctx = self.ctx[cpu]
+        if ctx.guest_loaded:
+            ctx.guest_loaded = False
+            self.resched(cpu)
+
+    def truth_of(self, ev: PerfEvent) -> int:
+        """What `ev` should have counted while enabled (ground truth), so far."""
+        if self.truth_source is None:
+            return 0
+        extra = self.truth_source(ev) - ev.truth_start if ev.truth_open else 0
+        return ev.truth + extra
+
+    def counting_events(self) -> list[PerfEvent]:
+        return [e for e in self.events if not e.closed]
+
+
+def _rotate_flexible(groups: list[PerfEvent]) -> None:
+    for i, g in enumerate(groups):
+        if not g.attr.pinned:
+            groups.append(groups.pop(i))
+            return

@@ -1,0 +1,184 @@
+"""Discovery: stevedore finds and loads the `vpmu.plugins` entry points; pluggy registers.
+
+Pitfalls handled (facts/plugin-conventions.md): a broken plugin is recorded, never fatal
+(P6); versions come from importlib.metadata since stevedore's entry points lack `.dist`
+(P7); a fresh PluginManager per catalog/composition (P5); `check_pending()` catches hook
+typos (P3); a plugin implementing no vpmu hook is an error (P2); duplicate names across
+distributions are refused naming both (P4); order is by name, never install order (P17).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import pluggy
+import structlog
+from stevedore import ExtensionManager
+
+from vpmu_core import hookspecs
+from vpmu_core.errors import ConfigError
+from vpmu_core.plugins.markers import ENTRY_POINT_GROUP, PROJECT
+from vpmu_core.plugins.records import CpuModelSpec, FacilitySpec, ModeSpec, PluginRecord
+
+log = structlog.get_logger("vpmu.plugins")
+
+
+class PluginError(ConfigError):
+    """A plugin is broken in a way that prevents composing with it."""
+
+
+@dataclass
+class Catalog:
+    """What is installed: plugins and the models, facilities and modes they provide."""
+
+    plugins: list[PluginRecord] = field(default_factory=list)
+    cpu_models: dict[str, CpuModelSpec] = field(default_factory=dict)
+    facilities: dict[str, FacilitySpec] = field(default_factory=dict)
+    modes: dict[str, ModeSpec] = field(default_factory=dict)
+    scenarios: dict[str, str] = field(default_factory=dict)
+    #: name conflicts: "kind name" -> plugins that registered it
+    conflicts: dict[str, list[str]] = field(default_factory=dict)
+    pm: pluggy.PluginManager | None = None
+
+    def plugin(self, name: str) -> PluginRecord | None:
+        return next((p for p in self.plugins if p.name == name), None)
+
+
+def new_plugin_manager() -> pluggy.PluginManager:
+    pm = pluggy.PluginManager(PROJECT)
+    pm.add_hookspecs(hookspecs)
+    return pm
+
+
+def _dists() -> dict[str, tuple[str, str]]:
+    out = {}
+    for ep in md.entry_points(group=ENTRY_POINT_GROUP):
+        dist = getattr(ep, "dist", None)
+        if dist is not None:
+            out[ep.name] = (dist.metadata["Name"], dist.version)
+    return out
+
+
+def _selected_names() -> tuple[set[str] | None, set[str]]:
+    load = os.environ.get("VPMU_LOAD_PLUGINS")
+    only = None if load is None else {n.strip() for n in load.split(",") if n.strip()}
+    disabled = {n.strip() for n in os.environ.get("VPMU_DISABLE_PLUGINS", "").split(",") if n.strip()}
+    return only, disabled
+
+
+def load_entry_points() -> tuple[list[tuple[str, Any]], list[PluginRecord]]:
+    """Load every `vpmu.plugins` entry point; failures become records."""
+    failures: list[PluginRecord] = []
+    dists = _dists()
+    only, disabled = _selected_names()
+
+    def on_fail(manager: Any, ep: Any, err: BaseException) -> None:
+        dist, ver = dists.get(ep.name, (None, None))
+        failures.append(
+            PluginRecord(
+                name=ep.name, dist=dist, version=ver, status="failed", load_error=f"{type(err).__name__}: {err}"
+            )
+        )
+        log.warning("plugin.load_failed", name=ep.name, target=ep.value, error=str(err))
+
+    mgr = ExtensionManager(ENTRY_POINT_GROUP, invoke_on_load=False, on_load_failure_callback=on_fail)
+    loaded = []
+    for ext in sorted(mgr.extensions, key=lambda e: e.name):
+        if (only is not None and ext.name not in only) or ext.name in disabled:
+            continue
+        loaded.append((ext.name, ext.plugin))
+    return loaded, failures
+
+
+def build_catalog(plugins: list[tuple[str, Any]] | None = None, failures: list[PluginRecord] | None = None) -> Catalog:
+    """Register `plugins` ((name, module-or-object) pairs; default: the installed entry
+    points) into a fresh PluginManager and collect what they register."""
+    if plugins is None:
+        plugins, failures = load_entry_points()
+    dists = _dists()
+    cat = Catalog()
+    pm = new_plugin_manager()
+    cat.pm = pm
+    records = list(failures or [])
+    for name, obj in sorted(plugins, key=lambda p: p[0]):
+        dist, ver = dists.get(name, (None, None))
+        try:
+            if pm.get_plugin(name) is not None or pm.is_registered(obj):
+                raise PluginError("plugin", f"{name!r} is registered twice")
+            pm.register(obj, name=name)
+            pm.check_pending()
+            callers = pm.get_hookcallers(obj) or []
+            if not callers:
+                raise PluginError(
+                    "plugin", f"{name!r} is registered but implements no vpmu hook (marker project name?)"
+                )
+        except Exception as err:  # a broken plugin never breaks discovery
+            if pm.is_registered(obj):
+                pm.unregister(obj)
+            records.append(PluginRecord(name=name, dist=dist, version=ver, status="failed", load_error=str(err)))
+            log.warning("plugin.rejected", name=name, error=str(err))
+            continue
+        provides: dict[str, list[str]] = {"cpu_models": [], "facilities": [], "modes": [], "scenarios": []}
+
+        def reg(kind: str, table: dict[str, Any], spec_type: type, plugin_name: str = name) -> Any:
+            def register(spec: Any = None, path: str | None = None, **kw: Any) -> None:
+                if kind == "scenarios":
+                    sname = spec if isinstance(spec, str) else kw["name"]
+                    cat.scenarios[sname] = str(path)
+                    provides[kind].append(sname)
+                    return
+                if spec is None:
+                    spec = spec_type(**kw)
+                if not isinstance(spec, spec_type):
+                    raise PluginError(
+                        kind, f"{plugin_name} registered a {type(spec).__name__}, expected {spec_type.__name__}"
+                    )
+                spec = spec.model_copy(update={"plugin": plugin_name})
+                if spec.name in table:
+                    key = f"{kind[:-1]} {spec.name}"
+                    cat.conflicts.setdefault(key, [table[spec.name].plugin]).append(plugin_name)
+                else:
+                    table[spec.name] = spec
+                provides[kind].append(spec.name)
+
+            return register
+
+        try:
+            impl = getattr(obj, "vpmu_register_cpu_models", None)
+            if impl:
+                impl(register=reg("cpu_models", cat.cpu_models, CpuModelSpec))
+            impl = getattr(obj, "vpmu_register_facilities", None)
+            if impl:
+                impl(register=reg("facilities", cat.facilities, FacilitySpec))
+            impl = getattr(obj, "vpmu_register_modes", None)
+            if impl:
+                impl(register=reg("modes", cat.modes, ModeSpec))
+            impl = getattr(obj, "vpmu_register_scenarios", None)
+            if impl:
+                impl(register=reg("scenarios", cat.scenarios, object))
+        except Exception as err:
+            records.append(
+                PluginRecord(name=name, dist=dist, version=ver, status="failed", load_error=f"register: {err}")
+            )
+            log.warning("plugin.register_failed", name=name, error=str(err))
+            continue
+        hooks = tuple(sorted(h.name for h in callers))
+        records.append(
+            PluginRecord(
+                name=name,
+                dist=dist,
+                version=ver,
+                hooks=hooks,
+                provides={k: tuple(v) for k, v in provides.items() if v},
+            )
+        )
+    cat.plugins = sorted(records, key=lambda r: r.name)
+    return cat
+
+
+def catalog() -> Catalog:
+    """The installed plugins (fresh discovery each call; importing vpmu_core discovers nothing)."""
+    return build_catalog()

@@ -1,0 +1,75 @@
+"""Resolve hypervisor hook implementations once per composition (hot paths call them
+directly: a pluggy call costs ~20x a direct one, pitfall P18)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pluggy
+
+from vpmu_core import hookspecs
+
+HYPERVISOR_HOOKS = tuple(
+    name
+    for name in dir(hookspecs)
+    if name.startswith("vpmu_") and name not in hookspecs.REGISTRATION_HOOKS and callable(getattr(hookspecs, name))
+)
+
+
+def _adapt(impl: Any, spec_args: tuple[str, ...]) -> Callable[..., Any]:
+    fn = impl.function
+    if tuple(impl.argnames) == spec_args:
+        return fn
+    wanted = tuple(impl.argnames)
+
+    def call(**kw: Any) -> Any:
+        return fn(**{k: kw[k] for k in wanted})
+
+    return call
+
+
+def _none(**kw: Any) -> None:
+    return None
+
+
+class ResolvedHooks:
+    """One attribute per hypervisor hook (without the ``vpmu_`` prefix); each a callable
+    taking the spec's keyword arguments."""
+
+    def __init__(self, pm: pluggy.PluginManager) -> None:
+        self.implemented: dict[str, list[str]] = {}
+        for name in HYPERVISOR_HOOKS:
+            caller = getattr(pm.hook, name)
+            spec_args = tuple(caller.spec.argnames) if caller.spec else ()
+            impls = caller.get_hookimpls()  # pluggy order: last registered first
+            fns = [_adapt(i, spec_args) for i in reversed(impls)]  # pluggy call order (LIFO)
+            self.implemented[name] = [i.plugin_name for i in impls]
+            firstresult = bool(caller.spec and caller.spec.opts.get("firstresult"))
+            setattr(self, name[len("vpmu_") :], _combine(fns, firstresult))
+
+    def has(self, name: str) -> bool:
+        return bool(self.implemented.get(name))
+
+
+def _combine(fns: list[Callable[..., Any]], firstresult: bool) -> Callable[..., Any]:
+    if not fns:
+        return _none
+    if len(fns) == 1:
+        return fns[0]
+    if firstresult:
+
+        def first(**kw: Any) -> Any:
+            for f in fns:
+                r = f(**kw)
+                if r is not None:
+                    return r
+            return None
+
+        return first
+
+    def each(**kw: Any) -> None:
+        for f in fns:
+            f(**kw)
+
+    return each
