@@ -1,0 +1,282 @@
+"""The AMD core PMU register model: legacy K7 PerfMon, PerfCtrExtCore and PerfMonV2.
+
+Physical (`guest=False`): AMD APM Vol. 2 §13.2 and the PPR, as summarized in
+../shared/facts/x86-pmu-registers.md §5. Guest-visible (`guest=True`): KVM's
+arch/x86/kvm/svm/pmu.c (`get_gp_pmc_amd`, `amd_pmu_set_msr`, `amd_pmu_refresh`) and the
+common arch/x86/kvm/pmu.c (`kvm_pmu_set_msr`, `kvm_pmu_rdpmc`). Differences from hardware
+are named where they occur:
+
+- selector reserved bits: both drop them silently, but KVM's mask also drops HostOnly and
+  GuestOnly (bits 40/41), so a guest never filters by host/guest mode;
+- PerfCntrGlobalStatusClr/Set: hardware acts on any write; KVM ignores host-initiated writes
+  (KVM_SET_MSRS) and only allows host-initiated writes of the read-only GlobalStatus;
+- counting: the physical counter obeys HostOnly/GuestOnly with EFER.SVME; a guest-visible
+  counter's `count_host`/`count_guest` are both its global enable (PmuBase convention).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from vpmu_core.errors import gp
+from vpmu_core.hw.pmc import Pmc
+from vpmu_core.hw.pmu import PmuBase
+
+from vpmu_amd_perfmon import eventsel as es
+
+log = structlog.get_logger("vpmu.amd_perfmon")
+
+WIDTH = 48  # APM §13.2.2: 48-bit counters; Linux cntval_mask = (1 << 48) - 1
+
+# MSR map (Linux msr-index.h; facts §5.2)
+K7_EVNTSEL0 = 0xC0010000
+K7_PERFCTR0 = 0xC0010004
+K7_NUM = 4
+F15H_PERF_CTL0 = 0xC0010200  # CTLn = base + 2n, CTRn = base + 2n + 1
+F15H_PERF_CTR0 = 0xC0010201
+GLOBAL_STATUS = 0xC0000300
+GLOBAL_CTL = 0xC0000301
+GLOBAL_STATUS_CLR = 0xC0000302
+GLOBAL_STATUS_SET = 0xC0000303
+
+
+class AmdPmu(PmuBase):
+    """One AMD core PMU: `n_counters` 48-bit counters, with or without the extension MSRs
+    and PerfMonV2's global registers. See the module docstring for guest vs physical."""
+
+    vendor = "amd"
+    #: AMD has no VMCB field that switches PerfCntrGlobalCtl at VMRUN/#VMEXIT: software writes it.
+    atomic_global_ctrl_switch = False
+
+    def __init__(
+        self,
+        *,
+        guest: bool,
+        n_counters: int,
+        ext_core: bool,
+        perfmon_v2: bool,
+        zen: bool,
+        version: int | None = None,
+    ) -> None:
+        self._ready = False
+        self._svme = False
+        super().__init__(guest=guest)
+        self.ext_core = ext_core
+        self.perfmon_v2 = perfmon_v2
+        self.zen = zen
+        # KVM `amd_pmu_refresh`: version 2 with PerfMonV2, else 1; 0 = vPMU disabled.
+        self.version = version if version is not None else (2 if perfmon_v2 else 1)
+        self.gp = [Pmc(i, WIDTH) for i in range(n_counters)]
+        self._sel = [0] * n_counters
+        self._counter_bits = (1 << n_counters) - 1
+        # PerfCntrGlobalCtl resets with every counter enabled, so v1 software still counts
+        # (facts §5.4; KVM `kvm_pmu_refresh` emulates the same reset value).
+        self._global_ctl = self._counter_bits if perfmon_v2 else 0
+        self._global_status = 0
+        self._sel_valid = es.GUEST_VALID if guest else es.HW_VALID
+        if self.version > 0:
+            self._register_msrs()
+        self._ready = True
+        self.refresh(0)
+
+    # ---- EFER.SVME: HostOnly/GuestOnly only filter while it is set -----------------------
+    @property  # type: ignore[override]
+    def virtualization_enabled(self) -> bool:
+        return self._svme
+
+    @virtualization_enabled.setter
+    def virtualization_enabled(self, value: bool) -> None:
+        """Toggling SVME changes what HO/GO counters count: rebuild the counting plans."""
+        changed = bool(value) != self._svme
+        self._svme = bool(value)
+        if changed and self._ready:
+            self.refresh(0)
+
+    # ---- MSR map -------------------------------------------------------------------------
+    def _register_msrs(self) -> None:
+        n = len(self.gp)
+        for i in range(n):
+            if self.ext_core:
+                self._reg(F15H_PERF_CTL0 + 2 * i, self._sel_reader(i), self._sel_writer(i))
+                self._reg(F15H_PERF_CTR0 + 2 * i, self._ctr_reader(i), self._ctr_writer(i))
+            if i < K7_NUM:
+                # K7 MSRs: the only interface without PerfCtrExtCore, an alias of counters
+                # 0-3 with it (facts §5.2). KVM `get_gp_pmc_amd` maps them the same way.
+                self._reg(K7_EVNTSEL0 + i, self._sel_reader(i), self._sel_writer(i))
+                self._reg(K7_PERFCTR0 + i, self._ctr_reader(i), self._ctr_writer(i))
+        # Counters past n have no MSR: PmuBase raises #GP (KVM: `amd_pmc_idx_to_pmc` NULL).
+        if self.perfmon_v2:
+            self._reg(GLOBAL_STATUS, lambda: self._global_status, self._write_status)
+            self._reg(GLOBAL_CTL, lambda: self._global_ctl, self._write_global_ctl)
+            # STATUS_CLR/SET read as 0 (KVM `kvm_pmu_get_msr`; facts §5.2).
+            self._reg(GLOBAL_STATUS_CLR, lambda: 0, self._write_status_clr)
+            self._reg(GLOBAL_STATUS_SET, lambda: 0, self._write_status_set)
+
+    def _sel_reader(self, i: int) -> Any:
+        return lambda: self._sel[i]
+
+    def _sel_writer(self, i: int) -> Any:
+        def write(value: int) -> None:
+            # Reserved bits are dropped, never #GP: APM (hardware) and KVM svm/pmu.c
+            # `amd_pmu_set_msr` ("data &= ~pmu->reserved_bits") agree on that much.
+            value &= self._sel_valid
+            if value != self._sel[i]:
+                self._sel[i] = value
+                self.refresh(1 << i)
+
+        return write
+
+    def _ctr_reader(self, i: int) -> Any:
+        return lambda: self.read_counter(self.gp[i])
+
+    def _ctr_writer(self, i: int) -> Any:
+        # Full 48-bit writes, upper bits dropped (KVM `pmc_write_counter`: counter &= mask;
+        # AMD has no 32-bit sign-extending legacy write, unlike Intel's IA32_PERFCTRx).
+        return lambda value: self.write_counter(self.gp[i], value)
+
+    def _write_global_ctl(self, value: int) -> None:
+        # Reserved bits masked, not #GP (KVM: "data &= ~pmu->global_ctrl_rsvd" for AMD).
+        value &= self._counter_bits
+        diff = value ^ self._global_ctl
+        if diff:
+            self._global_ctl = value
+            self.refresh(diff)
+
+    def _write_status(self, value: int) -> None:
+        # Read-only; writes ignored (PPR, KVM "Per PPR, Read-only MSR. Writes are ignored").
+        # Host-initiated (KVM_SET_MSRS / context switch) writes set it; KVM #GPs reserved bits.
+        if not self.host_initiated:
+            return
+        if value & ~self._counter_bits:
+            raise gp(f"GLOBAL_STATUS reserved bits {value & ~self._counter_bits:#x}")
+        self._global_status = value
+
+    def _write_status_clr(self, value: int) -> None:
+        if self.guest and self.host_initiated:
+            return  # KVM: only guest writes act ("if (!msr_info->host_initiated)")
+        self._global_status &= ~value
+
+    def _write_status_set(self, value: int) -> None:
+        if self.guest and self.host_initiated:
+            return
+        self._global_status |= value & self._counter_bits  # reserved bits ignored (facts §5.4)
+
+    # ---- decoding --------------------------------------------------------------------------
+    def _decode(self) -> None:
+        svme = self._svme
+        for i, pmc in enumerate(self.gp):
+            sel = self._sel[i]
+            pmc.config = sel
+            pmc.event = es.decode_kind(sel, self.zen)
+            pmc.usr = bool(sel & es.USR)
+            pmc.os = bool(sel & es.OS)
+            pmc.int_en = bool(sel & es.INT)
+            pmc.local_en = bool(sel & es.EN)
+            pmc.exotic = es.is_exotic(sel)
+            # PerfMonV2: counts only if PERF_CTLn.En AND PerfCntrGlobalCtl[n] (facts §5.4).
+            pmc.global_en = bool(self._global_ctl >> i & 1) if self.perfmon_v2 else True
+            if self.guest:
+                pmc.count_host = pmc.count_guest = pmc.global_en
+                continue
+            host, guest = _host_guest_filter(sel, svme)
+            pmc.count_host = pmc.global_en and host
+            pmc.count_guest = pmc.global_en and guest
+
+    # ---- roles -------------------------------------------------------------------------------
+    def eventsel_msr(self, pmc: Pmc) -> int | None:
+        return F15H_PERF_CTL0 + 2 * pmc.idx if self.ext_core else K7_EVNTSEL0 + pmc.idx
+
+    def counter_msrs(self, pmc: Pmc) -> tuple[int, ...]:
+        """Extension MSR first, the K7 alias second where counter < 4."""
+        if not self.ext_core:
+            return (K7_PERFCTR0 + pmc.idx,)
+        if pmc.idx < K7_NUM:
+            return (F15H_PERF_CTR0 + 2 * pmc.idx, K7_PERFCTR0 + pmc.idx)
+        return (F15H_PERF_CTR0 + 2 * pmc.idx,)
+
+    def control_msrs(self) -> tuple[int, ...]:
+        """Every PERF_CTL MSR that exists, aliases included (a mediated vPMU intercepts all)."""
+        out: list[int] = []
+        for p in self.gp:
+            if self.ext_core:
+                out.append(F15H_PERF_CTL0 + 2 * p.idx)
+            if p.idx < K7_NUM:
+                out.append(K7_EVNTSEL0 + p.idx)
+        return tuple(out)
+
+    def global_msrs(self) -> dict[str, int]:
+        if not self.perfmon_v2:
+            return {}
+        return {
+            "ctrl": GLOBAL_CTL,
+            "status": GLOBAL_STATUS,
+            "status_clr": GLOBAL_STATUS_CLR,
+            "status_set": GLOBAL_STATUS_SET,
+        }
+
+    def rdpmc_ecx(self, pmc: Pmc) -> int:
+        return pmc.idx  # RDPMC ECX 0..5 = core counters (APM Vol. 3 RDPMC)
+
+    def rdpmc(self, ecx: int) -> int:
+        """ECX must name an existing core counter, else #GP: hardware, and KVM
+        `amd_rdpmc_ecx_to_pmc` (no flag bits on AMD). The value is masked to 48 bits."""
+        if not 0 <= ecx < len(self.gp):
+            raise gp(f"rdpmc ecx={ecx:#x}: only {len(self.gp)} counters")
+        return self.read_counter(self.gp[ecx]) & ((1 << WIDTH) - 1)
+
+    def hw_eventsel(self, value: int) -> int:
+        """Mediated vPMU: the hardware selector counts only in guest mode (KVM mediated vPMU
+        v6 26/44: eventsel_hw = data & ~HostOnly | GuestOnly), since AMD cannot switch
+        GlobalCtl atomically at VMRUN/#VMEXIT."""
+        return (value & ~es.HOST_ONLY) | es.GUEST_ONLY
+
+    def raise_overflow(self, pmc: Pmc) -> bool:
+        """PerfMonV2 records the overflow in GlobalStatus; without it the wrap is all there is.
+        Either way the PMI (LVTPC NMI) is raised only with INT set."""
+        if self.perfmon_v2:
+            self._global_status |= 1 << pmc.idx
+        return pmc.int_en
+
+    @property
+    def global_status(self) -> int:
+        return self._global_status
+
+    def set_global_status(self, value: int) -> None:
+        self._global_status = value & self._counter_bits
+
+    @property
+    def global_ctl(self) -> int:
+        return self._global_ctl
+
+    def state_msrs(self) -> list[int]:
+        """Architectural state without the aliases and the write-only CLR/SET views."""
+        out: list[int] = []
+        if self.perfmon_v2:
+            out += [GLOBAL_STATUS, GLOBAL_CTL]
+        for p in self.gp:
+            out.append(self.eventsel_msr(p) or 0)
+            out.append(self.counter_msrs(p)[0])
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        d = super().describe()
+        d.update(ext_core=self.ext_core, perfmon_v2=self.perfmon_v2, guest=self.guest)
+        return d
+
+
+def _host_guest_filter(sel: int, svme: bool) -> tuple[bool, bool]:
+    """(counts host-mode work, counts guest-mode work) of a physical counter.
+
+    APM Vol. 2 §13.2.1 and Linux amd/core.c `amd_core_hw_config` comments, as the KVM
+    selftest `svm_pmu_host_guest_test` checks: HO == GO (both clear or both set) counts in
+    both modes; with EFER.SVME set HO counts only host, GO only guest; with SVME clear there
+    is no guest mode, HO counts everything and a GuestOnly counter counts nothing.
+    """
+    ho = bool(sel & es.HOST_ONLY)
+    go = bool(sel & es.GUEST_ONLY)
+    if ho == go:
+        return True, True
+    if not svme:
+        return ho, ho
+    return ho, go
