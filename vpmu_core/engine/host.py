@@ -91,9 +91,20 @@ class Host:
         self.perf.truth_source = self._truth_for
         self.perf.on_ipi = lambda cpu: self.costs_ledger.charge("host", "perf_ipi", self.costs.perf_ipi)
         self.user_events: list[PerfEvent] = []
+        #: optional timeline recorder (see vpmu_core/metrics/timeline.py); None = off (fast)
+        self.tracer: Any = None
         self.truth_windows: dict[int, Any] = {}
         if hasattr(mode, "attach"):
             mode.attach(self)
+
+    def set_tracer(self, tracer: Any) -> None:
+        """Record a timeline: VM-entries/exits, PMIs, counter ownership, event states."""
+        self.tracer = tracer
+        assert self.perf is not None
+        self.perf.tracer = tracer
+        for vm in self.vms:
+            if vm._guest_perf is not None:
+                vm._guest_perf.perf.tracer = tracer
 
     # ---- time ---------------------------------------------------------------------------
     def ns_to_cycles(self, ns: int) -> int:

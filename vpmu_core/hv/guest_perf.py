@@ -45,6 +45,7 @@ class GuestPerf:
             vm.host.model.make_driver(), self.cpus, name=f"guest:{vm.name}", mux_interval_ns=vm.guest_mux_interval_ns
         )
         self.perf.truth_source = self._truth_for
+        self.perf.tracer = vm.host.tracer
         self.events: list[PerfEvent] = []
         self._lapic_ready: set[int] = set()
 

@@ -199,11 +199,15 @@ class VCpu:
         self._flush_host_work()
         self.cpu.pmu.set_guest_mode(True)
         self.in_guest = True
+        if self.host.tracer is not None:
+            self.host.tracer.vm_entry(self, self.cpu.now_ns())
 
     def _deliver_pmi(self) -> None:
         """kvm_pmu_deliver_pmi -> kvm_apic_local_deliver(APIC_LVTPC)."""
         if self.lapic.deliver():
             self.pmis.append(Pmi(self.cpu.now_ns(), self.lapic.vector, self.lapic.is_nmi))
+            if self.host.tracer is not None:
+                self.host.tracer.pmi(self, self.cpu.now_ns())
             self.host.costs_ledger.charge(self.name, "pmi_inject", self.costs.pmi_inject)
             self._exit_cycles += self.costs.pmi_inject
             if self.guest_pmi_handler is not None:
@@ -239,6 +243,9 @@ class VCpu:
         self._in_exit = True
         hooks = self.hooks
         self.stats.exits[reason] += 1
+        tracer = self.host.tracer
+        if tracer is not None:
+            tracer.vm_exit(self, reason, fastpath, userspace, cpu.now_ns())
         hooks.vm_exit(vcpu=self, reason=reason, fastpath=fastpath)
         costs = self.costs
         result = None

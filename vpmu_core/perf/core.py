@@ -86,6 +86,8 @@ class PerfSubsystem:
         #: called for the cost of an IPI to a CPU (the host charges it)
         self.on_ipi: Callable[[int], None] | None = None
         self._avail = [driver.counter_mask(c.port) for c in cpus]
+        #: optional timeline recorder (vpmu trace): counters(perf, cpu, t_ns, {idx: event})
+        self.tracer: Any = None
         #: ground truth of what an event should count: event -> cumulative count now
         self.truth_source: Callable[[PerfEvent], int] | None = None
 
@@ -325,6 +327,10 @@ class PerfSubsystem:
             e._set_ticking(now, True, True)
         for fn in self.on_resched:
             fn(cpu)
+        if self.tracer is not None:
+            self.tracer.counters(
+                self.name, cpu, self.cpus[cpu].now_ns(), {e.idx: e for e in ctx.active if e.idx is not None}
+            )
 
     def _excluded_by_guest(self, leader: PerfEvent) -> bool:
         """While a mediated guest context is loaded, every host event on this PMU is out."""
@@ -411,10 +417,24 @@ class PerfSubsystem:
         return True
 
     # ---- mediated vPMU support (perf_load_guest_context / perf_put_guest_context) ----------
-    def load_guest_context(self, cpu: int) -> None:
+    def load_guest_context(self, cpu: int, error_include_guest: bool = False) -> None:
+        """perf_load_guest_context(): schedule out every host event of this PMU while the
+        guest's PMU state is loaded; their enabled time stops (the `timeguest` clock).
+        `error_include_guest` reproduces RFC v1: events without exclude_guest go to ERROR
+        and stay there."""
         ctx = self.ctx[cpu]
         if not ctx.guest_loaded:
             ctx.guest_loaded = True
+            if error_include_guest:
+                task = self.cpus[cpu].current_task
+                groups = ctx.groups + (task.perf_events if task is not None else [])
+                for g in groups:
+                    if not g.attr.exclude_guest and g.state not in (EventState.OFF, EventState.ERROR):
+                        for e in g.group:
+                            self._sched_out(e)
+                            e.state = EventState.ERROR
+                            e.blocked_by = "mediated vPMU (RFC v1): !exclude_guest event"
+                            e._set_ticking(self.cpus[cpu].now_ns(), False, False)
             self.resched(cpu)
 
     def put_guest_context(self, cpu: int) -> None:
