@@ -308,6 +308,13 @@ class VCpu:
         cpu.run_until(1 << 62, until_idle=self.task)
         self.host.sync(cpu.now)
 
+    def queue(self, work: Work) -> None:
+        """Queue guest work that runs as time passes (`host.advance`), alongside host tasks
+        and other vCPUs (scenarios use this; `execute` runs to completion at once)."""
+        if not isinstance(work, Work):
+            raise TypeError("queue() takes a vpmu.Work")
+        self.task.queue.append(WorkCursor(work))
+
     def _run(self, cpu: HostCpu, budget: int) -> int:
         """Run queued guest work for up to `budget` cycles (called by the CPU scheduler)."""
         used = 0
