@@ -1,0 +1,39 @@
+"""Registration hook: the three Intel CPU models of this plugin."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from vpmu_core.plugins.markers import hookimpl
+from vpmu_core.plugins.records import CpuModelSpec
+from vpmu_intel_arch.models import make_icelake, make_sapphirerapids, make_skylake
+
+
+@hookimpl
+def vpmu_register_cpu_models(register: Callable[..., None]) -> None:
+    """Register intel/skylake, intel/icelake and intel/sapphirerapids."""
+    register(
+        CpuModelSpec(
+            name="intel/skylake",
+            vendor="intel",
+            factory=make_skylake,
+            description="Skylake: PMU v4, 4 GP per thread (8 without SMT) + 3 fixed, 48-bit, legacy LBR 32",
+            options={"smt": "SMT on (default): 4 GP counters per thread; off: 8"},
+        )
+    )
+    register(
+        CpuModelSpec(
+            name="intel/icelake",
+            vendor="intel",
+            factory=make_icelake,
+            description="Ice Lake: PMU v5, 8 GP + 4 fixed (SLOTS), perf metrics, legacy LBR 32",
+        )
+    )
+    register(
+        CpuModelSpec(
+            name="intel/sapphirerapids",
+            vendor="intel",
+            factory=make_sapphirerapids,
+            description="Sapphire Rapids: PMU v5, 8 GP + 4 fixed, perf metrics, Arch LBR",
+        )
+    )

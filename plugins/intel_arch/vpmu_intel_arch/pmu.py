@@ -1,0 +1,396 @@
+"""Intel architectural PMU v1-v5 register model: the physical PMU and KVM's guest view.
+
+Hardware rules cite the SDM (Vol. 3B ch. 20 "Performance Monitoring"); where KVM's
+guest-visible behaviour differs (`guest=True`) the rule cites arch/x86/kvm/vmx/pmu_intel.c
+(`intel_pmu_set_msr`/`intel_pmu_get_msr`/`intel_pmu_refresh`) or arch/x86/kvm/pmu.c.
+
+Span-model limits (documented, not hidden): EDGE, INV and CMASK count occurrences of a
+per-cycle condition (e.g. CMASK=2 on instructions = cycles retiring >= 2). A span only
+knows totals, not the per-cycle distribution, so such a counter is marked `exotic` and
+counts nothing rather than a made-up number. The same holds for AnyThread on the physical
+PMU (it would count the sibling thread, which a per-CPU span does not describe).
+"""
+
+from __future__ import annotations
+
+from vpmu_core.errors import gp
+from vpmu_core.events import EventKind
+from vpmu_core.hw.pmc import FIXED_BASE, Pmc, sign_extend
+from vpmu_core.hw.pmu import Overflow, PmuBase
+from vpmu_intel_arch.events import (
+    ARCH_EVENT_MASK,
+    EVTSEL_ANY,
+    EVTSEL_CMASK,
+    EVTSEL_EDGE,
+    EVTSEL_EN,
+    EVTSEL_INT,
+    EVTSEL_INV,
+    EVTSEL_OS,
+    EVTSEL_USR,
+    FIXED_EVENTS,
+)
+from vpmu_intel_arch.layout import PmuLayout
+
+# MSR indexes (SDM Vol. 4 Table 2-2; Linux msr-index.h).
+MSR_PMC0 = 0xC1
+MSR_PERFEVTSEL0 = 0x186
+MSR_A_PMC0 = 0x4C1
+MSR_FIXED_CTR0 = 0x309
+MSR_PERF_METRICS = 0x329
+MSR_PERF_CAPABILITIES = 0x345
+MSR_FIXED_CTR_CTRL = 0x38D
+MSR_GLOBAL_STATUS = 0x38E
+MSR_GLOBAL_CTRL = 0x38F
+MSR_GLOBAL_OVF_CTRL = 0x390
+MSR_GLOBAL_STATUS_SET = 0x391
+MSR_GLOBAL_INUSE = 0x392
+
+# RDPMC ECX encodings (SDM Vol. 2B RDPMC; KVM INTEL_RDPMC_*): bits 31:16 type, 15:0 index.
+RDPMC_FIXED = 1 << 30
+RDPMC_METRICS = 1 << 29
+RDPMC_TYPE_MASK = 0xFFFF << 16
+RDPMC_INDEX_MASK = 0xFFFF
+
+# GLOBAL_STATUS bits beyond the counters (SDM Vol. 3B 20.2.4 Figure 20-13; K-pe).
+STATUS_PERF_METRICS = 1 << 48
+STATUS_V4_FREEZE = 0xF << 58  # LBR_FRZ, CTR_FRZ, ASCI, Ovf_Uncore (v4, SDM 20.2.4)
+STATUS_OVFBUF_CONDCHGD = 0x3 << 62  # OvfBuf, CondChgd
+INUSE_PMI = 1 << 63  # IA32_PERF_GLOBAL_INUSE bit 63 PMI_InUse
+
+_NIBBLE_OS, _NIBBLE_USR, _NIBBLE_ANY, _NIBBLE_PMI = 1, 2, 4, 8
+#: METRIC byte order in IA32_PERF_METRICS (SDM Vol. 3B 21.3.9.3; Linux INTEL_TD_METRIC_*).
+_METRIC_KINDS = (
+    EventKind.TOPDOWN_RETIRING,
+    EventKind.TOPDOWN_BAD_SPEC,
+    EventKind.TOPDOWN_FE_BOUND,
+    EventKind.TOPDOWN_BE_BOUND,
+)
+
+
+class IntelPmu(PmuBase):
+    """One Intel PMU. See the module docstring for the span-model limits."""
+
+    vendor = "intel"
+    #: VM-entry/exit load/save IA32_PERF_GLOBAL_CTRL atomically (VMCS controls "load
+    #: IA32_PERF_GLOBAL_CTRL", SDM Vol. 3C 25.7.1 / 25.8.1).
+    atomic_global_ctrl_switch = True
+
+    def __init__(self, layout: PmuLayout) -> None:
+        super().__init__(guest=layout.guest)
+        self.layout = layout
+        self.version = layout.version
+        self.gp = [Pmc(i, layout.gp_width) for i in range(layout.n_gp)]
+        self.fixed = [Pmc(FIXED_BASE + i, layout.fixed_width) for i in range(layout.n_fixed)]
+        self._evtsel = [0] * layout.n_gp
+        self._fixed_ctrl = 0
+        # SDM Vol. 3B 20.2.2: "at RESET all GP enable bits of IA32_PERF_GLOBAL_CTRL are set"
+        # (KVM intel_pmu_refresh does the same, fixed bits clear).
+        self._global_ctrl = layout.gp_mask if layout.version >= 2 else 0
+        self._global_status = 0
+        self._perf_caps = layout.perf_caps
+        # perf metrics: topdown counts accrued while SLOTS (fixed3) counts, see `accrue`.
+        self._td = [0, 0, 0, 0, 0]  # slots, retiring, bad_spec, fe_bound, be_bound
+        self._td_written = 0
+        self._td_host = False
+        self._td_guest = False
+        self._evtsel_rsvd = self._evtsel_reserved()
+        self._fixed_ctrl_rsvd = self._fixed_ctrl_reserved()
+        self._global_ctrl_rsvd = ~(layout.counter_mask | (STATUS_PERF_METRICS if layout.perf_metrics else 0))
+        self._global_status_rsvd = self._global_ctrl_rsvd & ~STATUS_OVFBUF_CONDCHGD
+        if layout.version >= 4:
+            self._global_status_rsvd &= ~STATUS_V4_FREEZE
+        self._register_msrs()
+        self.refresh()
+
+    # ---- reserved-bit masks ----------------------------------------------------------
+    def _evtsel_reserved(self) -> int:
+        """Reserved PERFEVTSELx bits. KVM: `pmu->reserved_bits = 0xffffffff00200000` (bits
+        63:32 and ANY; IN_TX/IN_TXCP only with HLE/RTM, not exposed here). Hardware: bits
+        63:32 reserved without TSX/PEBS extensions (not modelled); ANY valid on v3+ unless
+        CPUID.0AH:EDX[15] deprecates it (SDM Vol. 3B 20.2.3, 20.2.5)."""
+        rsvd = 0xFFFFFFFF00000000
+        if not self.layout.anythread:
+            rsvd |= EVTSEL_ANY
+        return rsvd
+
+    def _fixed_ctrl_reserved(self) -> int:
+        """Reserved FIXED_CTR_CTRL bits: nibbles of absent counters (SDM Vol. 3B 20.2.2);
+        KVM allows only 0xB per nibble (`fixed_ctr_ctrl_rsvd`, AnyThread rejected)."""
+        per = 0xF if self.layout.anythread else 0xB
+        valid = 0
+        for i in range(self.layout.n_fixed):
+            valid |= per << (4 * i)
+        return ~valid & 0xFFFFFFFFFFFFFFFF
+
+    # ---- MSR map -------------------------------------------------------------------------
+    def _register_msrs(self) -> None:
+        lay = self.layout
+        if lay.version == 0:
+            return  # no architectural PMU: every PMU MSR #GPs (KVM: pmu->version == 0)
+        for i, pmc in enumerate(self.gp):
+            self._reg(MSR_PERFEVTSEL0 + i, lambda i=i: self._evtsel[i], lambda v, i=i: self._write_evtsel(i, v))
+            self._reg(MSR_PMC0 + i, lambda p=pmc: self.read_counter(p), lambda v, p=pmc: self._write_legacy(p, v))
+            if lay.full_width:
+                # IA32_A_PMCx exist only with PERF_CAPABILITIES[13] (SDM Vol. 3B 20.2.6;
+                # KVM get_fw_gp_pmc requires fw_writes_is_enabled).
+                self._reg(MSR_A_PMC0 + i, lambda p=pmc: self.read_counter(p), lambda v, p=pmc: self._write_fw(p, v))
+        if lay.pdcm:
+            # PERF_CAPABILITIES needs CPUID.1:ECX.PDCM (SDM Vol. 4 Table 2-2; KVM vmx_get_msr).
+            self._reg(MSR_PERF_CAPABILITIES, lambda: self._perf_caps, self._write_perf_caps)
+        if lay.version < 2:
+            return  # v1: no fixed counters and no global registers (SDM Vol. 3B 20.2.1)
+        for i, pmc in enumerate(self.fixed):
+            # KVM writes fixed counters whole (no sign extension), masked to the width.
+            self._reg(MSR_FIXED_CTR0 + i, lambda p=pmc: self.read_counter(p), lambda v, p=pmc: self.write_counter(p, v))
+        self._reg(MSR_FIXED_CTR_CTRL, lambda: self._fixed_ctrl, self._write_fixed_ctrl)
+        self._reg(MSR_GLOBAL_CTRL, lambda: self._global_ctrl, self._write_global_ctrl)
+        self._reg(MSR_GLOBAL_STATUS, lambda: self._global_status, self._write_global_status)
+        # OVF_CTRL reads 0 in KVM (kvm_pmu_get_msr); write-1-to-clear (SDM 20.2.2).
+        self._reg(MSR_GLOBAL_OVF_CTRL, lambda: 0, self._write_ovf_ctrl)
+        if lay.version >= 4:
+            # v4 STATUS_SET (write-1-to-set, reads 0) and INUSE (read-only), SDM 20.2.4.
+            self._reg(MSR_GLOBAL_STATUS_SET, lambda: 0, self._write_status_set)
+            self._reg(MSR_GLOBAL_INUSE, self._inuse, None)
+        if lay.perf_metrics and len(self.fixed) > 3:
+            # IA32_PERF_METRICS with PERF_CAPABILITIES[15] (SDM Vol. 3B 21.3.9.3).
+            self._reg(MSR_PERF_METRICS, self._read_perf_metrics, self._write_perf_metrics)
+
+    # ---- writes ----------------------------------------------------------------------------
+    def _write_evtsel(self, i: int, value: int) -> None:
+        if value & self._evtsel_rsvd:
+            raise gp(f"PERFEVTSEL{i} {value:#x}: reserved bits {value & self._evtsel_rsvd:#x}")
+        if value != self._evtsel[i]:
+            self._evtsel[i] = value
+            self.refresh(1 << i)
+
+    def _write_legacy(self, pmc: Pmc, value: int) -> None:
+        """IA32_PMCx: bits 31:0 sign-extended to the width (SDM Vol. 3B 20.2.6; KVM
+        `data = (s64)(s32)data` unless host_initiated, which writes the value whole)."""
+        if not self.host_initiated:
+            value = sign_extend(value, 32, pmc.width)
+        self.write_counter(pmc, value)
+
+    def _write_fw(self, pmc: Pmc, value: int) -> None:
+        """IA32_A_PMCx: full width; bits above the width -> #GP (KVM intel_pmu_set_msr)."""
+        if value & ~pmc.mask:
+            raise gp(f"A_PMC{pmc.idx} {value:#x}: bits above width {pmc.width}")
+        self.write_counter(pmc, value)
+
+    def _write_fixed_ctrl(self, value: int) -> None:
+        if value & self._fixed_ctrl_rsvd:
+            raise gp(f"FIXED_CTR_CTRL {value:#x}: reserved bits {value & self._fixed_ctrl_rsvd:#x}")
+        changed = value ^ self._fixed_ctrl
+        if changed:
+            self._fixed_ctrl = value
+            mask = 0
+            for i in range(len(self.fixed)):
+                if changed >> (4 * i) & 0xF:
+                    mask |= 1 << (FIXED_BASE + i)
+            self.refresh(mask)  # KVM reprogram_fixed_counters: only changed nibbles
+
+    def _write_global_ctrl(self, value: int) -> None:
+        if value & self._global_ctrl_rsvd:
+            raise gp(f"GLOBAL_CTRL {value:#x}: reserved bits")  # KVM kvm_valid_perf_global_ctrl
+        changed = value ^ self._global_ctrl
+        if changed:
+            self._global_ctrl = value
+            self.refresh(changed & self.all_counter_mask)  # KVM reprogram_counters(old ^ new)
+
+    def _write_global_status(self, value: int) -> None:
+        """GLOBAL_STATUS is read-only (SDM 20.2.2); KVM lets only userspace (host_initiated)
+        write it, for migration (kvm_pmu_set_msr)."""
+        if not self.host_initiated:
+            raise gp("GLOBAL_STATUS is read-only")
+        if value & self._global_status_rsvd:
+            raise gp(f"GLOBAL_STATUS {value:#x}: reserved bits")
+        self._global_status = value
+
+    def _write_ovf_ctrl(self, value: int) -> None:
+        # STATUS_RESET shares GLOBAL_STATUS's reserved bits (KVM pmu.c comment).
+        if value & self._global_status_rsvd:
+            raise gp(f"GLOBAL_OVF_CTRL {value:#x}: reserved bits")
+        self._global_status &= ~value
+
+    def _write_status_set(self, value: int) -> None:
+        if value & self._global_status_rsvd:
+            raise gp(f"GLOBAL_STATUS_SET {value:#x}: reserved bits")
+        self._global_status |= value
+
+    def _write_perf_caps(self, value: int) -> None:
+        """Read-only to the guest and on hardware (SDM Vol. 4; KVM: only userspace may set
+        it). A host-initiated write may restore the current value (migration); changing the
+        capabilities after creation is not modelled (it would change the MSR map)."""
+        if not self.host_initiated or value != self._perf_caps:
+            raise gp("PERF_CAPABILITIES is read-only")
+
+    def _inuse(self) -> int:
+        """INUSE (KVM "Add MSR_CORE_PERF_GLOBAL_INUSE emulation"): bit n = EVTSELn[7:0] != 0,
+        bit 32+i = FIXED_CTR_CTRL OS/USR bits of i != 0, bit 63 = any PMI enable."""
+        v = 0
+        pmi = False
+        for i, sel in enumerate(self._evtsel):
+            if sel & 0xFF:
+                v |= 1 << i
+            pmi |= bool(sel & EVTSEL_INT)
+        for i in range(len(self.fixed)):
+            nib = self._fixed_ctrl >> (4 * i)
+            if nib & (_NIBBLE_OS | _NIBBLE_USR):
+                v |= 1 << (FIXED_BASE + i)
+            pmi |= bool(nib & _NIBBLE_PMI)
+        return v | (INUSE_PMI if pmi else 0)
+
+    # ---- perf metrics ------------------------------------------------------------------------
+    def _read_perf_metrics(self) -> int:
+        """Four 8-bit fractions of 0xFF of SLOTS: retiring, bad spec, FE bound, BE bound
+        (SDM Vol. 3B 21.3.9.3). Approximation: hardware updates the fractions continuously;
+        we compute them at read time from the topdown counts of the spans SLOTS counted since
+        the last PERF_METRICS write, each byte floor(part * 0xFF / slots) (so the four sum to
+        at most 0xFF when the parts sum to slots, as in `Work`)."""
+        slots = self._td[0]
+        if not slots:
+            return self._td_written
+        v = 0
+        for k in range(4):
+            v |= min(0xFF, self._td[k + 1] * 0xFF // slots) << (8 * k)
+        return v
+
+    def _write_perf_metrics(self, value: int) -> None:
+        """Linux writes 0 here together with FIXED_CTR3 to restart the metrics; a write
+        restarts the accumulation, and the written value reads back until SLOTS counts."""
+        self._td = [0, 0, 0, 0, 0]
+        self._td_written = value
+
+    # ---- decoding ----------------------------------------------------------------------------
+    def _decode(self) -> None:
+        lay = self.layout
+        v2 = lay.version >= 2
+        host_ctrl = self._global_ctrl if v2 else -1
+        # Physical PMU: guest-mode work counts under the GLOBAL_CTRL VM-entry loads (VMCS
+        # "load IA32_PERF_GLOBAL_CTRL", SDM Vol. 3C 25.8.1); the guest PMU has one control.
+        entry_ctrl = self.entry_loads.get(MSR_GLOBAL_CTRL, host_ctrl) if not self.guest and v2 else host_ctrl
+        for i, pmc in enumerate(self.gp):
+            sel = self._evtsel[i]
+            pmc.config = sel
+            pmc.event = lay.counted.get(sel & ARCH_EVENT_MASK)
+            pmc.usr = bool(sel & EVTSEL_USR)
+            pmc.os = bool(sel & EVTSEL_OS)
+            pmc.int_en = bool(sel & EVTSEL_INT)
+            pmc.local_en = bool(sel & EVTSEL_EN)
+            # SDM 20.2.2: v2+ counts only with both EN and GLOBAL_CTRL[n]; v1 EN alone.
+            pmc.global_en = bool(host_ctrl >> i & 1)
+            pmc.count_host = pmc.global_en
+            pmc.count_guest = bool(entry_ctrl >> i & 1)
+            # EDGE/INV/CMASK (and AnyThread) cannot be counted exactly from spans.
+            pmc.exotic = bool(sel & (EVTSEL_EDGE | EVTSEL_INV | EVTSEL_CMASK | EVTSEL_ANY))
+        for i, pmc in enumerate(self.fixed):
+            nib = self._fixed_ctrl >> (4 * i) & 0xF
+            code, kind = FIXED_EVENTS[i]
+            pmc.config = code
+            pmc.event = kind
+            pmc.os = bool(nib & _NIBBLE_OS)
+            pmc.usr = bool(nib & _NIBBLE_USR)
+            pmc.int_en = bool(nib & _NIBBLE_PMI)
+            # SDM 20.2.2: a fixed counter is enabled by its OS/USR bits (no EN bit).
+            pmc.local_en = pmc.os or pmc.usr
+            pmc.global_en = bool(host_ctrl >> pmc.idx & 1)
+            pmc.count_host = pmc.global_en
+            pmc.count_guest = bool(entry_ctrl >> pmc.idx & 1)
+            pmc.exotic = bool(nib & _NIBBLE_ANY)
+        if self.layout.perf_metrics and len(self.fixed) > 3:
+            slots = self.fixed[3]
+            on = slots.local_en and not slots.exotic
+            self._td_host = on and bool(host_ctrl & STATUS_PERF_METRICS) and slots.count_host
+            self._td_guest = on and bool(entry_ctrl & STATUS_PERF_METRICS) and slots.count_guest
+
+    def accrue(self, counts: tuple[int, ...], cpl: int, guest: bool) -> list[Overflow] | None:
+        """Base accrual plus the perf-metrics breakdown while SLOTS and GLOBAL_CTRL[48] count
+        (the breakdown follows the current controls, also inside `accrue_plan`)."""
+        ov = super().accrue(counts, cpl, guest)
+        if (self._td_guest if guest else self._td_host) and self.fixed[3].counts_cpl(cpl):
+            td = self._td
+            td[0] += counts[EventKind.TOPDOWN_SLOTS]
+            for k, kind in enumerate(_METRIC_KINDS):
+                td[k + 1] += counts[kind]
+        return ov
+
+    # ---- RDPMC -------------------------------------------------------------------------------
+    def rdpmc(self, ecx: int) -> int:
+        """SDM Vol. 2B RDPMC; KVM `intel_rdpmc_ecx_to_pmc`: type in ECX[31:16] is 0 (GP) or
+        bit 30 (fixed); anything else - bit 31 "fast read" included - #GP, as is an index
+        past the enumerated counters. Bit 29 reads PERF_METRICS on hardware with it (KVM
+        does not expose perf metrics). The value is masked to the counter width."""
+        ecx &= 0xFFFFFFFF
+        kind = ecx & RDPMC_TYPE_MASK
+        idx = ecx & RDPMC_INDEX_MASK
+        if self.layout.version == 0:
+            raise gp("rdpmc: no architectural PMU")
+        if kind == 0:
+            pmc = self.gp[idx] if idx < len(self.gp) else None
+        elif kind == RDPMC_FIXED and self.layout.version >= 2:
+            pmc = self.fixed[idx] if idx < len(self.fixed) else None
+        elif kind == RDPMC_METRICS and idx == 0 and self.has_msr(MSR_PERF_METRICS):
+            return self._read_perf_metrics()
+        else:
+            pmc = None
+        if pmc is None:
+            raise gp(f"rdpmc {ecx:#x}: no such counter")
+        return self.read_counter(pmc)
+
+    # ---- roles -------------------------------------------------------------------------------
+    def eventsel_msr(self, pmc: Pmc) -> int | None:
+        return None if pmc.is_fixed else MSR_PERFEVTSEL0 + pmc.idx
+
+    def counter_msrs(self, pmc: Pmc) -> tuple[int, ...]:
+        if pmc.is_fixed:
+            return (MSR_FIXED_CTR0 + pmc.idx - FIXED_BASE,)
+        if self.layout.full_width:
+            return (MSR_A_PMC0 + pmc.idx, MSR_PMC0 + pmc.idx)
+        return (MSR_PMC0 + pmc.idx,)
+
+    def control_msrs(self) -> tuple[int, ...]:
+        sels = tuple(MSR_PERFEVTSEL0 + i for i in range(len(self.gp)))
+        return sels + ((MSR_FIXED_CTR_CTRL,) if self.layout.version >= 2 else ())
+
+    def global_msrs(self) -> dict[str, int]:
+        if self.layout.version < 2:
+            return {}
+        out = {"ctrl": MSR_GLOBAL_CTRL, "status": MSR_GLOBAL_STATUS, "status_clr": MSR_GLOBAL_OVF_CTRL}
+        if self.layout.version >= 4:
+            out["status_set"] = MSR_GLOBAL_STATUS_SET
+            out["inuse"] = MSR_GLOBAL_INUSE
+        return out
+
+    def fixed_ctrl_msr(self) -> int | None:
+        return MSR_FIXED_CTR_CTRL if self.layout.version >= 2 else None
+
+    def rdpmc_ecx(self, pmc: Pmc) -> int:
+        return RDPMC_FIXED | (pmc.idx - FIXED_BASE) if pmc.is_fixed else pmc.idx
+
+    def raise_overflow(self, pmc: Pmc) -> bool:
+        """Overflow sets GLOBAL_STATUS[idx] on v2+ (SDM 20.2.2) and raises a PMI when the
+        counter's INT bit / fixed PMI bit is set (SDM 20.2.1.1, 20.2.2)."""
+        if self.layout.version >= 2:
+            self._global_status |= 1 << pmc.idx
+        return pmc.int_en
+
+    @property
+    def global_status(self) -> int:
+        return self._global_status
+
+    def set_global_status(self, value: int) -> None:
+        self._global_status = value & ~self._global_status_rsvd
+
+    @property
+    def global_ctrl(self) -> int:
+        """The host-visible GLOBAL_CTRL value (tests and modes)."""
+        return self._global_ctrl
+
+    def state_msrs(self) -> list[int]:
+        # write-only / derived registers are not state (STATUS_SET, OVF_CTRL, INUSE).
+        skip = {MSR_GLOBAL_OVF_CTRL, MSR_GLOBAL_STATUS_SET, MSR_GLOBAL_INUSE}
+        return [m for m in self.msr_indexes if m not in skip]
+
+    def describe(self) -> dict[str, object]:
+        d = super().describe()
+        d.update(full_width_writes=self.layout.full_width, perf_caps=self._perf_caps, guest=self.guest)
+        return d
