@@ -131,7 +131,8 @@ class AmdCpuModel:
             lbr=False,  # LbrExtV2 is not modelled
             facility_options=requested.facility_options,
         )
-        if out.model_dump(exclude={"facility_options"}) != requested.model_dump(exclude={"facility_options"}):
+        asked = requested.model_dump(exclude={"facility_options"}, exclude_none=True)
+        if any(out.model_dump()[k] != v for k, v in asked.items()):
             log.debug("amd.guest_clamped", model=self.name, requested=requested.model_dump(), resolved=out.model_dump())
         return out
 
