@@ -71,3 +71,21 @@ def test_guest_counters_past_the_number_gp() -> None:
         v.wrmsr(F15H_PERF_CTL0 + 4, 0)
     with pytest.raises(GuestFault):
         v.rdpmc(2)
+
+
+@pytest.mark.parametrize("cpu", sorted(MODELS))
+def test_guest_perf_on_the_vcpu_port(cpu: str) -> None:
+    """The same driver serves guest perf, through the vCPU's rdmsr/wrmsr/rdpmc/cpuid only."""
+    from vpmu_core.perf.attr import PerfEventAttr
+
+    host = compose(cpu=cpu, mode="reference", plugins=PLUGINS, seed=5)
+    vm = host.create_vm(vcpus=1, pin=[0])
+    gp = vm.guest_perf
+    br = gp.perf_event_open(PerfEventAttr(config="branches", pinned=True), cpu=0)
+    miss = gp.perf_event_open(PerfEventAttr(config="branch-misses", pinned=True, exclude_kernel=True), cpu=0)
+    vm.vcpus[0].execute(Work(instructions=N, branches=B, branch_misses=77))
+    vm.vcpus[0].execute(Work(instructions=N, branches=B, branch_misses=11, cpl=3))
+    br.disable()
+    miss.disable()
+    assert br.read().value == 2 * B
+    assert miss.read().value == 11
