@@ -175,6 +175,13 @@ class WorkCursor:
         return tuple(a - b for a, b in zip(cur, prev))
 
 
+def split_counts(counts: tuple[int, ...], cycles: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Split span counts at `cycles` (proportional, floor): the two parts add up exactly."""
+    total = counts[0]
+    head = tuple(c * cycles // total for c in counts)
+    return head, tuple(c - h for c, h in zip(counts, head, strict=True))
+
+
 def iter_slices(work: Work, step: int) -> Iterator[tuple[int, ...]]:
     cur = WorkCursor(work)
     while not cur.finished:

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from vpmu_core.events import split_counts
 from vpmu_core.hw.pmu import Overflow
 
 if TYPE_CHECKING:
@@ -84,6 +85,14 @@ class HostCpu:
     # ---- execution ----------------------------------------------------------------------
     def run_host_span(self, task: Task, counts: tuple[int, ...], cpl: int) -> None:
         """Host-mode work of `task` on this CPU: physical counters, facilities, truth, clock."""
+        cut = self.pmu.overflow_cut(counts, cpl, False)
+        while cut:
+            head, counts = split_counts(counts, cut)
+            self._host_span(task, head, cpl)
+            cut = self.pmu.overflow_cut(counts, cpl, False)
+        self._host_span(task, counts, cpl)
+
+    def _host_span(self, task: Task, counts: tuple[int, ...], cpl: int) -> None:
         ov = self.pmu.accrue(counts, cpl, False)
         for f in self.facilities.values():
             if f.active:

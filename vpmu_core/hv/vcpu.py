@@ -22,7 +22,7 @@ from vpmu_core.engine.exits import ExitProcess
 from vpmu_core.engine.host import derive_seed
 from vpmu_core.engine.task import Task
 from vpmu_core.errors import GuestFault, gp
-from vpmu_core.events import N_KINDS, Work, WorkCursor
+from vpmu_core.events import N_KINDS, Work, WorkCursor, split_counts
 from vpmu_core.hv.lapic import X2APIC_LVTPC, LvtPc
 
 if TYPE_CHECKING:
@@ -360,7 +360,21 @@ class VCpu:
 
     def _guest_span(self, cpu: HostCpu, counts: tuple[int, ...], cpl: int) -> None:
         """Guest-mode work: physical counters (guest plan), facilities, truth, clock."""
-        ov = cpu.pmu.accrue(counts, cpl, True)
+        while True:
+            cut = cpu.pmu.overflow_cut(counts, cpl, True)
+            if self.direct_count:
+                c2 = self.pmu.overflow_cut(counts, cpl, True)
+                if c2 and (not cut or c2 < cut):
+                    cut = c2
+            if not cut:
+                break
+            head, counts = split_counts(counts, cut)
+            self._guest_piece(cpu, head, cpl)
+        self._guest_piece(cpu, counts, cpl)
+
+    def _guest_piece(self, cpu: HostCpu, counts: tuple[int, ...], cpl: int) -> None:
+        pmu = cpu.pmu
+        ov = pmu.accrue(counts, cpl, True)
         if self.facilities:
             for name, f in self.facilities.items():
                 if f.active and name not in self.facility_blocked:

@@ -191,6 +191,27 @@ class PmuBase:
         """The counters that count work of this mode right now (for checks and reports)."""
         return [e[0] for e in (self._plan_guest if guest else self._plan_host)]
 
+    def overflow_cut(self, counts: tuple[int, ...], cpl: int, guest: bool) -> int:
+        """Cycles into this span at which the first counter wraps (0: none wraps before the
+        end). The engine cuts the span there so each overflow is handled at its exact point
+        and a sampling period shorter than the span gives every sample."""
+        plan = self._plan_guest if guest else self._plan_host
+        if not plan:
+            return 0
+        total = counts[0]
+        best = 0
+        kernel = cpl == 0
+        for pmc, kind, os_, usr in plan:
+            if os_ if kernel else usr:
+                n = counts[kind]
+                if n:
+                    k = pmc.mask + 1 - pmc.value  # events until the wrap
+                    if k < n:
+                        c = -(-total * k // n)  # ceil: the cut contains at least k events
+                        if c < total and (best == 0 or c < best):
+                            best = max(1, c)
+        return best
+
     def accrue(self, counts: tuple[int, ...], cpl: int, guest: bool) -> list[Overflow] | None:
         """Count a span of work. Returns the counters that wrapped, with the overshoot.
 

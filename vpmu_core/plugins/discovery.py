@@ -123,7 +123,13 @@ def build_catalog(plugins: list[tuple[str, Any]] | None = None, failures: list[P
             continue
         provides: dict[str, list[str]] = {"cpu_models": [], "facilities": [], "modes": [], "scenarios": []}
 
-        def reg(kind: str, table: dict[str, Any], spec_type: type, plugin_name: str = name) -> Any:
+        def reg(
+            kind: str,
+            table: dict[str, Any],
+            spec_type: type,
+            plugin_name: str = name,
+            provides: dict[str, list[str]] = provides,
+        ) -> Any:
             def register(spec: Any = None, path: str | None = None, **kw: Any) -> None:
                 if kind == "scenarios":
                     sname = spec if isinstance(spec, str) else kw["name"]

@@ -1,0 +1,289 @@
+"""The scenario file schema (DESIGN §7): pydantic v2 models, `extra="forbid"` everywhere.
+
+A scenario names the composition (CPU model, facilities, mode and their options), the host
+(CPUs, tasks and their work, host perf sessions), the VMs (vCPUs, pinning, guest PMU,
+exit profile, event filter, guest work and guest perf sessions), the duration, the seed
+and cost overrides. `vpmu schema` prints `Scenario.model_json_schema()`.
+
+Times are simulated nanoseconds from the start of the run. Every timed action (queue
+work, open/enable an event, disable it) happens exactly at its time; the runner advances
+the clock from one action time to the next (see `vpmu_core/scenario/runner.py`).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
+
+from vpmu_core.costs import CostModel
+from vpmu_core.engine.exits import ExitProfile
+from vpmu_core.perf.attr import BRANCH_SAMPLE_TYPES, GENERIC_HW_EVENTS
+
+PERF_CLASSES = ("cpu_pinned", "task_pinned", "cpu_flexible", "task_flexible")
+
+NonNegInt = Annotated[int, Field(ge=0)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+def _cost_overrides_model() -> type[BaseModel]:
+    """CostModel with every field optional: a scenario overrides single fields."""
+    fields: dict[str, Any] = {}
+    for name, f in CostModel.model_fields.items():
+        fields[name] = (f.annotation | None, Field(None, description=f.description))
+    return create_model(
+        "CostOverrides", __config__=ConfigDict(extra="forbid"), __doc__="Cost model overrides (host cycles).", **fields
+    )
+
+
+CostOverrides = _cost_overrides_model()
+
+
+class WorkSpec(_Strict):
+    """A span of execution with its exact event counts (`vpmu.Work`). `cycles` defaults to
+    `instructions`, `ref_cycles` to `cycles`, `lbr_inserts` to `branches`."""
+
+    instructions: NonNegInt = 0
+    cycles: NonNegInt | None = None
+    ref_cycles: NonNegInt | None = None
+    branches: NonNegInt = 0
+    branch_misses: NonNegInt = 0
+    llc_references: NonNegInt = 0
+    llc_misses: NonNegInt = 0
+    topdown_slots: NonNegInt = 0
+    topdown_be_bound: NonNegInt = 0
+    topdown_bad_spec: NonNegInt = 0
+    topdown_fe_bound: NonNegInt = 0
+    topdown_retiring: NonNegInt = 0
+    lbr_inserts: NonNegInt | None = None
+    cpl: Literal[0, 3] = Field(0, description="0 = kernel, 3 = user")
+
+    def build(self) -> Any:
+        from vpmu_core.events import Work
+
+        return Work(**self.model_dump())
+
+
+class _Timed(_Strict):
+    """When work is queued: at `at_ns`, `repeat` times, every `every_ns` (0: all at once)."""
+
+    work: WorkSpec
+    at_ns: NonNegInt = 0
+    repeat: int = Field(1, ge=1, le=100_000)
+    every_ns: NonNegInt = 0
+
+
+class HostTask(_Timed):
+    """A host task (thread) pinned to a host CPU, running `work`."""
+
+    name: str = Field(min_length=1)
+    cpu: NonNegInt | None = Field(None, description="host CPU; default: the least loaded")
+
+
+EventRef = Annotated[
+    int | str,
+    Field(
+        description="a generic hardware event name ("
+        + ", ".join(GENERIC_HW_EVENTS)
+        + ") or a raw event-select encoding (int, e.g. 0x00c0)"
+    ),
+]
+
+
+class _Session(_Strict):
+    name: str = Field(min_length=1, description="shown in reports, e.g. 'nmi_watchdog'")
+    events: list[EventRef] = Field(min_length=1)
+    group: bool = Field(False, description="open the events as one group (the first is the leader)")
+    exclude_user: bool = False
+    exclude_kernel: bool = False
+    sample_period: NonNegInt = 0
+    branch_sample_type: list[Literal[BRANCH_SAMPLE_TYPES]] = Field(default_factory=list)  # type: ignore[valid-type]
+    start_ns: NonNegInt = Field(0, description="perf_event_open + enable at this time")
+    stop_ns: NonNegInt | None = Field(None, description="disable at this time (None: runs to the end)")
+
+    @field_validator("events")
+    @classmethod
+    def _events(cls, v: list[int | str]) -> list[int | str]:
+        for e in v:
+            if isinstance(e, str) and e not in GENERIC_HW_EVENTS:
+                raise ValueError(
+                    f"unknown event {e!r} (allowed: {', '.join(GENERIC_HW_EVENTS)}, or a raw int like 0x00c0)"
+                )
+            if isinstance(e, int) and e < 0:
+                raise ValueError(f"raw event {e} must be >= 0")
+        return v
+
+    @model_validator(mode="after")
+    def _window(self) -> _Session:
+        if self.stop_ns is not None and self.stop_ns < self.start_ns:
+            raise ValueError(f"stop_ns ({self.stop_ns}) is before start_ns ({self.start_ns})")
+        return self
+
+
+class HostPerfSession(_Session):
+    """Host perf events: the scheduling class decides pinned and per-CPU vs per-task."""
+
+    klass: Literal[PERF_CLASSES] = Field("cpu_flexible", alias="class")  # type: ignore[valid-type]
+    cpu: NonNegInt | list[NonNegInt] | Literal["all"] | None = Field(
+        None, description="per-CPU classes: a CPU, a list or 'all'; per-task classes: optional CPU filter"
+    )
+    task: str | None = Field(None, description="per-task classes: a host task name or a vCPU ('vm0/vcpu0')")
+    exclude_guest: bool = False
+    exclude_host: bool = False
+
+    @model_validator(mode="after")
+    def _target(self) -> HostPerfSession:
+        if self.klass.startswith("cpu_"):
+            if self.cpu is None:
+                raise ValueError(f"class {self.klass} needs 'cpu' (a CPU index, a list or 'all')")
+            if self.task is not None:
+                raise ValueError(
+                    f"class {self.klass} is per-CPU: 'task' is not allowed (use task_pinned/task_flexible)"
+                )
+        else:
+            if self.task is None:
+                raise ValueError(f"class {self.klass} needs 'task' (a host task name or a vCPU name)")
+            if isinstance(self.cpu, list) or self.cpu == "all":
+                raise ValueError("per-task events take at most one CPU filter")
+        return self
+
+    @property
+    def pinned(self) -> bool:
+        return self.klass.endswith("_pinned")
+
+
+class GuestPerfSession(_Session):
+    """Guest perf events on the virtual PMU (per-vCPU events, as `perf stat -a` in the guest)."""
+
+    vcpu: NonNegInt | list[NonNegInt] | Literal["all"] = "all"
+    pinned: bool = False
+
+
+class EventFilterSpec(_Strict):
+    """KVM_SET_PMU_EVENT_FILTER."""
+
+    action: Literal["allow", "deny"]
+    events: list[NonNegInt] = Field(default_factory=list, description="eventsel encodings (or masked entries)")
+    fixed_counter_bitmap: NonNegInt = 0
+    masked: bool = False
+
+
+class VcpuWork(_Timed):
+    """Guest work for one vCPU (or every vCPU)."""
+
+    vcpu: NonNegInt | Literal["all"] = "all"
+
+
+class GuestPmuSpec(_Strict):
+    """`vpmu.GuestPmuConfig` (None = as the host model)."""
+
+    version: NonNegInt | None = None
+    gp_counters: NonNegInt | None = None
+    fixed_counters: NonNegInt | None = None
+    full_width_writes: bool | None = None
+    lbr: bool | None = None
+    facility_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+class ExitSpec(_Strict):
+    """`vpmu.ExitProfile`: background VM-exits (rate per second, fastpath and userspace shares,
+    reason weights)."""
+
+    rate_per_s: float | None = Field(None, ge=0)
+    fastpath_share: float | None = Field(None, ge=0, le=1)
+    userspace_share: float | None = Field(None, ge=0, le=1)
+    reasons: dict[str, float] | None = None
+
+    def build(self) -> ExitProfile:
+        return ExitProfile(**self.model_dump(exclude_none=True))
+
+    @model_validator(mode="after")
+    def _check(self) -> ExitSpec:
+        self.build()  # ExitProfile's own checks (shares add up, weights)
+        return self
+
+
+class VmSpec(_Strict):
+    name: str = Field(min_length=1)
+    vcpus: int = Field(1, ge=1)
+    pin: list[NonNegInt] | None = Field(None, description="host CPU of each vCPU")
+    pmu: GuestPmuSpec = Field(default_factory=GuestPmuSpec)
+    exits: ExitSpec = Field(default_factory=ExitSpec)
+    event_filter: EventFilterSpec | None = None
+    work: list[VcpuWork] = Field(default_factory=list)
+    perf: list[GuestPerfSession] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check(self) -> VmSpec:
+        if self.pin is not None and len(self.pin) != self.vcpus:
+            raise ValueError(f"pin needs one host CPU per vCPU ({self.vcpus}), got {len(self.pin)}")
+        for w in self.work:
+            if w.vcpu != "all" and w.vcpu >= self.vcpus:
+                raise ValueError(f"work: vcpu {w.vcpu} does not exist (allowed: 0..{self.vcpus - 1}, all)")
+        for s in self.perf:
+            idx = [s.vcpu] if isinstance(s.vcpu, int) else s.vcpu if isinstance(s.vcpu, list) else []
+            for i in idx:
+                if i >= self.vcpus:
+                    raise ValueError(f"perf {s.name!r}: vcpu {i} does not exist (allowed: 0..{self.vcpus - 1}, all)")
+        return self
+
+
+class HostSpec(_Strict):
+    tasks: list[HostTask] = Field(default_factory=list)
+    perf: list[HostPerfSession] = Field(default_factory=list)
+
+
+class Scenario(_Strict):
+    """A vpmu scenario (YAML or TOML). See docs/scenarios.md."""
+
+    name: str = ""
+    description: str = ""
+    cpu: str = Field(description="CPU model, e.g. intel/icelake (see `vpmu models`)")
+    model_options: dict[str, Any] = Field(default_factory=dict)
+    facilities: list[str] = Field(default_factory=list, description="e.g. [lbr] (see `vpmu models`)")
+    facility_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    mode: str = Field(description="virtualization mode, e.g. emulated (see `vpmu modes`)")
+    mode_options: dict[str, Any] = Field(default_factory=dict)
+    cpus: int = Field(2, ge=1, le=256, description="host CPUs")
+    seed: NonNegInt = 0
+    duration_ns: int = Field(20_000_000, ge=1, le=10_000_000_000)
+    mux_interval_ns: int = Field(4_000_000, ge=100_000, description="perf multiplexing rotation interval")
+    costs: CostOverrides = Field(default_factory=CostOverrides)  # type: ignore[valid-type]
+    host: HostSpec = Field(default_factory=HostSpec)
+    vms: list[VmSpec] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check(self) -> Scenario:
+        names = [t.name for t in self.host.tasks]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"host.tasks: duplicate task names {dup}")
+        vm_names = [v.name for v in self.vms]
+        dup = sorted({n for n in vm_names if vm_names.count(n) > 1})
+        if dup:
+            raise ValueError(f"vms: duplicate VM names {dup}")
+        cpu_range = f"0..{self.cpus - 1}"
+        for t in self.host.tasks:
+            if t.cpu is not None and t.cpu >= self.cpus:
+                raise ValueError(f"host.tasks {t.name!r}: cpu {t.cpu} is not a host CPU (allowed: {cpu_range})")
+        for v in self.vms:
+            for c in v.pin or ():
+                if c >= self.cpus:
+                    raise ValueError(f"vms {v.name!r}: pin {c} is not a host CPU (allowed: {cpu_range})")
+        targets = set(names) | {f"{v.name}/vcpu{i}" for v in self.vms for i in range(v.vcpus)}
+        for s in self.host.perf:
+            cpus = [s.cpu] if isinstance(s.cpu, int) else s.cpu if isinstance(s.cpu, list) else []
+            for c in cpus:
+                if c >= self.cpus:
+                    raise ValueError(f"host.perf {s.name!r}: cpu {c} is not a host CPU (allowed: {cpu_range})")
+            if s.task is not None and s.task not in targets:
+                raise ValueError(
+                    f"host.perf {s.name!r}: unknown task {s.task!r} (allowed: {', '.join(sorted(targets)) or 'none'})"
+                )
+        return self
+
+    def cost_overrides(self) -> dict[str, Any]:
+        return self.costs.model_dump(exclude_none=True)
