@@ -142,15 +142,19 @@ class Work:
 
 
 class WorkCursor:
-    """Consumes a `Work` span in cycle-sized slices whose counts add up exactly to the span."""
+    """Consumes a `Work` span in cycle-sized slices whose counts add up exactly to the span.
 
-    __slots__ = ("work", "total", "done", "_prev")
+    Hot path: only the non-zero kinds are computed."""
+
+    __slots__ = ("work", "total", "done", "_prev", "_nz", "_counts")
 
     def __init__(self, work: Work) -> None:
         self.work = work
         self.total = work.counts[0]
         self.done = 0
-        self._prev = (0,) * N_KINDS
+        self._counts = work.counts
+        self._nz = tuple(i for i, c in enumerate(work.counts) if c)
+        self._prev = [0] * N_KINDS
 
     @property
     def remaining(self) -> int:
@@ -164,15 +168,21 @@ class WorkCursor:
         """Counts of the next `cycles` cycles (the last slice takes all that is left)."""
         total = self.total
         done = self.done + cycles
+        prev = self._prev
+        counts = self._counts
+        out = [0] * N_KINDS
         if done >= total or total == 0:
             done = total
-            cur = self.work.counts
+            for i in self._nz:
+                out[i] = counts[i] - prev[i]
+                prev[i] = counts[i]
         else:
-            cur = tuple(c * done // total for c in self.work.counts)
-        prev = self._prev
-        self._prev = cur
+            for i in self._nz:
+                cur = counts[i] * done // total
+                out[i] = cur - prev[i]
+                prev[i] = cur
         self.done = done
-        return tuple(a - b for a, b in zip(cur, prev))
+        return tuple(out)
 
 
 def split_counts(counts: tuple[int, ...], cycles: int) -> tuple[tuple[int, ...], tuple[int, ...]]:

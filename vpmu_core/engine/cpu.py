@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
+from operator import add as _add
 from typing import TYPE_CHECKING, Any
-
-import structlog
 
 from vpmu_core.events import split_counts
 from vpmu_core.hw.pmu import Overflow
+from vpmu_core.logs import get_logger
 
 if TYPE_CHECKING:
     from vpmu_core.engine.host import Host
     from vpmu_core.engine.task import Task
 
-log = structlog.get_logger("vpmu.engine")
+log = get_logger("vpmu.engine")
 
 
 class CpuPort:
@@ -187,6 +187,4 @@ class HostCpu:
 
 def _add_cpu_truth(slots: list[list[int]], counts: tuple[int, ...], cpl: int, guest: bool) -> None:
     row = slots[(2 if guest else 0) + (0 if cpl == 0 else 1)]
-    for i, c in enumerate(counts):
-        if c:
-            row[i] += c
+    row[:] = map(_add, row, counts)

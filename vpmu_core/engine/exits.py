@@ -6,6 +6,8 @@ per-vCPU `random.Random` seeded from the composition seed, so runs are reproduci
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import random
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -45,13 +47,14 @@ class ExitProfile(BaseModel):
 class ExitProcess:
     """Draws the next background exit: gap in cycles, reason, fastpath, to userspace."""
 
-    __slots__ = ("rng", "mean_gap", "reasons", "weights", "fast", "user", "next_gap")
+    __slots__ = ("rng", "mean_gap", "reasons", "weights", "cum", "fast", "user", "next_gap")
 
     def __init__(self, profile: ExitProfile, freq_hz: int, seed: int) -> None:
         self.rng = random.Random(seed)
         self.mean_gap = freq_hz / profile.rate_per_s if profile.rate_per_s > 0 else 0.0
         self.reasons = sorted(profile.reasons) or ["external_interrupt"]
         self.weights = [profile.reasons.get(r, 1.0) for r in self.reasons]
+        self.cum = list(itertools.accumulate(self.weights))
         self.fast = profile.fastpath_share
         self.user = profile.userspace_share
         self.next_gap = self._draw_gap()
@@ -67,7 +70,7 @@ class ExitProcess:
     def draw(self) -> tuple[str, bool, bool]:
         """The exit that is due now: (reason, fastpath, to_userspace); re-arms the gap."""
         rng = self.rng
-        reason = rng.choices(self.reasons, self.weights)[0]
+        reason = self.reasons[bisect.bisect_right(self.cum, rng.random() * self.cum[-1])]
         u = rng.random()
         fastpath = u < self.fast
         userspace = (not fastpath) and u < self.fast + self.user

@@ -7,14 +7,13 @@ import errno
 import zlib
 from typing import TYPE_CHECKING, Any
 
-import structlog
-
 from vpmu_core.costs import CostLedger, CostModel
 from vpmu_core.engine.cpu import HostCpu
 from vpmu_core.engine.task import Task
 from vpmu_core.engine.truth import TruthLedger
 from vpmu_core.errors import ConfigError, PerfError
 from vpmu_core.events import N_KINDS
+from vpmu_core.logs import get_logger
 from vpmu_core.metrics.silent import LeakLog, SilentErrors
 from vpmu_core.perf.attr import PerfEventAttr
 from vpmu_core.perf.core import PerfSubsystem
@@ -26,7 +25,7 @@ if TYPE_CHECKING:
     from vpmu_core.hv.vm import VM
     from vpmu_core.plugins.resolve import ResolvedHooks
 
-log = structlog.get_logger("vpmu.engine")
+log = get_logger("vpmu.engine")
 
 
 def derive_seed(seed: int, *parts: object) -> int:

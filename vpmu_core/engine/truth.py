@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from operator import add as _add
+
 from vpmu_core.events import N_KINDS, EventKind
 
 # slot = guest * 2 + user
@@ -23,9 +25,7 @@ class TruthLedger:
     @staticmethod
     def add(slots: list[list[int]], counts: tuple[int, ...], cpl: int, guest: bool) -> None:
         row = slots[(2 if guest else 0) + (0 if cpl == 0 else 1)]
-        for i, c in enumerate(counts):
-            if c:
-                row[i] += c
+        row[:] = map(_add, row, counts)
 
     def total(
         self,

@@ -14,9 +14,8 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from operator import add as _add
 from typing import TYPE_CHECKING, Any
-
-import structlog
 
 from vpmu_core.engine.exits import ExitProcess
 from vpmu_core.engine.host import derive_seed
@@ -24,15 +23,17 @@ from vpmu_core.engine.task import Task
 from vpmu_core.errors import GuestFault, gp
 from vpmu_core.events import N_KINDS, Work, WorkCursor, split_counts
 from vpmu_core.hv.lapic import X2APIC_LVTPC, LvtPc
+from vpmu_core.logs import get_logger
 
 if TYPE_CHECKING:
     from vpmu_core.engine.cpu import HostCpu
     from vpmu_core.hv.vm import VM
 
-log = structlog.get_logger("vpmu.hv")
+log = get_logger("vpmu.hv")
 
 #: one retired instruction of one cycle (the counting-window unit)
 ONE_INSTRUCTION = (1, 1, 1) + (0,) * (N_KINDS - 3)
+_ZEROS = (0,) * (N_KINDS - 3)
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,9 @@ class VCpu:
         self.guest_tick_cycles = host.ns_to_cycles(vm.guest_mux_interval_ns)
         self._guest_tick_left = self.guest_tick_cycles
         self.guest_tick: Callable[[VCpu], None] | None = None
+        #: the mode's `exits_are_inert(vcpu)`: True when background exits touch no vPMU
+        #: state right now, so the engine may coalesce them (see `_batched_exits`)
+        self._inert: Callable[[VCpu], bool] | None = getattr(host.mode, "exits_are_inert", None)
         host._add_task(self.task)
         self.hooks.guest_cpuid(vcpu=self, table=self.cpuid_table)
 
@@ -219,7 +223,7 @@ class VCpu:
             return
         self._exit_cycles = 0
         instr = c * self.costs.exit_host_ipc_x100 // 100
-        counts = Work(instructions=instr, cycles=c).counts
+        counts = (c, instr, c) + _ZEROS
         was_guest = self.cpu.pmu.guest_mode
         if was_guest:
             self.cpu.pmu.set_guest_mode(False)
@@ -336,16 +340,26 @@ class VCpu:
                 step = self._guest_tick_left
             if step < 1:
                 step = 1
+            batch = None
+            if step == ep.next_gap and self._inert is not None and self._inert(self) and self._batchable(cpu):
+                # several background exits before the next event of interest: coalesce them
+                limit = min(budget - used, cpu.next_mux - cpu.now, cur.remaining)
+                if self.guest_tick is not None:
+                    limit = min(limit, self._guest_tick_left)
+                step, batch = self._draw_batch(limit)
             counts = cur.take(step)
             c = counts[0]
             self._guest_span(cpu, counts, cur.work.cpl)
             used += c
-            ep.next_gap -= c
             if cur.finished:
                 queue.popleft()
-            if ep.next_gap <= 0:
-                reason, fast, user = ep.draw()
-                self._exit(reason, fast, user)
+            if batch is not None:
+                self._batched_exits(batch)
+            else:
+                ep.next_gap -= c
+                if ep.next_gap <= 0:
+                    reason, fast, user = ep.draw()
+                    self._exit(reason, fast, user)
             if cpu.now >= cpu.next_mux:
                 # the host tick is an external interrupt: a slow-path exit (perf rotates in it)
                 self._exit("external_interrupt", False, False, handler=cpu.timer_tick)
@@ -357,6 +371,56 @@ class VCpu:
         if self._guest_pmi_due and not self._in_guest_handler:
             self._run_guest_pmi_handler()
         return used
+
+    def _batchable(self, cpu: HostCpu) -> bool:
+        """Coalescing exits is exact only when nothing observes their interleaving."""
+        if self.host.tracer is not None or self._pmi_requested or self._guest_pmi_due:
+            return False
+        for f in self.facilities.values():
+            if f.active:
+                return False
+        for f in cpu.facilities.values():
+            if f.active:
+                return False
+        return True
+
+    def _draw_batch(self, limit: int) -> tuple[int, list[tuple[str, bool, bool]]]:
+        """Draw the background exits whose gaps fit in `limit` cycles (at least one)."""
+        ep = self.exit_process
+        span = ep.next_gap
+        exits = [ep.draw()]
+        while span + ep.next_gap < limit:
+            span += ep.next_gap
+            exits.append(ep.draw())
+        return span, exits
+
+    def _batched_exits(self, exits: list[tuple[str, bool, bool]]) -> None:
+        """Account coalesced background exits of an inert mode: counts, costs and the host
+        work of their handling (one host span), exactly as one by one."""
+        costs = self.costs
+        ledger = self.host.costs_ledger
+        stats = self.stats
+        nf = ns = nu = 0
+        for reason, fast, user in exits:
+            stats.exits[reason] += 1
+            if fast:
+                nf += 1
+            else:
+                ns += 1
+                if user:
+                    nu += 1
+        stats.fastpath_exits += nf
+        stats.userspace_exits += nu
+        if nf:
+            ledger.charge(self.name, "vmexit_fastpath", nf * costs.vmexit_fastpath, nf)
+        if ns:
+            ledger.charge(self.name, "vmexit", ns * costs.vmexit_full_simple, ns)
+        if nu:
+            ledger.charge(self.name, "vmexit_userspace", nu * costs.vmexit_to_userspace_extra, nu)
+        self._exit_cycles += (
+            nf * costs.vmexit_fastpath + ns * costs.vmexit_full_simple + nu * costs.vmexit_to_userspace_extra
+        )
+        self._flush_host_work()
 
     def _guest_span(self, cpu: HostCpu, counts: tuple[int, ...], cpl: int) -> None:
         """Guest-mode work: physical counters (guest plan), facilities, truth, clock."""
@@ -387,9 +451,7 @@ class VCpu:
                         self.request_pmi()
         self.task.account(counts, cpl, True)
         row = self.host.cpu_truth[cpu.index][2 if cpl == 0 else 3]
-        for i, v in enumerate(counts):
-            if v:
-                row[i] += v
+        row[:] = map(_add, row, counts)
         cpu.now += counts[0]
         self.stats.guest_cycles += counts[0]
         if ov and cpu.handle_overflows(ov) and self.in_guest:

@@ -63,6 +63,10 @@ class PmuBase:
         #: MSR autoload lists / entry-exit controls, SDM Vol. 3C 25.7-25.8). Vendors read it in
         #: `_decode` to compute `Pmc.count_guest`.
         self.entry_loads: dict[int, int] = {}
+        #: a lower bound of events any counting counter can take before it wraps (0 = unknown);
+        #: lets `overflow_cut` answer in O(1) on the hot path. Counter values must change only
+        #: through `accrue`, `wrmsr` or `write_counter` (or call `invalidate_headroom`).
+        self._headroom = 0
         self._plan_host: list[tuple[Pmc, int, bool, bool]] = []
         self._plan_guest: list[tuple[Pmc, int, bool, bool]] = []
         #: observers: called with a bitmask of pmc indexes whose controls changed.
@@ -118,6 +122,7 @@ class PmuBase:
             raise gp(f"wrmsr {msr:#x}: read-only")
         if value < 0 or value >> 64:
             raise gp(f"wrmsr {msr:#x}: value does not fit 64 bits")
+        self._headroom = 0
         writer(value)
 
     def rdpmc(self, ecx: int) -> int:
@@ -127,7 +132,11 @@ class PmuBase:
     def read_counter(self, pmc: Pmc) -> int:
         return self.backend.read(pmc) & pmc.mask
 
+    def invalidate_headroom(self) -> None:
+        self._headroom = 0
+
     def write_counter(self, pmc: Pmc, value: int) -> None:
+        self._headroom = 0
         self.backend.write(pmc, value & pmc.mask)
         for fn in self.counter_listeners:
             fn(pmc)
@@ -143,6 +152,7 @@ class PmuBase:
         Call after every control write; `changed_mask` names the pmcs whose controls may have
         changed (all by default)."""
         self._decode()
+        self._headroom = 0
         host: list[tuple[Pmc, int, bool, bool]] = []
         guest: list[tuple[Pmc, int, bool, bool]] = []
         for p in self.gp + self.fixed:
@@ -198,6 +208,13 @@ class PmuBase:
         plan = self._plan_guest if guest else self._plan_host
         if not plan:
             return 0
+        biggest = max(counts)
+        if biggest < self._headroom:
+            return 0
+        room = min(p.mask - p.value for p in self.gp + self.fixed)
+        self._headroom = room
+        if biggest < room:
+            return 0
         total = counts[0]
         best = 0
         kernel = cpl == 0
@@ -220,6 +237,8 @@ class PmuBase:
         if not plan:
             return None
         overflows: list[Overflow] | None = None
+        if self._headroom:
+            self._headroom = max(0, self._headroom - max(counts))
         kernel = cpl == 0
         for pmc, kind, os_, usr in plan:
             if os_ if kernel else usr:

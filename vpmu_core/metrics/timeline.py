@@ -120,7 +120,11 @@ class Timeline:
                 name = None if st in ("OFF", "CLOSED") else st
                 blocked = getattr(ev, "blocked_by", None)
                 self._switch(
-                    f"event {ev.id} {ev.attr.label()}", "event", t_ns, name, {"blocked_by": blocked} if blocked else {}
+                    f"event {ev.id} {ev.attr.label()} " + (f"cpu{ev.cpu}" if ev.cpu >= 0 else f"pid{ev.pid}"),
+                    "event",
+                    t_ns,
+                    name,
+                    {"blocked_by": blocked} if blocked else {},
                 )
 
     def vm_exit(self, vcpu: Any, reason: str, fastpath: bool, userspace: bool, t_ns: int) -> None:

@@ -15,15 +15,14 @@ import errno
 from collections.abc import Callable
 from typing import Any, Protocol
 
-import structlog
-
 from vpmu_core.errors import PerfError
+from vpmu_core.logs import get_logger
 from vpmu_core.perf.assign import assign_counters
 from vpmu_core.perf.attr import EventState, PerfEventAttr
 from vpmu_core.perf.driver import HwEvent, PerfDriver, RegisterPort
 from vpmu_core.perf.event import OverflowHandler, PerfEvent
 
-log = structlog.get_logger("vpmu.perf")
+log = get_logger("vpmu.perf")
 
 
 class PerfCpu(Protocol):

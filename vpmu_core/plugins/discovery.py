@@ -15,15 +15,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pluggy
-import structlog
 from stevedore import ExtensionManager
 
 from vpmu_core import hookspecs
 from vpmu_core.errors import ConfigError
+from vpmu_core.logs import get_logger
 from vpmu_core.plugins.markers import ENTRY_POINT_GROUP, PROJECT
 from vpmu_core.plugins.records import CpuModelSpec, FacilitySpec, ModeSpec, PluginRecord
 
-log = structlog.get_logger("vpmu.plugins")
+log = get_logger("vpmu.plugins")
 
 
 class PluginError(ConfigError):

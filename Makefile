@@ -1,0 +1,41 @@
+# Two commands on a fresh machine with Python 3.11 + pip: `make run` and `make test`.
+# Both create .venv and install the core and every plugin (editable) in ONE pip command,
+# so each plugin's `vpmu` dependency resolves to the local core (pitfall P10).
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PLUGIN_DIRS := $(patsubst %/pyproject.toml,%,$(sort $(wildcard plugins/*/pyproject.toml)))
+STAMP  := $(VENV)/.installed
+
+.PHONY: install run test lint bench clean
+
+$(STAMP): pyproject.toml $(wildcard plugins/*/pyproject.toml)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]' $(foreach p,$(PLUGIN_DIRS),-e '$(p)[test]')
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## run: the main job, `vpmu run` on the built-in default scenario
+run: install
+	$(BIN)/vpmu run
+
+## test: lint, then every suite in its own pytest process (core, then each plugin)
+test: install lint
+	@status=0; \
+	echo "== core"; $(BIN)/python -m pytest -q tests || status=1; \
+	for p in $(PLUGIN_DIRS); do \
+		echo "== $$p"; (cd $$p && ../../$(BIN)/python -m pytest -q) || status=1; \
+	done; \
+	exit $$status
+
+lint: install
+	$(BIN)/ruff check vpmu_core tests benchmarks plugins
+	$(BIN)/ruff format --check vpmu_core tests benchmarks plugins
+
+bench: install
+	$(BIN)/python benchmarks/bench_engine.py
+
+clean:
+	rm -rf $(VENV) *.egg-info plugins/*/*.egg-info

@@ -1,0 +1,561 @@
+"""The `vpmu` command (DESIGN §6). See docs/cli.md.
+
+Exit codes: 0 ok, 1 the run failed, 2 usage or input error (nothing written).
+Logging: structlog is configured here only (warnings to stderr; `-v` info, `-vv` debug).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+import structlog
+from pydantic import ValidationError
+
+from vpmu_core.errors import ConfigError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+#: testing aid: extra plugin modules registered as if installed ("name=module,name=module")
+EXTRA_PLUGINS_ENV = "VPMU_EXTRA_PLUGINS"
+
+log = structlog.get_logger("vpmu.cli")
+
+
+# ---- logging, catalog, errors --------------------------------------------------------------
+def configure_logging(verbosity: int) -> None:
+    import logging
+
+    level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.dev.ConsoleRenderer(colors=False),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+
+
+def load_catalog() -> Any:
+    """Installed plugins plus `VPMU_EXTRA_PLUGINS` modules (a testing aid, see docs/cli.md)."""
+    from vpmu_core.plugins.discovery import build_catalog, load_entry_points
+    from vpmu_core.plugins.records import PluginRecord
+
+    loaded, failures = load_entry_points()
+    names = {n for n, _ in loaded}
+    for item in filter(None, (p.strip() for p in os.environ.get(EXTRA_PLUGINS_ENV, "").split(","))):
+        name, _, mod = item.partition("=")
+        name, mod = name.strip(), (mod or name).strip()
+        if name in names:
+            continue
+        try:
+            loaded.append((name, importlib.import_module(mod)))
+            names.add(name)
+        except Exception as e:  # a broken extra plugin is listed, never fatal
+            failures.append(PluginRecord(name=name, status="failed", load_error=f"{type(e).__name__}: {e}"))
+    return build_catalog(loaded, failures)
+
+
+_CATALOG: Any = None
+
+
+def catalog() -> Any:
+    global _CATALOG
+    if _CATALOG is None:
+        _CATALOG = load_catalog()
+    return _CATALOG
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
+    click.echo(f"vpmu: {'error' if code == EXIT_USAGE else 'run failed'}: {message}", err=True)
+    sys.exit(code)
+
+
+@contextmanager
+def input_errors(source: str = "") -> Iterator[None]:
+    """Map input errors to exit 2 (one message naming the file) and run errors to exit 1."""
+    from vpmu_core.scenario.loader import ScenarioError
+
+    try:
+        yield
+    except ScenarioError as e:
+        fail(str(e))
+    except ConfigError as e:
+        fail(f"{source}: {e}" if source else str(e))
+    except ValidationError as e:
+        fail(f"{source}: {e}" if source else str(e))
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as e:
+        log.debug("run.failed", exc_info=True)
+        fail(f"{type(e).__name__}: {e}", EXIT_FAILED)
+
+
+def dumps(data: Any) -> str:
+    return json.dumps(data, sort_keys=True, indent=2) + "\n"
+
+
+def console(stderr: bool = False) -> Any:
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=False)
+
+
+class _Progress:
+    """A rich progress bar on stderr that appears only once a run has taken over a second."""
+
+    def __init__(self, label: str, quiet: bool) -> None:
+        self.label = label
+        self.quiet = quiet
+        self.t0 = time.monotonic()
+        self.bar: Any = None
+        self.task: Any = None
+
+    def __call__(self, now_ns: int, total_ns: int) -> None:
+        if self.quiet:
+            return
+        if self.bar is None:
+            if time.monotonic() - self.t0 < 1.0:
+                return
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                TextColumn("{task.percentage:>5.1f}% simulated"),
+                TimeElapsedColumn(),
+                console=console(stderr=True),
+                transient=True,
+            )
+            self.bar.start()
+            self.task = self.bar.add_task(self.label, total=total_ns)
+        self.bar.update(self.task, completed=now_ns)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+# ---- the group -----------------------------------------------------------------------------
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="More log output on stderr (-v info, -vv debug).")
+@click.version_option(package_name="vpmu", prog_name="vpmu")
+def cli(verbose: int) -> None:
+    """vpmu: a deterministic model of x86 PMU virtualization (emulated vs mediated vPMU)."""
+    configure_logging(verbose)
+
+
+# ---- discovery commands ----------------------------------------------------------------------
+def _plugin_rows(cat: Any) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": p.name,
+            "dist": p.dist,
+            "version": p.version,
+            "status": p.status,
+            "provides": {k: list(v) for k, v in sorted(p.provides.items())},
+            "hooks": list(p.hooks),
+            "load_error": p.load_error,
+        }
+        for p in cat.plugins
+    ]
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def plugins(as_json: bool) -> None:
+    """Installed plugins: distribution, version, what each provides, hooks, load errors."""
+    rows = _plugin_rows(catalog())
+    if as_json:
+        click.echo(dumps(rows), nl=False)
+        return
+    from rich.table import Table
+
+    t = Table(title="vpmu plugins", title_justify="left", header_style="bold")
+    for c in ("name", "distribution", "version", "status", "provides", "hooks"):
+        t.add_column(c)
+    for r in rows:
+        provides = "; ".join(f"{k}: {', '.join(v)}" for k, v in r["provides"].items())
+        status = r["status"] if r["status"] == "loaded" else f"FAILED: {r['load_error']}"
+        t.add_row(r["name"], r["dist"] or "-", r["version"] or "-", status, provides, ", ".join(r["hooks"]))
+    if not rows:
+        click.echo("no vpmu plugins installed (entry point group 'vpmu.plugins')")
+        return
+    console().print(t)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def models(as_json: bool) -> None:
+    """CPU models and facilities that can be composed, with their options."""
+    cat = catalog()
+    data = {
+        "cpu_models": [
+            {"name": n, "vendor": s.vendor, "plugin": s.plugin, "description": s.description, "options": s.options}
+            for n, s in sorted(cat.cpu_models.items())
+        ],
+        "facilities": [
+            {"name": n, "plugin": s.plugin, "description": s.description, "options": s.options}
+            for n, s in sorted(cat.facilities.items())
+        ],
+    }
+    if as_json:
+        click.echo(dumps(data), nl=False)
+        return
+    _spec_table("CPU models", data["cpu_models"], extra="vendor")
+    _spec_table("Facilities", data["facilities"])
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def modes(as_json: bool) -> None:
+    """Virtualization modes and their options (use as MODE or MODE:opt=value,...)."""
+    cat = catalog()
+    data = [
+        {"name": n, "plugin": s.plugin, "description": s.description, "options": s.options}
+        for n, s in sorted(cat.modes.items())
+    ]
+    if as_json:
+        click.echo(dumps(data), nl=False)
+        return
+    _spec_table("Modes", data)
+
+
+def _spec_table(title: str, rows: list[dict[str, Any]], extra: str | None = None) -> None:
+    from rich.table import Table
+
+    if not rows:
+        click.echo(f"{title}: none installed")
+        return
+    t = Table(title=title, title_justify="left", header_style="bold")
+    cols = ["name", *([extra] if extra else []), "plugin", "description", "options"]
+    for c in cols:
+        t.add_column(c)
+    for r in rows:
+        opts = "\n".join(f"{k}: {v}" for k, v in sorted(r["options"].items())) or "-"
+        t.add_row(*(str(r[c]) if c != "options" else opts for c in cols))
+    console().print(t)
+
+
+@cli.command()
+def schema() -> None:
+    """Print the JSON Schema of scenario files (for editor completion)."""
+    from vpmu_core.scenario.schema import Scenario
+
+    click.echo(dumps(Scenario.model_json_schema(by_alias=True)), nl=False)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def scenarios(as_json: bool) -> None:
+    """Scenarios shipped with vpmu or registered by plugins (use their names with `run`)."""
+    from vpmu_core.scenario.loader import available_scenarios, read_data
+
+    rows = []
+    for name, path in sorted(available_scenarios(catalog()).items()):
+        try:
+            desc = str(read_data(Path(path)).get("description", "")).strip().splitlines()[0:1]
+        except ConfigError as e:
+            desc = [f"(unreadable: {e})"]
+        rows.append({"name": name, "path": path, "description": desc[0] if desc else ""})
+    if as_json:
+        click.echo(dumps(rows), nl=False)
+        return
+    from rich.table import Table
+
+    t = Table(title="Scenarios", title_justify="left", header_style="bold")
+    t.add_column("name")
+    t.add_column("description")
+    for r in rows:
+        t.add_row(r["name"], r["description"])
+    console().print(t)
+
+
+# ---- running ---------------------------------------------------------------------------------
+_scenario_arg = click.argument("scenario", required=False)
+_common = [
+    click.option("--cpu", "cpu", metavar="MODEL", help="CPU model (overrides the scenario's)."),
+    click.option("--mode", "mode", metavar="MODE[:opt=v,...]", help="Mode (overrides the scenario's)."),
+    click.option("--facility", "facilities", multiple=True, metavar="F", help="Add a facility (repeatable)."),
+    click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a scenario field (dotted path)."),
+    click.option("-q", "--quiet", is_flag=True, help="No progress bar."),
+]
+
+
+def _with_common(fn: Callable[..., Any]) -> Callable[..., Any]:
+    for opt in reversed(_common):
+        fn = opt(fn)
+    return fn
+
+
+def _load(scenario: str | None, cpu: str | None, mode: str | None, facilities: tuple[str, ...], sets: tuple[str, ...]):
+    from vpmu_core.scenario.loader import load
+
+    with input_errors():
+        return load(scenario, sets=sets, cpu=cpu, mode=mode, facilities=facilities, catalog=catalog())
+
+
+def _execute(scn: Any, source: str, quiet: bool, trace: bool = False, label: str | None = None) -> Any:
+    from vpmu_core.scenario.runner import run_scenario
+
+    bar = _Progress(label or scn.name or source, quiet)
+    try:
+        with input_errors(source):
+            return run_scenario(scn, catalog=catalog(), trace=trace, progress=bar)
+    finally:
+        bar.close()
+
+
+def _check_output(path: str) -> None:
+    parent = Path(path).resolve().parent
+    if not parent.is_dir():
+        fail(f"-o {path}: directory {parent} does not exist")
+
+
+@cli.command()
+@_scenario_arg
+@_with_common
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (stable schema, sorted keys).")
+@click.option("-o", "--output", metavar="FILE", help="Write the JSON report to FILE instead of stdout.")
+def run(scenario, cpu, mode, facilities, sets, quiet, as_json, output) -> None:  # type: ignore[no-untyped-def]
+    """Run SCENARIO (a file or a name; default: the built-in `default`) and report."""
+    if output:
+        _check_output(output)
+    scn, source = _load(scenario, cpu, mode, facilities, sets)
+    res = _execute(scn, source, quiet)
+    if output:
+        Path(output).write_text(dumps(res.report), encoding="utf-8")
+    elif as_json:
+        click.echo(dumps(res.report), nl=False)
+    else:
+        from vpmu_core.metrics.render import render_report
+
+        console().print(render_report(res.report))
+
+
+def split_modes(text: str) -> list[str]:
+    """`emulated,mediated:switch_at=exit,x=1,mediated` -> ['emulated', 'mediated:switch_at=exit,x=1', 'mediated']:
+    a comma-separated item with `=` and no `:` continues the previous mode's options."""
+    out: list[str] = []
+    for item in (p.strip() for p in text.split(",")):
+        if not item:
+            continue
+        if "=" in item and ":" not in item and out:
+            out[-1] += "," + item
+        else:
+            out.append(item)
+    return out
+
+
+@cli.command()
+@click.argument("scenario")
+@click.option("--modes", "modes_", required=True, metavar="M1,M2[:opt=v],...", help="Modes to compare.")
+@click.option("--cpu", "cpu", metavar="MODEL", help="CPU model (overrides the scenario's).")
+@click.option("--facility", "facilities", multiple=True, metavar="F", help="Add a facility (repeatable).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a scenario field.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="JSON: {mode label: summary}.")
+def compare(scenario, modes_, cpu, facilities, sets, quiet, as_json) -> None:  # type: ignore[no-untyped-def]
+    """Run SCENARIO once per mode (identical workload and seed) and compare side by side."""
+    specs = split_modes(modes_)
+    if not specs:
+        fail("--modes: no mode given")
+    loaded = [(m, *_load(scenario, cpu, m, facilities, sets)) for m in specs]
+    results = []
+    for label, scn, source in loaded:
+        res = _execute(scn, source, quiet, label=f"{scenario} [{label}]")
+        results.append((label, res.report))
+    if as_json:
+        click.echo(
+            dumps({label: {"composition": r["composition"], "summary": r["summary"]} for label, r in results}), nl=False
+        )
+        return
+    from vpmu_core.metrics.render import render_compare
+
+    console().print(render_compare(scenario, results))
+
+
+@cli.command()
+@click.argument("scenario", required=False)
+@click.option("-o", "--output", required=True, metavar="FILE", help="Trace file (.json: Chrome JSON trace).")
+@_with_common
+def trace(scenario, output, cpu, mode, facilities, sets, quiet) -> None:  # type: ignore[no-untyped-def]
+    """Write a trace of SCENARIO that Perfetto UI opens: counter ownership per physical
+    counter, VM-entries/exits, PMIs, host event states (Chrome JSON trace format)."""
+    from vpmu_core.metrics.trace import write_chrome_json
+
+    _check_output(output)
+    scn, source = _load(scenario, cpu, mode, facilities, sets)
+    res = _execute(scn, source, quiet, trace=True)
+    c = res.report["composition"]
+    write_chrome_json(
+        res.timeline,
+        output,
+        {"scenario": scn.name, "cpu": c["cpu"], "mode": c["mode"], "seed": str(c["seed"])},
+    )
+    if not quiet:
+        click.echo(f"wrote {output} ({len(res.timeline.slices)} slices, {len(res.timeline.tracks())} tracks)", err=True)
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(x) for x in text.lower().split("x"))
+    except ValueError:
+        fail(f"--size {text!r}: expected WIDTHxHEIGHT in pixels, e.g. 1600x900")
+    if not (200 <= w <= 10000 and 200 <= h <= 10000):
+        fail(f"--size {text!r}: width and height must be 200..10000 pixels")
+    return w, h
+
+
+@cli.command()
+@click.argument("scenario", required=False)
+@click.option("-o", "--output", required=True, metavar="FILE.png", help="PNG file.")
+@click.option("--size", default="1600x900", show_default=True, metavar="WxH", help="Image size in pixels.")
+@_with_common
+def plot(scenario, output, size, cpu, mode, facilities, sets, quiet) -> None:  # type: ignore[no-untyped-def]
+    """Plot SCENARIO: counter ownership timeline and per-event error bars (PNG)."""
+    from vpmu_core.metrics.plot import plot_run
+
+    w, h = _size(size)
+    _check_output(output)
+    scn, source = _load(scenario, cpu, mode, facilities, sets)
+    res = _execute(scn, source, quiet, trace=True)
+    with input_errors(source):
+        plot_run(res.timeline, res.report, output, w, h)
+    if not quiet:
+        click.echo(f"wrote {output} ({w}x{h})", err=True)
+
+
+# ---- sweep -----------------------------------------------------------------------------------
+def _sweep_job(job: tuple[str, str | None, tuple[str, ...]]) -> dict[str, Any]:
+    """One sweep point, run in a worker process: (scenario, mode or None, sets) -> result row."""
+    from vpmu_core.scenario.loader import load
+    from vpmu_core.scenario.runner import run_scenario
+
+    scenario, mode, sets = job
+    cat = catalog()
+    scn, _ = load(scenario, sets=sets, mode=mode, catalog=cat)
+    res = run_scenario(scn, catalog=cat)
+    return {
+        "scenario": scenario,
+        "mode": mode or scn.mode,
+        "set": list(sets),
+        "composition": res.report["composition"],
+        "summary": res.report["summary"],
+    }
+
+
+def _expand_grid(grid: tuple[str, ...]) -> list[tuple[str, ...]]:
+    import itertools
+
+    axes = []
+    for g in grid:
+        if "=" not in g:
+            fail(f"--grid {g!r}: expected key=v1,v2,...")
+        k, vals = g.split("=", 1)
+        axes.append([f"{k}={v}" for v in vals.split(",") if v != ""] or [f"{k}="])
+    return [tuple(c) for c in itertools.product(*axes)] if axes else [()]
+
+
+@cli.command()
+@click.argument("scenarios_", nargs=-1, required=True, metavar="SCENARIO...")
+@click.option("--modes", "modes_", default=None, metavar="M1,M2[:opt=v],...", help="Modes (default: each scenario's).")
+@click.option("--grid", multiple=True, metavar="KEY=V1,V2,...", help="Sweep a scenario field over values.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Fixed override for every point.")
+@click.option("-j", "--jobs", type=click.IntRange(1, 256), default=None, help="Worker processes (default: CPUs).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="JSON: one row per point, in sweep order.")
+def sweep(scenarios_, modes_, grid, sets, jobs, quiet, as_json) -> None:  # type: ignore[no-untyped-def]
+    """Run SCENARIOs x modes x --grid values in parallel (a local process pool) and tabulate."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from vpmu_core.scenario.loader import load
+
+    mode_list: list[str | None] = list(split_modes(modes_)) if modes_ else [None]
+    points = [(s, m, tuple(sets) + g) for s in scenarios_ for m in mode_list for g in _expand_grid(grid)]
+    for s, m, st in points:  # validate every point first: nothing runs on bad input
+        with input_errors():
+            load(s, sets=st, mode=m, catalog=catalog())
+    n = jobs or os.cpu_count() or 1
+    rows: list[dict[str, Any]] = []
+    from rich.progress import Progress
+
+    with input_errors():
+        if n == 1 or len(points) == 1:
+            rows = [_sweep_job(p) for p in points]
+        else:
+            with ProcessPoolExecutor(max_workers=min(n, len(points))) as ex:
+                futs = [ex.submit(_sweep_job, p) for p in points]
+                show = not quiet and console(stderr=True).is_terminal
+                if show:
+                    with Progress(console=console(stderr=True), transient=True) as prog:
+                        task = prog.add_task("sweep", total=len(futs))
+                        for f in futs:
+                            f.result()
+                            prog.advance(task)
+                rows = [f.result() for f in futs]
+    if as_json:
+        click.echo(dumps(rows), nl=False)
+        return
+    from rich.table import Table
+
+    t = Table(title=f"vpmu sweep: {len(rows)} points", title_justify="left", header_style="bold")
+    for c in ("scenario", "mode", "set", "guest |err| mean", "silent", "host lost", "exits", "cyc/exit", "leaks"):
+        t.add_column(c, justify="right" if c not in ("scenario", "mode", "set") else "left")
+    for r in rows:
+        s = r["summary"]
+        opts = ",".join(f"{k}={v}" for k, v in sorted(r["composition"]["mode_options"].items()))
+        t.add_row(
+            r["scenario"],
+            r["composition"]["mode"] + (f":{opts}" if opts else ""),
+            " ".join(r["set"]) or "-",
+            f"{s['guest_mean_abs_error_pct']:.2f}%",
+            f"{s['silent_errors']}",
+            f"{s['host_lost_pct']:.2f}%",
+            f"{s['total_exits']:,}",
+            f"{s['cycles_per_exit']:,.1f}",
+            f"{s['leaks']}",
+        )
+    console().print(t)
+
+
+# ---- plugin commands, entry point ------------------------------------------------------------------
+def register_plugin_commands(group: click.Group) -> None:
+    """Let each loaded plugin add commands (`vpmu_register_commands`); a failure is logged."""
+    try:
+        cat = catalog()
+    except Exception as e:  # discovery never breaks the command
+        log.warning("plugins.catalog_failed", error=str(e))
+        return
+    if cat.pm is None:
+        return
+    for name, obj in sorted(cat.pm.list_name_plugin(), key=lambda p: str(p[0])):
+        fn = getattr(obj, "vpmu_register_commands", None)
+        if fn is None:
+            continue
+        try:
+            fn(cli=group)
+        except Exception as e:
+            log.warning("plugin.commands_failed", plugin=name, error=str(e))
+
+
+def main(argv: list[str] | None = None) -> None:
+    configure_logging(0)
+    args = sys.argv[1:] if argv is None else argv
+    if any(a in ("-v", "--verbose") or (a.startswith("-v") and set(a[1:]) == {"v"}) for a in args):
+        configure_logging(2)
+    register_plugin_commands(cli)
+    cli.main(args=args, prog_name="vpmu", standalone_mode=True)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,309 @@
+"""Run a scenario: compose the host, build its timeline of actions, advance the clock from
+action to action, and return the report.
+
+Determinism: actions are sorted by (time, kind, declaration order) with stops before
+starts before work; the clock advances to absolute times in fixed steps (duration / 100,
+and every action time), whether or not anyone watches the progress. The same scenario and
+seed therefore give the same report, byte for byte.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from vpmu_core.errors import GuestFault, PerfError
+from vpmu_core.hv.config import GuestPmuConfig
+from vpmu_core.logs import get_logger
+from vpmu_core.perf.attr import PerfEventAttr
+from vpmu_core.scenario.schema import GuestPerfSession, HostPerfSession, Scenario
+
+log = get_logger("vpmu.scenario")
+
+#: action kinds, in the order they run at the same time
+STOP, START, WORK = 0, 1, 2
+STEPS = 100
+
+
+@dataclass
+class RunResult:
+    scenario: Scenario
+    report: dict[str, Any]
+    host: Any
+    timeline: Any | None = None
+
+
+@dataclass(order=True)
+class _Action:
+    t_ns: int
+    kind: int
+    seq: int
+    what: str = field(compare=False)
+    fn: Callable[[], None] = field(compare=False)
+
+
+def compose_host(scn: Scenario, catalog: Any | None = None) -> Any:
+    """`vpmu.compose()` from the scenario's composition fields (raises ConfigError)."""
+    from vpmu_core.errors import ConfigError
+    from vpmu_core.plugins.compose import compose
+
+    try:
+        return _compose(compose, scn, catalog)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as e:  # a factory refusing an option value
+        raise ConfigError("composition", f"{type(e).__name__}: {e}") from None
+
+
+def _compose(compose: Any, scn: Scenario, catalog: Any | None) -> Any:
+    return compose(
+        cpu=scn.cpu,
+        mode=scn.mode,
+        facilities=tuple(scn.facilities),
+        cpus=scn.cpus,
+        mode_options=scn.mode_options,
+        costs=scn.cost_overrides(),
+        seed=scn.seed,
+        model_options=scn.model_options,
+        facility_options=scn.facility_options,
+        mux_interval_ns=scn.mux_interval_ns,
+        catalog_=catalog,
+    )
+
+
+def _attr(ev: int | str, s: HostPerfSession | GuestPerfSession, pinned: bool, **extra: Any) -> PerfEventAttr:
+    label = ev if isinstance(ev, str) else f"raw:{ev:#x}"
+    return PerfEventAttr(
+        type="hardware" if isinstance(ev, str) else "raw",
+        config=ev,
+        pinned=pinned,
+        exclude_user=s.exclude_user,
+        exclude_kernel=s.exclude_kernel,
+        sample_period=s.sample_period,
+        branch_sample_type=tuple(s.branch_sample_type),
+        name=f"{s.name}/{label}",
+        **extra,
+    )
+
+
+class _Run:
+    def __init__(self, scn: Scenario, host: Any, timeline: Any | None) -> None:
+        self.scn = scn
+        self.host = host
+        self.timeline = timeline
+        self.actions: list[_Action] = []
+        self.open_errors: list[dict[str, Any]] = []
+        self.tasks: dict[str, Any] = {}
+        self.vms: dict[str, Any] = {}
+        self.sessions: dict[str, list[Any]] = {}
+
+    def at(self, t_ns: int, kind: int, what: str, fn: Callable[[], None]) -> None:
+        self.actions.append(_Action(t_ns, kind, len(self.actions), what, fn))
+
+    def now_ns(self) -> int:
+        return self.host.now_ns
+
+    def _open_error(self, session: str, scope: str, ev: Any, where: str, err: Exception) -> None:
+        self.open_errors.append(
+            {
+                "session": session,
+                "scope": scope,
+                "event": ev if isinstance(ev, str) else f"raw:{ev:#x}",
+                "where": where,
+                "errno": getattr(err, "errno", None),
+                "error": str(err),
+                "time_ns": self.now_ns(),
+            }
+        )
+        log.info("scenario.open_failed", session=session, where=where, error=str(err))
+
+    # ---- build ------------------------------------------------------------------------------
+    def build(self) -> None:
+        scn, host = self.scn, self.host
+        for t in scn.host.tasks:
+            task = host.spawn_task(t.name, cpu=t.cpu)
+            self.tasks[t.name] = task
+            self._queue(t, f"task {t.name}", task.execute)
+        for v in scn.vms:
+            vm = host.create_vm(
+                vcpus=v.vcpus,
+                pmu=GuestPmuConfig(**v.pmu.model_dump()),
+                pin=v.pin,
+                exits=v.exits.build(),
+                name=v.name,
+            )
+            self.vms[v.name] = vm
+            if v.event_filter is not None:
+                f = v.event_filter
+                vm.set_pmu_event_filter(f.action, list(f.events), f.fixed_counter_bitmap, f.masked)
+            for w in v.work:
+                targets = range(v.vcpus) if w.vcpu == "all" else [w.vcpu]
+                for i in targets:
+                    self._queue(w, f"{vm.vcpus[i].name}", vm.vcpus[i].queue)
+            for s in v.perf:
+                self.at(s.start_ns, START, f"guest perf {s.name}", lambda s=s, vm=vm: self._open_guest(vm, s))
+                if s.stop_ns is not None:
+                    self.at(s.stop_ns, STOP, f"guest perf {s.name} stop", lambda s=s, vm=vm: self._stop(vm.name, s))
+        for s in scn.host.perf:
+            self.at(s.start_ns, START, f"host perf {s.name}", lambda s=s: self._open_host(s))
+            if s.stop_ns is not None:
+                self.at(s.stop_ns, STOP, f"host perf {s.name} stop", lambda s=s: self._stop("host", s))
+
+    def _queue(self, spec: Any, who: str, sink: Callable[[Any], None]) -> None:
+        work = spec.work.build()
+        if spec.every_ns == 0:
+            self.at(spec.at_ns, WORK, f"work {who}", lambda: [sink(work) for _ in range(spec.repeat)])
+        else:
+            for k in range(spec.repeat):
+                t = spec.at_ns + k * spec.every_ns
+                if t <= self.scn.duration_ns:
+                    self.at(t, WORK, f"work {who}", lambda: sink(work))
+
+    def _mark(self, track: str, name: str, args: dict[str, Any] | None = None) -> None:
+        if self.timeline is not None:
+            self.timeline.mark(track, self.now_ns(), name, args)
+
+    def _open_host(self, s: HostPerfSession) -> None:
+        host = self.host
+        opened: list[Any] = []
+        extra = {"exclude_guest": s.exclude_guest, "exclude_host": s.exclude_host}
+        if s.klass.startswith("cpu_"):
+            cpus = list(range(len(host.cpus))) if s.cpu == "all" else [s.cpu] if isinstance(s.cpu, int) else s.cpu
+            targets = [(-1, c, f"cpu{c}") for c in cpus]
+        else:
+            task = self.tasks.get(s.task)  # type: ignore[arg-type]
+            if task is None:
+                vm_name, _, vc = str(s.task).partition("/vcpu")
+                task = self.vms[vm_name].vcpus[int(vc)].task
+            targets = [(task.pid, -1 if s.cpu is None else s.cpu, f"task {s.task}")]
+        for pid, cpu, where in targets:
+            leader = None
+            for ev in s.events:
+                try:
+                    e = host.perf_event_open(_attr(ev, s, s.pinned, **extra), pid=pid, cpu=cpu, group=leader)
+                except PerfError as err:
+                    self._open_error(s.name, "host", ev, where, err)
+                    if s.group:
+                        break
+                    continue
+                opened.append(e)
+                if s.group and leader is None:
+                    leader = e
+        self.sessions.setdefault(f"host/{s.name}", []).extend(opened)
+        self._mark("scenario", f"open {s.name}", {"events": len(opened), "class": s.klass})
+
+    def _open_guest(self, vm: Any, s: GuestPerfSession) -> None:
+        vcpus = range(len(vm.vcpus)) if s.vcpu == "all" else [s.vcpu] if isinstance(s.vcpu, int) else s.vcpu
+        opened: list[Any] = []
+        for i in vcpus:
+            leader = None
+            for ev in s.events:
+                try:
+                    e = vm.guest_perf.perf_event_open(_attr(ev, s, s.pinned), pid=-1, cpu=i, group=leader)
+                except (PerfError, GuestFault) as err:
+                    self._open_error(s.name, f"guest:{vm.name}", ev, f"vcpu{i}", err)
+                    if s.group:
+                        break
+                    continue
+                opened.append(e)
+                if s.group and leader is None:
+                    leader = e
+        self.sessions.setdefault(f"{vm.name}/{s.name}", []).extend(opened)
+        self._mark("scenario", f"open {vm.name}:{s.name}", {"events": len(opened)})
+
+    def _stop(self, scope: str, s: Any) -> None:
+        for e in self.sessions.get(f"{scope}/{s.name}", []):
+            if not e.closed:
+                try:
+                    e.disable()
+                except (PerfError, GuestFault) as err:
+                    log.info("scenario.disable_failed", session=s.name, error=str(err))
+        self._mark("scenario", f"stop {s.name}")
+
+    # ---- run ------------------------------------------------------------------------------
+    def run(self, progress: Callable[[int, int], None] | None) -> None:
+        host, dur = self.host, self.scn.duration_ns
+        step = max(1, dur // STEPS)
+        times = sorted({a.t_ns for a in self.actions if a.t_ns <= dur} | set(range(step, dur, step)) | {dur})
+        pending = sorted(a for a in self.actions if a.t_ns <= dur)
+        k = 0
+        for t in [0, *times]:
+            host.sync(host.ns_to_cycles(t))
+            while k < len(pending) and pending[k].t_ns <= t:
+                a = pending[k]
+                k += 1
+                log.debug("scenario.action", t_ns=t, what=a.what)
+                a.fn()
+            if progress is not None:
+                progress(t, dur)
+
+
+def summarize(report: dict[str, Any]) -> dict[str, Any]:
+    """Headline numbers for `vpmu compare` and the report's `summary` section."""
+    guest = [e for e in report["events"] if e["scope"].startswith("guest:")]
+    errs = [abs(e["error_pct"]) for e in guest if e["error_pct"] is not None]
+    host_loss = report["host_loss"]
+    lost = sum(max(0, h["lost"]) for h in host_loss)
+    truth = sum(h["truth"] for h in host_loss)
+    exits: dict[str, int] = {}
+    overhead_cycles = guest_cycles = total_exits = 0
+    for name, o in report["overhead"].items():
+        if name == "host":
+            continue
+        for r, n in o["exits"].items():
+            exits[r] = exits.get(r, 0) + n
+        overhead_cycles += o["total_overhead_cycles"]
+        guest_cycles += o["guest_cycles"]
+        total_exits += o["total_exits"]
+    freq = report.get("freq_hz") or 0
+    perf_calls = {}
+    for scope, st in report["perf_api"].items():
+        perf_calls[scope] = sum(st.values())
+    return {
+        "guest_events": len(guest),
+        "guest_mean_abs_error_pct": round(sum(errs) / len(errs), 4) if errs else 0.0,
+        "guest_max_abs_error_pct": round(max(errs), 4) if errs else 0.0,
+        "silent_errors": len(report["silent_errors"]),
+        "silent_error_total_ns": report["silent_error_total_ns"],
+        "host_lost_counts": lost,
+        "host_lost_pct": round(lost * 100.0 / truth, 4) if truth else 0.0,
+        "exits": dict(sorted(exits.items())),
+        "total_exits": total_exits,
+        "overhead_cycles": overhead_cycles,
+        "cycles_per_exit": round(overhead_cycles / total_exits, 2) if total_exits else 0.0,
+        "overhead_cycles_per_guest_second": round(overhead_cycles * freq / guest_cycles, 1)
+        if guest_cycles and freq
+        else 0.0,
+        "perf_api_calls": dict(sorted(perf_calls.items())),
+        "leaks": len(report["leaks"]["leaks"]),
+        "open_errors": len(report.get("open_errors", [])),
+    }
+
+
+def run_scenario(
+    scn: Scenario,
+    *,
+    catalog: Any | None = None,
+    trace: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> RunResult:
+    """Compose, run and report. Raises ConfigError (bad composition) or PerfError/... (run)."""
+    host = compose_host(scn, catalog)
+    timeline = None
+    if trace:
+        from vpmu_core.metrics.timeline import Timeline
+
+        timeline = Timeline(host)
+        host.set_tracer(timeline)
+    r = _Run(scn, host, timeline)
+    r.build()
+    r.run(progress)
+    if timeline is not None:
+        timeline.finish(host.now_ns)
+    report = host.report()
+    report["scenario"] = {"name": scn.name, "description": scn.description, "duration_ns": scn.duration_ns}
+    report["freq_hz"] = host.freq_hz
+    report["open_errors"] = r.open_errors
+    report["summary"] = summarize(report)
+    return RunResult(scn, report, host, timeline)
