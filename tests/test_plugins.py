@@ -1,0 +1,129 @@
+"""Plugin loading: broken plugins are listed not fatal, duplicates refused, typos caught."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+import vpmu_core as vpmu
+from vpmu_core.plugins.discovery import build_catalog
+from vpmu_core.plugins.markers import hookimpl
+from vpmu_core.plugins.resolve import HYPERVISOR_HOOKS
+from vpmu_core.testing import toy
+
+
+def module(name: str, **attrs: object) -> types.ModuleType:
+    m = types.ModuleType(name)
+    for k, v in attrs.items():
+        setattr(m, k, v)
+    return m
+
+
+def test_toy_plugin_registers_model_and_mode():
+    cat = build_catalog([("toy", toy)], [])
+    assert "toy/basic" in cat.cpu_models and "reference" in cat.modes
+    rec = cat.plugin("toy")
+    assert rec.status == "loaded"
+    assert rec.hooks == ("vpmu_register_cpu_models", "vpmu_register_modes")
+
+
+def test_misspelled_hook_is_rejected_with_reason():
+    @hookimpl
+    def vpmu_register_cpu_model(register):  # missing "s"
+        pass
+
+    cat = build_catalog([("typo", module("typo", vpmu_register_cpu_model=vpmu_register_cpu_model))], [])
+    rec = cat.plugin("typo")
+    assert rec.status == "failed" and "unknown hook" in rec.load_error
+
+
+def test_plugin_with_no_vpmu_hook_is_rejected():
+    import pluggy
+
+    other = pluggy.HookimplMarker("Vpmu")
+
+    @other
+    def vpmu_register_modes(register):
+        pass
+
+    cat = build_catalog([("wrongmarker", module("wrongmarker", vpmu_register_modes=vpmu_register_modes))], [])
+    rec = cat.plugin("wrongmarker")
+    assert rec.status == "failed" and "implements no vpmu hook" in rec.load_error
+
+
+def test_duplicate_model_names_refuse_composition_naming_both():
+    @hookimpl
+    def vpmu_register_cpu_models(register):
+        register(vpmu.CpuModelSpec(name="toy/basic", vendor="x", factory=toy.ToyModel))
+
+    dup = module("dup", vpmu_register_cpu_models=vpmu_register_cpu_models)
+    with pytest.raises(vpmu.ConfigError) as e:
+        vpmu.compose(cpu="toy/basic", mode="reference", plugins=[("toy", toy), ("zdup", dup)])
+    assert "toy" in str(e.value) and "zdup" in str(e.value)
+
+
+def test_register_raising_is_a_failed_plugin_not_a_crash():
+    @hookimpl
+    def vpmu_register_modes(register):
+        raise RuntimeError("boom")
+
+    cat = build_catalog([("toy", toy), ("bad", module("bad", vpmu_register_modes=vpmu_register_modes))], [])
+    assert cat.plugin("bad").status == "failed" and "boom" in cat.plugin("bad").load_error
+    assert "reference" in cat.modes
+
+
+def test_unknown_names_list_the_allowed_ones():
+    with pytest.raises(vpmu.ConfigError) as e:
+        vpmu.compose(cpu="toy/nope", mode="reference", plugins=[("toy", toy)])
+    assert "toy/basic" in str(e.value) and e.value.field == "cpu"
+    with pytest.raises(vpmu.ConfigError) as e:
+        vpmu.compose(cpu="toy/basic", mode="nope", plugins=[("toy", toy)])
+    assert "reference" in str(e.value)
+    with pytest.raises(vpmu.ConfigError) as e:
+        vpmu.compose(cpu="toy/basic", mode="reference", facilities=("lbr",), plugins=[("toy", toy)])
+    assert e.value.field == "facility"
+    with pytest.raises(vpmu.ConfigError):
+        vpmu.compose(cpu="toy/basic", mode="reference", mode_options={"bogus": 1}, plugins=[("toy", toy)])
+
+
+def test_hooks_resolved_once_per_composition():
+    host = vpmu.compose(cpu="toy/basic", mode="reference", plugins=[("toy", toy)])
+    hooks = host.hooks
+    assert hooks.implemented["vpmu_vcpu_create"] == ["mode:reference"]
+    # direct callables, not pluggy hook callers
+    assert hooks.vcpu_create.__qualname__.startswith("ReferenceMode.")
+    assert set(HYPERVISOR_HOOKS) >= {"vpmu_vm_exit", "vpmu_guest_wrmsr", "vpmu_host_pmi"}
+
+
+def test_every_hookspec_is_documented_with_its_signature():
+    from vpmu_core import hookspecs
+    from vpmu_core.plugins.discovery import new_plugin_manager
+
+    doc = (Path(__file__).parents[1] / "docs" / "plugin-hooks.md").read_text()
+    pm = new_plugin_manager()
+    for name in dir(hookspecs):
+        if name.startswith("vpmu_") and callable(getattr(hookspecs, name)):
+            args = ", ".join(getattr(pm.hook, name).spec.argnames)
+            assert f"{name}({args})" in doc, f"docs/plugin-hooks.md lacks {name}({args})"
+
+
+def test_broken_installed_plugin_is_listed_not_fatal(tmp_path):
+    dist = tmp_path / "vpmu_broken-0.0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: vpmu-broken\nVersion: 0.0.1\n")
+    (dist / "entry_points.txt").write_text("[vpmu.plugins]\nbroken = vpmu_no_such_module_xyz\n")
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    out = subprocess.run(
+        [sys.executable, "-m", "vpmu_core.cli.main", "plugins", "--json"], capture_output=True, text=True, env=env
+    )
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    rows = data["plugins"] if isinstance(data, dict) else data
+    broken = [p for p in rows if p["name"] == "broken"]
+    assert broken and broken[0]["status"] == "failed" and "vpmu_no_such_module_xyz" in broken[0]["load_error"]
