@@ -54,8 +54,8 @@ def events_table(report: dict[str, Any], scope_prefix: str, title: str) -> Table
         return None
     t = Table(title=title, title_justify="left", box=None, pad_edge=False, header_style="bold")
     t.add_column("counted", justify="right")
-    t.add_column("event")
-    t.add_column("where")
+    t.add_column("event", no_wrap=True)
+    t.add_column("where", no_wrap=True)
     t.add_column("(running)", justify="right")
     t.add_column("scaled", justify="right")
     t.add_column("truth", justify="right")

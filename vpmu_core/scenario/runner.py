@@ -53,7 +53,11 @@ def compose_host(scn: Scenario, catalog: Any | None = None) -> Any:
     except ConfigError:
         raise
     except (ValueError, TypeError) as e:  # a factory refusing an option value
-        raise ConfigError("composition", f"{type(e).__name__}: {e}") from None
+        raise ConfigError(
+            "composition",
+            f"{type(e).__name__}: {e} (cpu {scn.cpu} model_options={scn.model_options}, "
+            f"mode {scn.mode} mode_options={scn.mode_options}, facility_options={scn.facility_options})",
+        ) from None
 
 
 def _compose(compose: Any, scn: Scenario, catalog: Any | None) -> Any:
