@@ -1,0 +1,38 @@
+"""vpmu mode plugin `mode_emulated`: KVM's perf-based ("emulated") vPMU.
+
+Faithful to arch/x86/kvm/pmu.c: every guest PMU access is intercepted, each guest counter
+is backed by a pinned, exclude_host, per-task host perf event that competes with host
+perf users, the perf work is deferred to the next VM-entry, and what the guest loses under
+contention is recorded as silent errors. Importing this package has no side effects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from vpmu_core.plugins.markers import hookimpl
+from vpmu_core.plugins.records import ModeSpec
+
+__version__ = "0.1.0"
+
+
+def _factory(model: Any, options: dict[str, Any]) -> Any:
+    from vpmu_mode_emulated.mode import EmulatedMode
+
+    return EmulatedMode(model, options)
+
+
+@hookimpl
+def vpmu_register_modes(register: Callable[..., None]) -> None:
+    """Register the `emulated` mode."""
+    from vpmu_mode_emulated.mode import OPTIONS
+
+    register(
+        ModeSpec(
+            name="emulated",
+            factory=_factory,
+            description="KVM emulated vPMU: guest counters backed by host perf events (silent errors under contention)",
+            options=dict(OPTIONS),
+        )
+    )

@@ -1,0 +1,325 @@
+"""The `emulated` mode: KVM's perf-based vPMU as the hypervisor hooks of the core.
+
+Where each KVM step happens in the run loop:
+
+- guest WRMSR/RDMSR/RDPMC of anything PMU: always intercepted (a VM-exit plus
+  `kvm_emulated_msr_access`); the write goes to the vendor's guest-visible register model
+  (all #GP rules are the vendor's), whose control listeners mark counters for reprogram
+  and raise KVM_REQ_PMU; counters read and write through `EmulatedBackend`;
+- VM-entry (`vpmu_vm_entry`): count the emulated instruction of this exit, service
+  KVM_REQ_PMU (`kvm_pmu_handle_event`, lazy cleanup included), the vLBR passthrough
+  decision, silent-error bookkeeping; the core then delivers a requested PMI (KVM_REQ_PMI);
+- sched in (`vpmu_vcpu_load`): after a sched-out, schedule the lazy release;
+- host perf reschedules on the vCPU's CPU: re-evaluate silent errors (a host pinned event
+  can take a counter from a running guest at any time).
+
+The host/guest split of host events (`exclude_guest` / `exclude_host`) is the vendor perf
+driver's job at every entry and exit (Intel: the VM-entry GLOBAL_CTRL load; AMD:
+Host/GuestOnly), exactly as KVM relies on perf for it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import structlog
+from vpmu_core.errors import GuestFault
+from vpmu_core.plugins.markers import hookimpl
+
+from vpmu_mode_emulated import instructions, silent
+from vpmu_mode_emulated.backend import EmulatedBackend, pmc_read_counter
+from vpmu_mode_emulated.kvm_pmc import KvmPmc, KvmPmu, bits, control_signature
+from vpmu_mode_emulated.perf_api import KvmPerfCalls
+from vpmu_mode_emulated.reprogram import kvm_pmu_handle_event, pmc_release_perf_event
+from vpmu_mode_emulated.vlbr import Vlbr
+
+log = structlog.get_logger("vpmu.mode_emulated")
+
+OPTIONS: dict[str, str] = {
+    "lazy_release": "release idle perf events at vCPU sched-in (kvm_pmu_cleanup); default true",
+}
+
+
+class EmulatedMode:
+    """See the module docstring. One instance per composed host."""
+
+    name = "emulated"
+
+    def __init__(self, model: Any, options: dict[str, Any]) -> None:
+        self.model = model
+        self.lazy_release = bool(options.get("lazy_release", True))
+        self.host: Any = None
+        self._vcpus: list[Any] = []
+
+    def attach(self, host: Any) -> None:
+        """Watch host perf reschedules: they are when a guest counter can lose (or regain)
+        its hardware counter without KVM doing anything."""
+        self.host = host
+        host.perf.on_resched.append(self._on_resched)
+
+    # ---- helpers ------------------------------------------------------------------------
+    @staticmethod
+    def kpmu(vcpu: Any) -> KvmPmu:
+        return vcpu.mode_state  # type: ignore[no-any-return]
+
+    def _api(self, vcpu: Any) -> KvmPerfCalls:
+        return self.kpmu(vcpu).api  # type: ignore[no-any-return]
+
+    def _on_resched(self, cpu: int) -> None:
+        for vcpu in self._vcpus:
+            if vcpu.loaded_on == cpu:
+                silent.update(self.kpmu(vcpu))
+
+    def _facility_of(self, kpmu: KvmPmu, msr: int) -> Vlbr | None:
+        for v in kpmu.vlbrs.values():
+            if v.state.has_msr(msr):
+                return v
+        return None
+
+    def _on_controls(self, kpmu: KvmPmu, mask: int) -> None:
+        """A vendor control write changed the controls of the pmcs in `mask`: request a
+        reprogram of those whose control signature really changed."""
+        changed = 0
+        for i, kp in kpmu.pmcs.items():
+            if not mask >> i & 1:
+                continue
+            sig = control_signature(kp.pmc)
+            if kpmu.signatures.get(i) != sig:
+                kpmu.signatures[i] = sig
+                changed |= 1 << i
+        kpmu.last_changed |= changed
+        kpmu.request_reprogram(changed)
+
+    # ---- VM / vCPU lifecycle ------------------------------------------------------------
+    @hookimpl
+    def vpmu_vcpu_create(self, vcpu: Any) -> None:
+        kpmu = KvmPmu(vcpu)
+        api = KvmPerfCalls(vcpu, kpmu.stats)
+        pmu = vcpu.pmu
+        for p in pmu.pmcs:
+            kp = KvmPmc(p)
+            kp.counter = p.value & p.mask
+            kpmu.pmcs[p.idx] = kp
+            kpmu.signatures[p.idx] = control_signature(p)
+            sel = pmu.eventsel_msr(p)
+            if sel is not None:
+                kpmu.msr_to_idx[sel] = p.idx
+            for m in pmu.counter_msrs(p):
+                kpmu.msr_to_idx[m] = p.idx
+        for name, state in vcpu.facilities.items():
+            if getattr(state, "resource", None):
+                kpmu.vlbrs[name] = Vlbr(kpmu, api, name, state)
+        kpmu.api = api
+        vcpu.mode_state = kpmu
+        pmu.backend = EmulatedBackend(kpmu, api)
+        pmu.control_listeners.append(lambda mask: self._on_controls(kpmu, mask))
+        self._vcpus.append(vcpu)
+        # Whatever the vendor's reset state enables gets its event at the first entry.
+        kpmu.request_reprogram(kpmu.all_valid_pmc_idx)
+
+    @hookimpl
+    def vpmu_vm_destroy(self, vm: Any) -> None:
+        for vcpu in vm.vcpus:
+            kpmu = self.kpmu(vcpu)
+            if kpmu is None:
+                continue
+            api = self._api(vcpu)
+            for kp in kpmu.pmcs.values():
+                pmc_release_perf_event(kp, api)
+            for v in kpmu.vlbrs.values():
+                v.release()
+            silent.close_all(kpmu)
+            if vcpu in self._vcpus:
+                self._vcpus.remove(vcpu)
+
+    @hookimpl
+    def vpmu_vcpu_load(self, vcpu: Any, cpu: Any) -> None:
+        """kvm_arch_vcpu_load: after a sched-out, if KVM holds perf events, schedule the
+        lazy release (`need_cleanup` + KVM_REQ_PMU)."""
+        kpmu = self.kpmu(vcpu)
+        if kpmu.scheduled_out:
+            kpmu.scheduled_out = False
+            if self.lazy_release and vcpu.pmu.version and kpmu.event_count:
+                kpmu.need_cleanup = True
+                kpmu.req_pmu = True
+        silent.update(kpmu)
+
+    @hookimpl
+    def vpmu_vcpu_put(self, vcpu: Any, cpu: Any) -> None:
+        kpmu = self.kpmu(vcpu)
+        kpmu.scheduled_out = True
+        silent.close_all(kpmu)
+
+    @hookimpl
+    def vpmu_vm_entry(self, vcpu: Any) -> None:
+        """vcpu_enter_guest request processing: KVM_REQ_PMU, then (core) KVM_REQ_PMI."""
+        kpmu = self.kpmu(vcpu)
+        instructions.retire_pending(kpmu)
+        if kpmu.req_pmu:
+            kpmu.req_pmu = False
+            kpmu.stats["req_pmu_serviced"] += 1
+            kvm_pmu_handle_event(kpmu, self._api(vcpu))
+        for v in kpmu.vlbrs.values():
+            v.before_entry()
+        silent.update(kpmu)
+
+    # ---- interception -----------------------------------------------------------------
+    @hookimpl
+    def vpmu_msr_intercepted(self, vcpu: Any, msr: int, write: bool) -> bool | None:
+        """Every PMU MSR exits; only a facility's record MSRs may pass through, and only
+        while its vLBR event is ACTIVE."""
+        kpmu = self.kpmu(vcpu)
+        if kpmu.vlbrs:
+            v = self._facility_of(kpmu, msr)
+            if v is not None and not v.intercepted(msr):
+                return False
+        return True
+
+    @hookimpl
+    def vpmu_rdpmc_intercepted(self, vcpu: Any) -> bool | None:
+        return True
+
+    @hookimpl
+    def vpmu_guest_wrmsr(self, vcpu: Any, msr: int, value: int) -> bool | None:
+        """kvm_pmu_set_msr: mark the counter in use, write the vendor's register (its #GP
+        rules), which requests the reprogram through the control listener."""
+        kpmu = self.kpmu(vcpu)
+        vcpu.charge("kvm_emulated_msr_access", vcpu.costs.kvm_emulated_msr_access)
+        v = self._facility_of(kpmu, msr) if kpmu.vlbrs else None
+        if v is not None:
+            v.write(msr, value)
+            return True
+        pmu = vcpu.pmu
+        if not pmu.has_msr(msr):
+            return None
+        idx = kpmu.msr_to_idx.get(msr)
+        if idx is not None:
+            kpmu.pmc_in_use |= 1 << idx
+        kpmu.last_changed = 0
+        try:
+            pmu.wrmsr(msr, value)
+        except GuestFault:
+            instructions.instruction_faulted(kpmu)
+            raise
+        if msr == pmu.fixed_ctrl_msr():
+            # reprogram_fixed_counters: only the fields that changed are marked in use
+            for i in bits(kpmu.last_changed):
+                if kpmu.pmcs[i].pmc.is_fixed:
+                    kpmu.pmc_in_use |= 1 << i
+        return True
+
+    @hookimpl
+    def vpmu_guest_rdmsr(self, vcpu: Any, msr: int) -> int | None:
+        kpmu = self.kpmu(vcpu)
+        vcpu.charge("kvm_emulated_msr_access", vcpu.costs.kvm_emulated_msr_access)
+        v = self._facility_of(kpmu, msr) if kpmu.vlbrs else None
+        if v is not None:
+            return v.read(msr)
+        if not vcpu.pmu.has_msr(msr):
+            return None
+        try:
+            return int(vcpu.pmu.rdmsr(msr))
+        except GuestFault:
+            instructions.instruction_faulted(kpmu)
+            raise
+
+    @hookimpl
+    def vpmu_guest_rdpmc(self, vcpu: Any, ecx: int) -> int | None:
+        """kvm_pmu_rdpmc: the vendor decodes ECX (#GP rules), the backend gives the value."""
+        kpmu = self.kpmu(vcpu)
+        vcpu.charge("kvm_emulated_msr_access", vcpu.costs.kvm_emulated_msr_access)
+        try:
+            return int(vcpu.pmu.rdpmc(ecx))
+        except GuestFault:
+            instructions.instruction_faulted(kpmu)
+            raise
+
+    # ---- emulated instruction counting ------------------------------------------------------
+    @hookimpl
+    def vpmu_instruction_snapshot(self, vcpu: Any) -> Any:
+        return instructions.snapshot(self.kpmu(vcpu))
+
+    @hookimpl
+    def vpmu_instruction_retired(self, vcpu: Any, token: Any) -> None:
+        """Normally already counted at the entry that ended the exit; count it here only if
+        that entry did not happen."""
+        kpmu = self.kpmu(vcpu)
+        if kpmu.pending_retire is not None and kpmu.pending_retire is token:
+            instructions.retire_pending(kpmu)
+
+    def branch_retired(self, vcpu: Any) -> None:
+        """KVM emulated a branch for the guest (`kvm_pmu_branch_retired`)."""
+        instructions.branch_retired(self.kpmu(vcpu))
+
+    def instruction_retired(self, vcpu: Any) -> None:
+        """KVM emulated an instruction outside the MSR/RDPMC/CPUID paths."""
+        instructions.instruction_retired_now(self.kpmu(vcpu))
+
+    # ---- event filter -----------------------------------------------------------------------
+    def filter_changed(self, vcpu: Any) -> None:
+        """KVM_SET_PMU_EVENT_FILTER: every counter is re-evaluated before the next entry."""
+        kpmu = self.kpmu(vcpu)
+        kpmu.request_reprogram(kpmu.all_valid_pmc_idx)
+
+    # ---- migration ---------------------------------------------------------------------------
+    @hookimpl
+    def vpmu_vcpu_restore_state(self, vcpu: Any, state: dict) -> None:
+        """KVM_SET_MSRS done by the core; every counter is reprogrammed before KVM_RUN."""
+        kpmu = self.kpmu(vcpu)
+        kpmu.request_reprogram(kpmu.all_valid_pmc_idx)
+
+    # ---- reports ------------------------------------------------------------------------------
+    def guest_counter_values(self, vcpu: Any) -> dict[str, int]:
+        """What the guest would read from each counter now (pmc_read_counter)."""
+        kpmu = self.kpmu(vcpu)
+        return {kp.name: pmc_read_counter(kp) for kp in kpmu.pmcs.values()}
+
+    def report(self, host: Any) -> dict[str, Any]:
+        """Perf API calls KVM made, reuse vs recreate, overflows and PMIs, per vCPU and total."""
+        total: Counter[str] = Counter()
+        per_vcpu: dict[str, dict[str, int]] = {}
+        for vcpu in self._vcpus:
+            st = self.kpmu(vcpu).stats
+            per_vcpu[vcpu.name] = dict(sorted(st.items()))
+            total.update(st)
+        perf_calls = {
+            k: total.get(k, 0)
+            for k in (
+                "perf_event_create",
+                "perf_event_release",
+                "perf_event_pause",
+                "perf_event_period",
+                "perf_event_enable",
+                "perf_event_reprogram",
+            )
+        }
+        return {
+            "mode": self.name,
+            "perf_api_calls": perf_calls,
+            "perf_api_calls_total": sum(
+                perf_calls[k]
+                for k in (
+                    "perf_event_create",
+                    "perf_event_release",
+                    "perf_event_pause",
+                    "perf_event_period",
+                    "perf_event_enable",
+                )
+            ),
+            "reprogram": {
+                "reuse": total.get("reprogram_reuse", 0),
+                "recreate": total.get("reprogram_recreate", 0),
+                "left_paused": total.get("reprogram_left_paused", 0),
+                "create_failed": total.get("create_failed", 0),
+                "lazy_releases": total.get("lazy_releases", 0),
+            },
+            "overflows": {
+                "from_perf": total.get("overflows_from_perf", 0),
+                "emulated": total.get("overflows_emulated", 0),
+                "ignored": total.get("overflows_ignored", 0),
+                "pmi_requests": total.get("pmi_requests", 0),
+            },
+            "emulated_events": total.get("emulated_events", 0),
+            "vcpus": per_vcpu,
+        }
