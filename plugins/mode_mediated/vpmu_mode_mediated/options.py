@@ -1,0 +1,60 @@
+"""The mode's options: where the PMU context switch happens, which host-perf rules apply,
+and whether counter writes that already match are elided.
+
+Options arrive from Python (`mode_options={...}`), scenario files and `--set key=value`
+on the command line, so strings are accepted for the boolean.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from vpmu_core.errors import ConfigError
+
+#: option name -> help text (shown by `vpmu modes`)
+OPTION_HELP: dict[str, str] = {
+    "switch_at": (
+        "where the PMU context switch happens: run_loop (default, merged v5+: around the inner "
+        "run loop, fastpath exits do not switch) | exit (RFC v1-v4: every VM-exit/entry) | "
+        "vcpu_run (the debated alternative: around KVM_RUN, host perf is blind inside it)"
+    ),
+    "host_policy": (
+        "host perf coexistence: rfc2 (default, merged: EBUSY/EOPNOTSUPP for exclude_guest=0 "
+        "events) | rfc1 (RFC v1: such events go to ERROR at the first guest load and stay there)"
+    ),
+    "elide_writes": "skip counter WRMSRs at load when hardware already holds the value (v6 34/44): true (default) | false",
+}
+
+PLACEMENTS = ("run_loop", "exit", "vcpu_run")
+POLICIES = ("rfc2", "rfc1")
+
+
+def _as_bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+        return value.lower() in ("true", "1", "yes", "on")
+    raise ConfigError(f"mode_options.{name}", f"expected a boolean, got {value!r}", "true, false")
+
+
+@dataclass(frozen=True)
+class MediatedOptions:
+    """Validated options (one object so the hot path reads plain attributes)."""
+
+    switch_at: str = "run_loop"
+    host_policy: str = "rfc2"
+    elide_writes: bool = True
+
+    @classmethod
+    def parse(cls, options: dict[str, Any]) -> MediatedOptions:
+        unknown = sorted(set(options) - set(OPTION_HELP))
+        if unknown:
+            raise ConfigError("mode_options", f"unknown option(s) {unknown} for mode 'mediated'", sorted(OPTION_HELP))
+        switch_at = str(options.get("switch_at", "run_loop"))
+        if switch_at not in PLACEMENTS:
+            raise ConfigError("mode_options.switch_at", f"unknown placement {switch_at!r}", ", ".join(PLACEMENTS))
+        policy = str(options.get("host_policy", "rfc2"))
+        if policy not in POLICIES:
+            raise ConfigError("mode_options.host_policy", f"unknown policy {policy!r}", ", ".join(POLICIES))
+        return cls(switch_at, policy, _as_bool("elide_writes", options.get("elide_writes", True)))

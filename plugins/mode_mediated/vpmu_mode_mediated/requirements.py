@@ -1,0 +1,63 @@
+"""Which hosts can run a mediated vPMU, and the few per-vendor rules KVM keeps in its
+vendor code (vmx/pmu_intel.c, svm/pmu.c behind `kvm_pmu_ops`).
+
+Requirements (facts kvm-vpmu.md §2.1, v6 17/44 and 18/44): Intel needs PMU version 4 or
+later (GLOBAL_STATUS_SET, MSR 0x391, to restore the guest's overflow bits) and full-width
+counter writes (to restore 48-bit counter values); AMD needs PerfMonV2 (version 2: the
+global control/status registers and STATUS_SET). Other vendors are judged by the same
+capabilities through the role methods: global control, status and a status-set register.
+
+Composing the mode on a host without them fails with a `ConfigError` naming what is
+missing, the way KVM forces `enable_mediated_pmu` off with a message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from vpmu_core.errors import ConfigError
+
+#: VMREAD of the guest PERF_GLOBAL_CTRL field after every VM-exit on VMX. Commit
+#: d3ba32d1ff2a: caching it would shave "~15-20 cycles per exit" (S); the upper bound.
+VMCS_GLOBAL_CTRL_READ_CYCLES = 20
+
+
+@dataclass(frozen=True)
+class VendorRules:
+    """What differs between VMX and SVM in the mediated code (KVM `kvm_pmu_ops`)."""
+
+    #: GLOBAL_CTRL switched by VM-entry/exit controls (VMX) instead of WRMSR at load/put (SVM)
+    atomic_global_ctrl: bool
+    #: global-register roles passed through when the guest PMU matches the host's
+    #: (v6 22/44: Intel GLOBAL_CTRL/STATUS/OVF_CTRL; AMD GLOBAL_CTL/STATUS/STATUS_CLR/STATUS_SET)
+    passthrough_global_roles: tuple[str, ...]
+
+
+def check_requirements(model: Any) -> VendorRules:
+    """Raise `ConfigError` if the host model cannot run a mediated vPMU; else its rules."""
+    caps = model.caps
+    pmu = model.make_pmu(None)
+    roles = pmu.global_msrs()
+    vendor = getattr(model, "vendor", "unknown")
+    missing: list[str] = []
+    if vendor == "intel":
+        if caps.version < 4:
+            missing.append(f"architectural PMU version 4 (GLOBAL_STATUS_SET), host has v{caps.version}")
+        if not caps.full_width_writes:
+            missing.append("full-width counter writes (PERF_CAPABILITIES.FW_WRITE)")
+    elif vendor == "amd":
+        if caps.version < 2 or not caps.global_regs:
+            missing.append(f"PerfMonV2 (global control/status registers), host PMU is v{caps.version}")
+    for role in ("ctrl", "status", "status_clr", "status_set"):
+        if role not in roles and not missing:
+            missing.append(f"a global {role.replace('_', '-')} register")
+    if missing:
+        raise ConfigError(
+            "mode",
+            f"mediated vPMU is not supported on {model.name}: missing " + "; ".join(missing),
+            "intel v4+ with full-width writes (e.g. intel/icelake, intel/sapphirerapids), amd with PerfMonV2 (amd/zen4)",
+        )
+    if pmu.atomic_global_ctrl_switch:
+        return VendorRules(True, ("ctrl", "status", "status_clr"))
+    return VendorRules(False, ("ctrl", "status", "status_clr", "status_set"))
