@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import errno
 
-import structlog
 from vpmu_core.errors import PerfError
+from vpmu_core.logs import get_logger
 from vpmu_core.perf.attr import PerfEventAttr
 from vpmu_core.perf.driver import HwEvent, RegisterPort
 
@@ -28,7 +28,7 @@ from vpmu_amd_perfmon.pmu import (
     WIDTH,
 )
 
-log = structlog.get_logger("vpmu.amd_perfmon")
+log = get_logger("vpmu.amd_perfmon")
 
 _MASK = (1 << WIDTH) - 1
 

@@ -11,17 +11,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import structlog
 from vpmu_core.errors import ConfigError
 from vpmu_core.hv.config import GuestPmuConfig
 from vpmu_core.hw.cpuid import CpuidTable
 from vpmu_core.hw.model import PmuCapabilities
+from vpmu_core.logs import get_logger
 
 from vpmu_amd_perfmon import cpuid as amd_cpuid
 from vpmu_amd_perfmon.driver import AmdPerfDriver
 from vpmu_amd_perfmon.pmu import WIDTH, AmdPmu
 
-log = structlog.get_logger("vpmu.amd_perfmon")
+log = get_logger("vpmu.amd_perfmon")
 
 DEFAULT_FREQ_HZ = 3_000_000_000
 MODEL_OPTIONS = {"freq_hz": f"core clock in Hz (default {DEFAULT_FREQ_HZ})"}

@@ -18,14 +18,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import structlog
 from vpmu_core.errors import gp
 from vpmu_core.hw.pmc import Pmc
 from vpmu_core.hw.pmu import PmuBase
+from vpmu_core.logs import get_logger
 
 from vpmu_amd_perfmon import eventsel as es
 
-log = structlog.get_logger("vpmu.amd_perfmon")
+log = get_logger("vpmu.amd_perfmon")
 
 WIDTH = 48  # APM §13.2.2: 48-bit counters; Linux cntval_mask = (1 << 48) - 1
 

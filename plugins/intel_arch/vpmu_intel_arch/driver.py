@@ -12,11 +12,10 @@ import errno
 from dataclasses import dataclass
 from typing import Any
 
-import structlog
-
 from vpmu_core.errors import PerfError
 from vpmu_core.events import EventKind
 from vpmu_core.hw.pmc import FIXED_BASE
+from vpmu_core.logs import get_logger
 from vpmu_core.perf.attr import PerfEventAttr
 from vpmu_core.perf.driver import HwEvent, RegisterPort
 from vpmu_intel_arch.cpuid import CPUID1_ECX_PDCM, CPUID7_EDX_ARCH_LBR
@@ -50,7 +49,7 @@ from vpmu_intel_arch.pmu import (
     RDPMC_FIXED,
 )
 
-log = structlog.get_logger("vpmu.intel_arch.driver")
+log = get_logger("vpmu.intel_arch.driver")
 
 _KIND_OF: dict[int, EventKind] = dict(ARCH_EVENTS) | dict(FIXED_EVENTS)
 
