@@ -17,30 +17,39 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import click
-import structlog
 from pydantic import ValidationError
 
 from vpmu_core.errors import ConfigError
+from vpmu_core.logs import get_logger
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 #: testing aid: extra plugin modules registered as if installed ("name=module,name=module")
 EXTRA_PLUGINS_ENV = "VPMU_EXTRA_PLUGINS"
 
-log = structlog.get_logger("vpmu.cli")
+log = get_logger("vpmu.cli")
 
 
 # ---- logging, catalog, errors --------------------------------------------------------------
 def configure_logging(verbosity: int) -> None:
+    """The library logs through stdlib-backed structlog (vpmu_core/logs.py) and is silent
+    until an application configures logging: warnings to stderr, `-v` info, `-vv` debug."""
     import logging
 
     level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("vpmu %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+    import structlog
+
+    # plugins that call structlog.get_logger() directly go through the same stdlib handler
     structlog.configure(
         processors=[
+            structlog.stdlib.filter_by_level,
             structlog.processors.add_log_level,
-            structlog.dev.ConsoleRenderer(colors=False),
+            structlog.processors.KeyValueRenderer(key_order=["event"], sort_keys=True),
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=False,
     )
 

@@ -7,27 +7,9 @@ event error (counted vs ground truth, %) as bars.
 
 from __future__ import annotations
 
-import zlib
 from typing import Any
 
 from vpmu_core.metrics.timeline import Timeline
-
-PALETTE = (
-    "#4C72B0",
-    "#DD8452",
-    "#55A868",
-    "#C44E52",
-    "#8172B3",
-    "#937860",
-    "#DA8BC3",
-    "#8C8C8C",
-    "#CCB974",
-    "#64B5CD",
-)
-
-
-def _color(name: str) -> str:
-    return PALETTE[zlib.crc32(name.encode()) % len(PALETTE)]
 
 
 def plot_run(tl: Timeline, report: dict[str, Any], path: str, width: int = 1600, height: int = 900) -> None:
@@ -42,6 +24,13 @@ def plot_run(tl: Timeline, report: dict[str, Any], path: str, width: int = 1600,
     ax, ax2 = fig.subplots(2, 1, gridspec_kw={"height_ratios": [3, 2]})
     tracks = [t for t in tl.tracks() if tl.kinds[t] in ("counter", "guest_counter", "vcpu")]
     y = {t: i for i, t in enumerate(reversed(tracks))}
+    from matplotlib.colors import to_hex
+
+    tab = [to_hex(c) for c in matplotlib.colormaps["tab20"].colors]  # type: ignore[attr-defined]
+    owners: dict[str, str] = {}
+    for s in sorted(tl.slices, key=lambda s: (s.start_ns, s.track, s.name)):
+        if s.track in y and tl.kinds[s.track] != "vcpu" and s.name not in owners:
+            owners[s.name] = tab[len(owners) % len(tab)]
     seen: dict[str, str] = {}
     for s in tl.slices:
         if s.track not in y:
@@ -50,7 +39,7 @@ def plot_run(tl: Timeline, report: dict[str, Any], path: str, width: int = 1600,
             color = "#55A868" if s.name == "guest" else "#C44E52"
             key = "guest mode" if s.name == "guest" else "VM-exit"
         else:
-            color = _color(s.name)
+            color = owners[s.name]
             key = s.name
         seen.setdefault(key, color)
         ax.broken_barh(
@@ -68,9 +57,9 @@ def plot_run(tl: Timeline, report: dict[str, Any], path: str, width: int = 1600,
         f"{report.get('scenario', {}).get('name') or 'run'}: {comp['cpu']}, mode {comp['mode']} - counter ownership",
         fontsize=10,
     )
-    handles = [Patch(color=c, label=k) for k, c in list(seen.items())[:14]]
+    handles = [Patch(color=c, label=k) for k, c in sorted(seen.items())[:40]]
     if handles:
-        ax.legend(handles=handles, fontsize=6, loc="upper right", ncol=2)
+        ax.legend(handles=handles, fontsize=6, loc="upper left", bbox_to_anchor=(1.005, 1.0), borderaxespad=0)
     events = [e for e in report["events"] if e["truth"] or e["value"]]
     labels = [
         f"{e['scope']} {e['label']}" + (f" cpu{e['cpu']}" if e["scope"] == "host" and e["cpu"] >= 0 else "")

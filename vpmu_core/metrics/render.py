@@ -198,7 +198,6 @@ def leaks_text(report: dict[str, Any]) -> Text:
 def render_report(report: dict[str, Any]) -> RenderableType:
     parts: list[RenderableType | None] = [
         header(report),
-        Text(""),
         events_table(report, "guest:", "Guest perf events (what the guest believes vs ground truth)"),
         events_table(report, "host", "Host perf events"),
         open_errors_table(report),
