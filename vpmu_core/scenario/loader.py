@@ -200,7 +200,8 @@ def format_validation_error(err: ValidationError, source: str) -> str:
             msg = e["msg"]
             if msg.startswith("Value error, "):
                 msg = msg[len("Value error, ") :]
-            lines.append(f"{path}: {msg} (got {e.get('input')!r})" if e["type"] != "value_error" else f"{path}: {msg}")
+            where = "" if not loc else f"{path}: "
+            lines.append(f"{where}{msg} (got {e.get('input')!r})" if e["type"] != "value_error" else f"{where}{msg}")
     more = len(lines) - 5
     text = "; ".join(lines[:5]) + (f"; and {more} more" if more > 0 else "")
     return text
