@@ -21,6 +21,11 @@ def eventsel_hw(vcpu: Any, idx: int) -> int:
     guest = vcpu.pmu
     pmc = guest.pmc(idx)
     sel = guest.rdmsr(guest.eventsel_msr(pmc))
+    if sel == 0:
+        # an idle selector: KVM computes eventsel_hw on guest writes only (facts §2.7), so a
+        # never-programmed counter keeps 0 in hardware and put does not need to zero it
+        # (the AMD calibration of costs.md assumes exactly that)
+        return 0
     hw = vcpu.cpu.pmu.hw_eventsel(sel)
     flt = vcpu.vm.filter
     if flt is not None and not flt.gp_allowed(sel):

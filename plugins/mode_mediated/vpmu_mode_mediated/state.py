@@ -45,6 +45,8 @@ class VcpuState:
     # blind-window bookkeeping: CPU clock and guest cycles at load
     load_cycles: int = 0
     load_guest_cycles: int = 0
+    #: cycles inside the window that are not KVM work: pending before load + the load itself
+    load_offset: int = 0
     # statistics
     loads: int = 0
     puts: int = 0

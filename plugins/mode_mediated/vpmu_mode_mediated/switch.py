@@ -99,8 +99,9 @@ class Switcher:
         finally:
             pmu.host_initiated = False
 
-    def apply_guest_ctrl(self, vcpu: Any) -> None:
-        """Make the loaded hardware count under the guest's current GLOBAL_CTRL."""
+    def apply_guest_ctrl(self, vcpu: Any, charge: bool = True) -> None:
+        """Make the loaded hardware count under the guest's current GLOBAL_CTRL (at load the
+        SVM write is part of the fixed switch cost, so it is not charged again)."""
         hw = vcpu.cpu.pmu
         value = self.guest_ctrl(vcpu)
         if self.rules.atomic_global_ctrl:
@@ -109,7 +110,8 @@ class Switcher:
             hw.set_entry_loads(loads)
         elif hw.rdmsr(self._hw_ctrl) != value:
             hw.wrmsr(self._hw_ctrl, value)
-            vcpu.charge("mediated_wrmsr", self.host.costs.wrmsr_pmu)
+            if charge:
+                vcpu.charge("mediated_wrmsr", self.host.costs.wrmsr_pmu)
 
     # ---- costs ----------------------------------------------------------------------------------
     def _ctrl_read_cycles(self) -> int:
@@ -158,6 +160,11 @@ class Switcher:
         hw = cpu.pmu
         guest = vcpu.pmu
         host = self.host
+        # blind window bookkeeping: the window opens now; cycles charged before the load but
+        # not yet run, and the load's own cycles, are not KVM work hidden from host perf
+        t0 = cpu.now
+        pending0 = getattr(vcpu, "_exit_cycles", 0)
+        ledger0 = host.costs_ledger.total(vcpu.name)
         # 1. schedule host events of the core PMU out (RFC v1: !exclude_guest ones to ERROR)
         host.perf.load_guest_context(cpu.index, error_include_guest=self.options.host_policy == "rfc1")
         # 2. global control off while the registers change
@@ -209,12 +216,13 @@ class Switcher:
         st.loaded_cpu = cpu.index
         st.filter_dirty = False
         cs.loaded = vcpu
-        self.apply_guest_ctrl(vcpu)
+        self.apply_guest_ctrl(vcpu, charge=False)
         self._charge(vcpu, rdpmc, wrmsr)
         st.loads += 1
         self.stats.loads += 1
-        st.load_cycles = cpu.now
+        st.load_cycles = t0
         st.load_guest_cycles = vcpu.stats.guest_cycles
+        st.load_offset = pending0 + host.costs_ledger.total(vcpu.name) - ledger0
         self._check_load(vcpu)
 
     def _sync_status(self, hw: Any, want: int) -> int:
@@ -243,6 +251,7 @@ class Switcher:
         hw = cpu.pmu
         guest = vcpu.pmu
         rdpmc = wrmsr = 0
+        blind = self._window_cycles(vcpu, cpu)
         # 1. vendor put
         if self.rules.atomic_global_ctrl:
             # VM-exit saved GLOBAL_CTRL into the VMCS and loaded the host value (0)
@@ -294,19 +303,28 @@ class Switcher:
         cs.loaded = None
         st.puts += 1
         self.stats.puts += 1
-        blind = max(0, (cpu.now - st.load_cycles) - (vcpu.stats.guest_cycles - st.load_guest_cycles))
         st.blind_cycles += blind
         self.blind_cycles += blind
         # 4. host events back in
         self.host.perf.put_guest_context(cpu.index)
 
+    def _window_cycles(self, vcpu: Any, cpu: Any) -> int:
+        """The blind window of the loaded context so far: host-mode cycles that ran while
+        host perf was scheduled out, minus the load's own switch cycles. That is KVM work
+        host perf cannot profile (Sean: "the kernel absolutely needs to be able to profile
+        KVM itself"): fastpath handling under `run_loop`, every in-kernel exit under
+        `vcpu_run`, next to nothing under `exit`. Cycles charged but not yet run when put
+        starts are run after put, where host perf sees them."""
+        st: VcpuState = vcpu.mode_state
+        host_cycles = (cpu.now - st.load_cycles) - (vcpu.stats.guest_cycles - st.load_guest_cycles)
+        return max(0, host_cycles - st.load_offset)
+
     def open_blind_cycles(self, vcpu: Any) -> int:
-        """Host-mode cycles of the context loaded now (not yet closed by a put)."""
+        """Blind cycles of the context loaded now (not yet closed by a put)."""
         st: VcpuState = vcpu.mode_state
         if st is None or st.loaded_cpu is None:
             return 0
-        now = vcpu.host.cpus[st.loaded_cpu].now
-        return max(0, (now - st.load_cycles) - (vcpu.stats.guest_cycles - st.load_guest_cycles))
+        return self._window_cycles(vcpu, vcpu.host.cpus[st.loaded_cpu])
 
     # ---- state sync while loaded (intercepted accesses, migration, reports) ------------------
     def pull(self, vcpu: Any) -> None:
