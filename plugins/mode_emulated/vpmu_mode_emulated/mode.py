@@ -261,6 +261,10 @@ class EmulatedMode:
         """KVM_SET_PMU_EVENT_FILTER: every counter is re-evaluated before the next entry."""
         kpmu = self.kpmu(vcpu)
         kpmu.request_reprogram(kpmu.all_valid_pmc_idx)
+        # kvm_make_all_cpus_request kicks a vCPU that is in guest mode: an IPI VM-exit,
+        # so the filter is in force from the entry right after the ioctl.
+        if vcpu.in_guest and vcpu.cpu.current_task is vcpu.task:
+            vcpu._exit("external_interrupt", False, False)
 
     # ---- migration ---------------------------------------------------------------------------
     @hookimpl

@@ -1,0 +1,81 @@
+"""Overflow -> guest GLOBAL_STATUS bit -> one virtual PMI through the LVTPC at the next entry."""
+
+from __future__ import annotations
+
+import pytest
+from emu_helpers import MODELS, Guest, make_host
+from vpmu_core import ExitProfile, Work
+from vpmu_core.events import EventKind
+from vpmu_core.hv.lapic import LVT_MASKED, X2APIC_LVTPC
+
+LVT_VECTOR = 0xFE
+
+
+def _armed(cpu: str, exits: ExitProfile | None = None) -> Guest:
+    host = make_host(cpu)
+    v = host.create_vm(vcpus=1, pin=[0], exits=exits or ExitProfile(rate_per_s=0)).vcpus[0]
+    v.wrmsr(X2APIC_LVTPC, LVT_VECTOR)  # fixed vector, unmasked
+    return Guest(v)
+
+
+@pytest.mark.parametrize("cpu", MODELS)
+def test_overflow_delivers_one_pmi_and_masks_lvtpc(cpu: str) -> None:
+    g = _armed(cpu, ExitProfile(rate_per_s=50_000))
+    g.set_global(0)
+    g.write(0, g.gp(0).mask + 1 - 1000)  # 1000 branches before the wrap
+    g.sel(0, EventKind.BRANCHES, intr=True)
+    g.set_global(1)
+    g.v.execute(Work(instructions=100_000, branches=5000))
+    assert len(g.v.pmis) == 1 and g.v.pmis[0].vector == LVT_VECTOR
+    assert g.v.lapic.value & LVT_MASKED  # masked on delivery; the guest must unmask it
+    if g.gstatus is not None:
+        assert g.v.rdmsr(g.gstatus) & 1
+    assert g.read(0) == 4000  # wrapped, exact
+    assert g.kpmu().stats["overflows_from_perf"] == 1
+    # the next entry re-armed the period from the wrapped counter
+    kp = g.kpmu().pmcs[0]
+    assert kp.perf_event.period == ((-kp.counter) & kp.mask or kp.mask + 1)
+
+
+@pytest.mark.parametrize("cpu", MODELS)
+def test_no_int_no_pmi(cpu: str) -> None:
+    g = _armed(cpu)
+    g.set_global(0)
+    g.write(0, g.gp(0).mask + 1 - 10)
+    g.sel(0, EventKind.BRANCHES)
+    g.set_global(1)
+    g.v.execute(Work(instructions=1000, branches=100))
+    assert g.v.pmis == []
+    if g.gstatus is not None:
+        assert g.v.rdmsr(g.gstatus) & 1
+
+
+@pytest.mark.parametrize("cpu", MODELS)
+def test_two_overflows_in_one_exit_give_one_pmi(cpu: str) -> None:
+    g = _armed(cpu)
+    g.set_global(0)
+    g.write(0, g.gp(0).mask + 1 - 10)
+    g.write(1, g.gp(1).mask + 1 - 10)
+    g.sel(0, EventKind.BRANCHES, intr=True)
+    g.sel(1, EventKind.BRANCHES, intr=True)
+    g.set_global(0b11)
+    g.v.execute(Work(instructions=1000, branches=100))  # one span: both wrap before one exit
+    assert g.kpmu().stats["pmi_requests"] == 2
+    assert len(g.v.pmis) == 1
+
+
+@pytest.mark.parametrize("cpu", MODELS)
+def test_emulated_instruction_wrap_injects_at_that_entry(cpu: str) -> None:
+    """An emulated instruction that wraps the counter: detected in pmc_pause_counter at the
+    entry ending the exit, status bit + PMI there (KVM __kvm_perf_overflow(pmc, false))."""
+    g = _armed(cpu)
+    g.set_global(0)
+    g.write(0, g.gp(0).mask)  # one instruction from the wrap
+    g.sel(0, EventKind.INSTRUCTIONS, intr=True)
+    g.set_global(1)  # enabling write: not counted
+    assert g.v.pmis == []
+    g.v.cpuid(0, 0)  # an intercepted instruction: counted by KVM, wraps the counter
+    assert g.kpmu().stats["overflows_emulated"] == 1
+    assert len(g.v.pmis) == 1
+    assert g.read(0) == 0  # wrapped to 0; this RDMSR reads before it retires itself
+    assert g.read(0) == 1  # ... and the previous RDMSR has been counted since
