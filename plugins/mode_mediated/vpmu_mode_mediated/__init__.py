@@ -7,6 +7,8 @@ entry point `mode_mediated` points here and discovery calls the hook below.
 
 from __future__ import annotations
 
+from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from vpmu_core.plugins.markers import hookimpl
@@ -35,4 +37,14 @@ def vpmu_register_modes(register: Any) -> None:
     )
 
 
-__all__ = ["MediatedMode", "make_mode", "vpmu_register_modes"]
+@hookimpl
+def vpmu_register_scenarios(register: Any) -> None:
+    """The shipped scenarios: NMI watchdog coexistence, placement debate, active counters."""
+    root = resources.files("vpmu_mode_mediated") / "scenarios"
+    for entry in sorted(root.iterdir(), key=lambda e: e.name):
+        path = Path(str(entry))
+        if path.suffix == ".yaml":
+            register(path.stem, str(path))
+
+
+__all__ = ["MediatedMode", "make_mode", "vpmu_register_modes", "vpmu_register_scenarios"]
