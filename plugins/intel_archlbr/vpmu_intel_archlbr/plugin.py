@@ -1,0 +1,49 @@
+"""Registration hook: the `lbr` and `arch_lbr` facilities, each on the models that have it.
+
+Why `applies_to` reads `model.features`: intel_arch's models carry their LBR facts as data
+(`features["lbr"]` on Skylake/Ice Lake, `features["arch_lbr"]` on Sapphire Rapids); the
+facility never guesses from a model name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from vpmu_core.plugins.markers import hookimpl
+from vpmu_core.plugins.records import FacilitySpec
+from vpmu_intel_archlbr.arch import ArchLbr
+from vpmu_intel_archlbr.legacy import LegacyLbr
+from vpmu_intel_archlbr.policy import DEPTH_RULES
+
+
+def _has(feature: str) -> Callable[[Any], bool]:
+    def applies(model: Any) -> bool:
+        return bool(getattr(model, "features", {}).get(feature))
+
+    return applies
+
+
+@hookimpl
+def vpmu_register_facilities(register: Callable[..., None]) -> None:
+    """Register `lbr` (legacy, model-specific) and `arch_lbr` (Architectural LBR)."""
+    register(
+        FacilitySpec(
+            name="lbr",
+            factory=LegacyLbr,
+            applies_to=_has("lbr"),
+            description="legacy LBR: DEBUGCTL, LBR_SELECT, TOS, FROM/TO/INFO at the model's bases and depth",
+        )
+    )
+    register(
+        FacilitySpec(
+            name="arch_lbr",
+            factory=ArchLbr,
+            applies_to=_has("arch_lbr"),
+            description="Arch LBR: CPUID 1CH, LBR_CTL/DEPTH, records, XSAVES component 15, KVM depth rule",
+            options={
+                "depth_rule": f"{' | '.join(DEPTH_RULES)}: guests may use only the host's depth (KVM) or any",
+                "host_depth": "the host's IA32_LBR_DEPTH (default: the largest enumerated)",
+            },
+        )
+    )
