@@ -470,3 +470,28 @@ def test_structlog_warnings_go_to_stderr_not_stdout() -> None:
     assert r.returncode == 0
     json.loads(r.stdout)  # stdout stays machine-readable
     assert "plugin.rejected" in r.stderr
+
+
+def _installed(kind: str, name: str) -> bool:
+    from vpmu_core import catalog
+
+    cat = catalog()
+    return name in (cat.cpu_models if kind == "cpu" else cat.modes)
+
+
+@pytest.mark.skipif(
+    not (_installed("cpu", "intel/icelake") and _installed("mode", "emulated")),
+    reason="needs the intel_arch and mode_emulated plugins installed",
+)
+def test_default_scenario_on_real_plugins_shows_a_silent_error() -> None:
+    env = {"VPMU_EXTRA_PLUGINS": ""}
+    a = vpmu("run", "--json", "-q", env=env)
+    assert a.returncode == 0, a.stderr
+    rep = json.loads(a.stdout)
+    assert rep["composition"]["cpu"] == "intel/icelake" and rep["composition"]["mode"] == "emulated"
+    assert rep["summary"]["silent_errors"] > 0
+    assert rep["summary"]["guest_max_abs_error_pct"] > 1.0
+    b = vpmu("run", "--json", "-q", env=env)
+    assert a.stdout == b.stdout
+    human = vpmu("run", env=env)
+    assert human.returncode == 0 and "Silent errors (" in human.stdout
