@@ -215,13 +215,14 @@ class MediatedMode:
             self.switcher.push(vcpu)
 
     # ---- reports -----------------------------------------------------------------------------------
-    def guest_counter_values(self, vcpu: Any) -> dict[int, int]:
-        """What the guest would read from each of its counters now (KVM idx -> value)."""
+    def guest_counter_values(self, vcpu: Any) -> dict[str, int]:
+        """What the guest would read from each of its counters now (hex KVM idx -> value,
+        the report's key format): the live hardware value while the context is loaded."""
         st = self._st(vcpu)
         if st is not None and st.loaded_cpu is not None:
             hw = vcpu.host.cpus[st.loaded_cpu].pmu
-            return {p.idx: hw.pmc(p.idx).value for p in vcpu.pmu.pmcs}
-        return {p.idx: vcpu.pmu.read_counter(p) for p in vcpu.pmu.pmcs}
+            return {f"{p.idx:#x}": hw.pmc(p.idx).value for p in vcpu.pmu.pmcs}
+        return {f"{p.idx:#x}": vcpu.pmu.read_counter(p) for p in vcpu.pmu.pmcs}
 
     def report(self, host: Any) -> dict[str, Any]:
         """Mode statistics: switches, elided writes, blind window, coexistence, PMIs."""
