@@ -521,8 +521,10 @@ def sweep(scenarios_, modes_, grid, sets, jobs, quiet, as_json) -> None:  # type
     from rich.table import Table
 
     t = Table(title=f"vpmu sweep: {len(rows)} points", title_justify="left", header_style="bold")
-    for c in ("scenario", "mode", "set", "guest |err| mean", "silent", "host lost", "exits", "cyc/exit", "leaks"):
-        t.add_column(c, justify="right" if c not in ("scenario", "mode", "set") else "left")
+    for c in ("scenario", "mode", "set"):
+        t.add_column(c, no_wrap=True)
+    for c in ("guest |err| mean", "silent", "host lost", "exits", "cyc/exit", "leaks", "open errors"):
+        t.add_column(c, justify="right")
     for r in rows:
         s = r["summary"]
         opts = ",".join(f"{k}={v}" for k, v in sorted(r["composition"]["mode_options"].items()))
@@ -536,6 +538,7 @@ def sweep(scenarios_, modes_, grid, sets, jobs, quiet, as_json) -> None:  # type
             f"{s['total_exits']:,}",
             f"{s['cycles_per_exit']:,.1f}",
             f"{s['leaks']}",
+            f"{s['open_errors']}",
         )
     console().print(t)
 
