@@ -9,6 +9,7 @@ contention is recorded as silent errors. Importing this package has no side effe
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from vpmu_core.plugins.markers import hookimpl
@@ -36,3 +37,15 @@ def vpmu_register_modes(register: Callable[..., None]) -> None:
             options=dict(OPTIONS),
         )
     )
+
+
+#: shipped scenarios (gap document §3.2 cases, seed-talk guest multiplexing)
+SCENARIOS_DIR = Path(__file__).parent / "scenarios"
+
+
+@hookimpl
+def vpmu_register_scenarios(register: Callable[..., None]) -> None:
+    """Ship the emulated-mode scenarios (`vpmu run emulated-gap-3.2-case3`)."""
+    for path in sorted(SCENARIOS_DIR.glob("*.yaml")):
+        name = path.stem.replace("gap_3_2_case", "emulated-gap-3.2-case").replace("guest_mux_", "emulated-guest-mux-")
+        register(name, str(path))

@@ -143,7 +143,7 @@ class EmulatedMode:
             if self.lazy_release and vcpu.pmu.version and kpmu.event_count:
                 kpmu.need_cleanup = True
                 kpmu.req_pmu = True
-        silent.update(kpmu)
+        # silent errors are re-evaluated at the coming VM-entry (nothing runs before it)
 
     @hookimpl
     def vpmu_vcpu_put(self, vcpu: Any, cpu: Any) -> None:
