@@ -8,7 +8,7 @@ from typing import Any
 import vpmu_intel_arch
 import vpmu_intel_archlbr
 
-from vpmu_core import GuestPmuConfig, compose
+from vpmu_core import GuestPmuConfig, ModeSpec, compose, hookimpl
 from vpmu_core.engine.exits import ExitProfile
 from vpmu_core.testing import toy
 
@@ -72,3 +72,42 @@ def arch_records(v: Any, depth: int | None = None) -> list[tuple[int, int, int]]
     """Every Arch LBR record below LBR_DEPTH, entry 0 youngest, as the guest reads it."""
     n = v.rdmsr(LBR_DEPTH) if depth is None else depth
     return [(v.rdmsr(AFROM0 + i), v.rdmsr(ATO0 + i), v.rdmsr(AINFO0 + i)) for i in range(n)]
+
+
+class XsavesSwitchMode(toy.ReferenceMode):
+    """The reference vPMU plus an LBR context switch around the inner run loop, the place
+    the mediated vPMU switches PMU state (kvm-vpmu §2.5). It only uses the generic facility
+    interface a real mode uses: `switch_in` at load, `switch_out` at put."""
+
+    def __init__(self, model: Any, options: dict[str, Any]) -> None:
+        super().__init__(model, options)
+        self.write_depth = bool(options.get("write_depth", False))
+
+    def _pairs(self, vcpu: Any) -> list[tuple[Any, Any]]:
+        return [(g, vcpu.cpu.facilities[n]) for n, g in vcpu.facilities.items()]
+
+    @hookimpl
+    def vpmu_run_loop_enter(self, vcpu: Any) -> None:
+        for g, hw in self._pairs(vcpu):
+            g.switch_in(hw, vcpu.costs, vcpu.charge, write_depth=self.write_depth)
+
+    @hookimpl
+    def vpmu_run_loop_leave(self, vcpu: Any) -> None:
+        for g, hw in self._pairs(vcpu):
+            g.switch_out(hw, vcpu.costs, vcpu.charge, write_depth=self.write_depth)
+
+
+class _SwitchPlugin:
+    @hookimpl
+    def vpmu_register_modes(self, register: Any) -> None:
+        register(
+            ModeSpec(
+                name="lbr_switch",
+                factory=XsavesSwitchMode,
+                description="reference + LBR switch around the run loop",
+                options={"write_depth": "write LBR_DEPTH before XRSTORS (Xen's order)"},
+            )
+        )
+
+
+SWITCH_PLUGINS: list[tuple[str, Any]] = [*PLUGINS, ("lbr_switch", _SwitchPlugin())]
