@@ -94,6 +94,12 @@ class ArchLbrState(LbrStateBase):
 
     # ---- MSRs --------------------------------------------------------------------------
     @property
+    def control_msrs(self) -> tuple[int, ...]:
+        """vCPU-state MSRs (KVM Arch LBR series: LBR_CTL in the VMCS guest field, LBR_DEPTH
+        emulated because every write resets records); see LegacyLbrState.control_msrs."""
+        return (MSR_IA32_DEBUGCTL, MSR_ARCH_LBR_CTL, MSR_ARCH_LBR_DEPTH)
+
+    @property
     def depth(self) -> int:
         """IA32_LBR_DEPTH."""
         return self.ring.depth

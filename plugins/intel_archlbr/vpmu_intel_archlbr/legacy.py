@@ -76,6 +76,14 @@ class LegacyLbrState(LbrStateBase):
 
     # ---- FacilityState: MSRs -------------------------------------------------------------
     @property
+    def control_msrs(self) -> tuple[int, ...]:
+        """MSRs that are plain vCPU state (KVM: DEBUGCTL lives in the VMCS and is always
+        emulated); an emulated mode's vLBR logic creates its event on them. Record MSRs are
+        not declared `passthrough_msrs`: the simulated physical LBR does not hold the guest's
+        records, so they stay intercepted and are emulated on this state (same values)."""
+        return (MSR_IA32_DEBUGCTL,)
+
+    @property
     def depth(self) -> int:
         return self.ring.depth
 
