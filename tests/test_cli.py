@@ -292,7 +292,8 @@ def test_run_toml_scenario(tmp_path: Path) -> None:
     r = vpmu("run", str(p), "--json", "-q")
     assert r.returncode == 0, r.stderr
     ev = json.loads(r.stdout)["events"][0]
-    assert ev["truth"] == 1_000_000 and abs(ev["value"] - ev["truth"]) < 100
+    # truth also holds the few instructions the guest perf driver itself retires (its MSR writes)
+    assert 1_000_000 <= ev["truth"] < 1_000_100 and abs(ev["value"] - ev["truth"]) < 100
 
 
 def test_run_cpu_and_mode_overrides_on_default() -> None:

@@ -34,6 +34,8 @@ log = get_logger("vpmu.hv")
 #: one retired instruction of one cycle (the counting-window unit)
 ONE_INSTRUCTION = (1, 1, 1) + (0,) * (N_KINDS - 3)
 _ZEROS = (0,) * (N_KINDS - 3)
+#: an instruction KVM emulates: it retires in the guest but takes no guest cycles
+EMULATED_INSTRUCTION = (0, 1) + (0,) * (N_KINDS - 2)
 
 
 @dataclass(frozen=True)
@@ -467,6 +469,14 @@ class VCpu:
         if ov:
             cpu.handle_overflows(ov)
 
+    def _retire_emulated(self, token: Any) -> None:
+        """An intercepted instruction retired: KVM's emulated counting (the mode's hook),
+        and the ground truth (one guest instruction; its time is the exit's host time)."""
+        self.hooks.instruction_retired(vcpu=self, token=token)
+        self.task.account(EMULATED_INSTRUCTION, self.cpl, True)
+        row = self.host.cpu_truth[self.task.cpu][2 if self.cpl == 0 else 3]
+        row[1] += 1
+
     def _run_guest_pmi_handler(self) -> None:
         self._guest_pmi_due = False
         if self.guest_pmi_handler is None:
@@ -525,7 +535,7 @@ class VCpu:
                 owner.wrmsr(msr, value)
 
         self._exit("msr_write", False, False, handler=emulate)
-        hooks.instruction_retired(vcpu=self, token=token)
+        self._retire_emulated(token)
 
     def rdmsr(self, msr: int) -> int:
         """Guest RDMSR. Raises `GuestFault` (vector 13) where hardware/KVM gives #GP."""
@@ -551,7 +561,7 @@ class VCpu:
             return owner.rdmsr(msr) if v is None else v
 
         value = self._exit("msr_read", False, False, handler=emulate)
-        hooks.instruction_retired(vcpu=self, token=token)
+        self._retire_emulated(token)
         return value
 
     def rdpmc(self, ecx: int) -> int:
@@ -572,7 +582,7 @@ class VCpu:
             return self.pmu.rdpmc(ecx) if v is None else v
 
         value = self._exit("rdpmc", False, False, handler=emulate)
-        hooks.instruction_retired(vcpu=self, token=token)
+        self._retire_emulated(token)
         return value
 
     def cpuid(self, leaf: int, subleaf: int = 0) -> tuple[int, int, int, int]:
@@ -580,7 +590,7 @@ class VCpu:
         self._ensure_in_guest()
         token = self.hooks.instruction_snapshot(vcpu=self)
         regs = self._exit("cpuid", False, False, handler=lambda: self.cpuid_table.get(leaf, subleaf))
-        self.hooks.instruction_retired(vcpu=self, token=token)
+        self._retire_emulated(token)
         return regs
 
     # ---- XSAVES / migration --------------------------------------------------------------------
