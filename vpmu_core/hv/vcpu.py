@@ -157,6 +157,17 @@ class VCpu:
         if not self._in_exit:
             self._flush_host_work()
 
+    @property
+    def pending_host_cycles(self) -> int:
+        """Host cycles charged in the current exit and not yet run as host-mode work."""
+        return self._exit_cycles
+
+    def kick(self, reason: str = "kick") -> None:
+        """kvm_vcpu_kick(): force a VM-exit (an IPI) so pending requests are serviced at the
+        next entry. No-op when the vCPU is not in guest mode."""
+        if self.in_guest and self.cpu.current_task is self.task:
+            self._exit(reason, False, False)
+
     def request_pmi(self) -> None:
         """KVM_REQ_PMI: deliver a PMI through the LVTPC at the next VM-entry."""
         self._pmi_requested = True
@@ -499,10 +510,14 @@ class VCpu:
         return None
 
     def _hw_target(self, msr: int) -> Any:
+        """Where a passed-through access lands. PMU registers: the physical PMU (a mode that
+        passes them through has loaded the guest's values). Facility registers (LBR): the
+        vCPU's facility state, which is what records the guest's branches while the guest
+        owns the facility (the hardware holds the guest's records then)."""
         cpu = self.cpu
         if cpu.pmu.has_msr(msr):
             return cpu.pmu
-        for f in cpu.facilities.values():
+        for f in self.facilities.values():
             if f.has_msr(msr):
                 return f
         return cpu.pmu

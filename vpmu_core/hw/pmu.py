@@ -99,6 +99,15 @@ class PmuBase:
         """Register an MSR. `write=None` makes it read-only (#GP on write)."""
         self._msrs[msr] = (read, write)
 
+    def override_msr(
+        self, msr: int, read: Reader | None = None, write: Writer | None = None
+    ) -> tuple[Reader, Writer | None]:
+        """Replace the handlers of an existing MSR (a mode that interposes on a register, e.g.
+        the mediated vPMU's VMCS-loaded GLOBAL_CTRL). Returns the previous pair."""
+        old = self._msrs[msr]
+        self._msrs[msr] = (read or old[0], write if write is not None else old[1])
+        return old
+
     def has_msr(self, msr: int) -> bool:
         return msr in self._msrs
 

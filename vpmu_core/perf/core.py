@@ -113,8 +113,12 @@ class PerfSubsystem:
         overflow_handler: OverflowHandler | None = None,
         owner: str = "user",
         local: bool = False,
+        hw: HwEvent | None = None,
     ) -> PerfEvent:
-        """perf_event_open(2). Errors raise PerfError with the syscall's errno."""
+        """perf_event_open(2). Errors raise PerfError with the syscall's errno.
+
+        In-kernel users (KVM) may pass a prebuilt `hw` event, e.g. the counterless vLBR event
+        (perf_event_create_kernel_counter with INTEL_FIXED_VLBR_EVENT)."""
         if pid == -1 and cpu == -1:
             raise PerfError(errno.EINVAL, "pid == -1 and cpu == -1 is invalid (perf_event_open(2))")
         if cpu < -1 or cpu >= len(self.cpus):
@@ -139,7 +143,8 @@ class PerfSubsystem:
             if group.cpu != cpu or group.task is not task:
                 raise PerfError(errno.EINVAL, "a group's events must share pid and cpu")
         port = self.cpus[cpu if cpu >= 0 else 0].port
-        hw = self.driver.hw_event(attr, port)
+        if hw is None:
+            hw = self.driver.hw_event(attr, port)
         ev = PerfEvent(self, attr, hw, pid, cpu, task, group, overflow_handler, owner, self._next_id)
         self._next_id += 1
         ev._tstamp = self.now_ns_for(ev)

@@ -167,7 +167,7 @@ class ToyDriver:
 
     def __init__(self) -> None:
         self._enum: dict[int, tuple[int, int]] = {}
-        self._gctrl: dict[int, int] = {}
+        self._gctrl: dict[int, tuple[int, int, int]] = {}
 
     def _counters(self, port: RegisterPort) -> tuple[int, int]:
         key = id(port)
@@ -213,14 +213,19 @@ class ToyDriver:
         return 48
 
     def _set_global(self, port: RegisterPort, idx: int, on: bool, hw: HwEvent) -> None:
+        """The per-entry host/guest split of intel_guest_get_msrs(): the host value drops
+        guest-only (exclude_host) events, the VM-entry value drops host-only ones."""
         key = id(port)
-        g = self._gctrl.get(key, 0)
-        g = g | (1 << idx) if on else g & ~(1 << idx)
-        self._gctrl[key] = g
-        port.wrmsr(GCTRL, g)
+        g, host_only, guest_only = self._gctrl.get(key, (0, 0, 0))
+        bit = 1 << idx
+        g = g | bit if on else g & ~bit
+        host_only = host_only | bit if on and hw.exclude_guest else host_only & ~bit
+        guest_only = guest_only | bit if on and hw.exclude_host else guest_only & ~bit
+        self._gctrl[key] = (g, host_only, guest_only)
+        port.wrmsr(GCTRL, g & ~guest_only)
         loads = getattr(port, "set_entry_loads", None)
         if loads is not None:
-            loads({GCTRL: g})
+            loads({GCTRL: g & ~host_only})
 
     def start(self, port: RegisterPort, hw: HwEvent, idx: int, value: int) -> None:
         if idx >= FIXED_BASE:
