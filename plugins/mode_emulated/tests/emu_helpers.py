@@ -4,17 +4,13 @@ vendor model's role methods (the event codes per vendor are test data, not mode 
 from __future__ import annotations
 
 import importlib
-import logging
 from typing import Any
 
 import pytest
-import structlog
 import vpmu_core
 from vpmu_core.events import EventKind
 
 import vpmu_mode_emulated
-
-structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.INFO))
 
 #: x86 selector bits shared by Intel, AMD and the toy vendor
 USR, OS, INT, EN = 1 << 16, 1 << 17, 1 << 20, 1 << 22

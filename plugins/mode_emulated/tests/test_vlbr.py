@@ -14,8 +14,6 @@ from vpmu_core.perf.driver import HwEvent
 from vpmu_core.plugins.markers import hookimpl
 from vpmu_core.plugins.records import FacilitySpec
 
-from vpmu_mode_emulated.perf_api import open_counterless
-
 CTL, REC = 0x1D9, 0x680  # a DEBUGCTL-like control (bit 0 = on) and one record MSR
 B = 100_000
 W = Work(instructions=1_000_000, branches=B)
@@ -107,7 +105,7 @@ def host_lbr_user(host: Any, pinned: bool) -> Any:
     """A host per-CPU LBR user on CPU 0 (e.g. `perf record -b`), as a resource claim."""
     attr = PerfEventAttr(type="raw", config=0, pinned=pinned, branch_sample_type=("any",), name="host lbr")
     hw = HwEvent(config=0, mask=0, resources=(("lbr", "host"),), interrupt=False)
-    return open_counterless(host.perf, attr, hw, pid=-1, cpu=0)
+    return host.perf.perf_event_open(attr, pid=-1, cpu=0, hw=hw)
 
 
 def _vlbr(v: Any) -> Any:

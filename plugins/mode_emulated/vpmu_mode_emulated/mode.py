@@ -23,8 +23,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-import structlog
 from vpmu_core.errors import GuestFault
+from vpmu_core.logs import get_logger
 from vpmu_core.plugins.markers import hookimpl
 
 from vpmu_mode_emulated import instructions, silent
@@ -34,7 +34,7 @@ from vpmu_mode_emulated.perf_api import KvmPerfCalls
 from vpmu_mode_emulated.reprogram import kvm_pmu_handle_event, pmc_release_perf_event
 from vpmu_mode_emulated.vlbr import Vlbr
 
-log = structlog.get_logger("vpmu.mode_emulated")
+log = get_logger("vpmu.mode_emulated")
 
 OPTIONS: dict[str, str] = {
     "lazy_release": "release idle perf events at vCPU sched-in (kvm_pmu_cleanup); default true",
@@ -263,8 +263,7 @@ class EmulatedMode:
         kpmu.request_reprogram(kpmu.all_valid_pmc_idx)
         # kvm_make_all_cpus_request kicks a vCPU that is in guest mode: an IPI VM-exit,
         # so the filter is in force from the entry right after the ioctl.
-        if vcpu.in_guest and vcpu.cpu.current_task is vcpu.task:
-            vcpu._exit("external_interrupt", False, False)
+        vcpu.kick("external_interrupt")
 
     # ---- migration ---------------------------------------------------------------------------
     @hookimpl

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import structlog
+from vpmu_core.logs import get_logger
 
 if TYPE_CHECKING:
     from vpmu_core.perf.event import PerfEvent
 
     from vpmu_mode_emulated.kvm_pmc import KvmPmc, KvmPmu
 
-log = structlog.get_logger("vpmu.mode_emulated")
+log = get_logger("vpmu.mode_emulated")
 
 
 def kvm_pmu_overflow(kpmu: KvmPmu, kp: KvmPmc, in_pmi: bool) -> None:

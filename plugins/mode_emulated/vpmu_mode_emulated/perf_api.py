@@ -5,49 +5,20 @@ The emulated vPMU's cost is dominated by these calls (costs.md: perf_event_creat
 through here: `stats` counts them per vCPU and `vcpu.charge` bills the cost model, which
 turns them into host-mode work of the vCPU thread.
 
-The perf core here has no "take this HwEvent" entry point, so the counterless vLBR event is
-opened through a driver proxy that answers `hw_event` for that one attr (see
-`open_counterless`).
+The counterless vLBR event (a fake counter, INTEL_FIXED_VLBR_EVENT, that only claims a
+facility resource) is opened with a prebuilt `HwEvent`, as an in-kernel perf user can.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import structlog
+from vpmu_core.logs import get_logger
 from vpmu_core.perf.attr import PerfEventAttr
 from vpmu_core.perf.driver import HwEvent
 from vpmu_core.perf.event import OverflowHandler, PerfEvent
 
-log = structlog.get_logger("vpmu.mode_emulated")
-
-
-class _HwEventProxy:
-    """A driver that translates one attr into a prebuilt HwEvent and delegates the rest."""
-
-    def __init__(self, driver: Any, attr: PerfEventAttr, hw: HwEvent) -> None:
-        self._driver = driver
-        self._attr = attr
-        self._hw = hw
-
-    def hw_event(self, attr: PerfEventAttr, port: Any) -> HwEvent:
-        if attr is self._attr:
-            return self._hw
-        return self._driver.hw_event(attr, port)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._driver, name)
-
-
-def open_counterless(perf: Any, attr: PerfEventAttr, hw: HwEvent, **kw: Any) -> PerfEvent:
-    """perf_event_open for an event the vendor driver cannot express (KVM's vLBR event: a
-    fake counter, INTEL_FIXED_VLBR_EVENT, that only claims a facility resource)."""
-    real = perf.driver
-    perf.driver = _HwEventProxy(real, attr, hw)
-    try:
-        return perf.perf_event_open(attr, **kw)
-    finally:
-        perf.driver = real
+log = get_logger("vpmu.mode_emulated")
 
 
 class KvmPerfCalls:
@@ -79,10 +50,7 @@ class KvmPerfCalls:
             "owner": "kvm",
             "local": True,
         }
-        if hw is not None:
-            ev = open_counterless(self.perf, attr, hw, **kw)
-        else:
-            ev = self.perf.perf_event_open(attr, **kw)
+        ev = self.perf.perf_event_open(attr, hw=hw, **kw)
         log.debug("kvm.perf_create", vcpu=self.vcpu.name, eid=ev.id, label=attr.label(), state=ev.state.name)
         return ev
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import structlog
 from vpmu_core.errors import PerfError
+from vpmu_core.logs import get_logger
 from vpmu_core.perf.attr import PerfEventAttr
 
 from vpmu_mode_emulated.backend import get_sample_period, pmc_read_counter
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from vpmu_mode_emulated.kvm_pmc import KvmPmc, KvmPmu
     from vpmu_mode_emulated.perf_api import KvmPerfCalls
 
-log = structlog.get_logger("vpmu.mode_emulated")
+log = get_logger("vpmu.mode_emulated")
 
 #: AMD64_RAW_EVENT_MASK = X86_RAW_EVENT_MASK (event, umask, edge, inv, cmask) plus event
 #: select bits 35:32 (arch/x86/include/asm/perf_event.h). KVM masks the guest selector with

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import structlog
 from vpmu_core.errors import PerfError
+from vpmu_core.logs import get_logger
 from vpmu_core.perf.attr import EventState, PerfEventAttr
 from vpmu_core.perf.driver import HwEvent
 
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from vpmu_mode_emulated.kvm_pmc import KvmPmu
     from vpmu_mode_emulated.perf_api import KvmPerfCalls
 
-log = structlog.get_logger("vpmu.mode_emulated")
+log = get_logger("vpmu.mode_emulated")
 
 #: the sharing key of the guest's claim: never equal to a host user's branch filter, so a
 #: host LBR user and the vLBR event exclude each other (one LBR, one owner)

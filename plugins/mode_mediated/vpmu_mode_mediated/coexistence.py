@@ -16,12 +16,12 @@ from __future__ import annotations
 import errno
 from typing import Any
 
-import structlog
 from vpmu_core.errors import PerfError
+from vpmu_core.logs import get_logger
 
 from vpmu_mode_mediated.state import VmState
 
-log = structlog.get_logger("vpmu.mode.mediated")
+log = get_logger("vpmu.mode.mediated")
 
 EBUSY_MESSAGE = "Failed to enable mediated vPMU, try disabling system wide perf events and nmi_watchdog."
 

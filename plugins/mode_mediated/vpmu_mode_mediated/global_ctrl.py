@@ -22,10 +22,10 @@ from vpmu_mode_mediated.switch import Switcher
 
 
 def install_guest_view(cpu: Any, cs: CpuState, switcher: Switcher) -> None:
-    """Wrap the physical GLOBAL_CTRL MSR of `cpu` (PmuBase `_reg`: the register map)."""
+    """Wrap the physical GLOBAL_CTRL MSR of `cpu` (`PmuBase.override_msr`)."""
     pmu = cpu.pmu
     msr = pmu.global_msrs()["ctrl"]
-    reader, writer = pmu._msrs[msr]
+    reader, writer = pmu.override_msr(msr)
     if writer is None:
         return  # a read-only global control cannot be written by a guest either
 
@@ -49,4 +49,4 @@ def install_guest_view(cpu: Any, cs: CpuState, switcher: Switcher) -> None:
         v.pmu.wrmsr(v.mode_state.guest_globals["ctrl"], value)
         switcher.apply_guest_ctrl(v)
 
-    pmu._reg(msr, read, write)
+    pmu.override_msr(msr, read, write)

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import structlog
+from vpmu_core.logs import get_logger
 from vpmu_core.plugins.markers import hookimpl
 
 from vpmu_mode_mediated.coexistence import Coexistence
@@ -41,7 +41,7 @@ from vpmu_mode_mediated.requirements import check_requirements
 from vpmu_mode_mediated.state import MEDIATED_PMI_VECTOR, VcpuState
 from vpmu_mode_mediated.switch import Switcher
 
-log = structlog.get_logger("vpmu.mode.mediated")
+log = get_logger("vpmu.mode.mediated")
 
 
 class MediatedMode:

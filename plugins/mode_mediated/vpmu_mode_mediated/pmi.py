@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import structlog
+from vpmu_core.logs import get_logger
 
 from vpmu_mode_mediated.state import CpuState
 
-log = structlog.get_logger("vpmu.mode.mediated")
+log = get_logger("vpmu.mode.mediated")
 
 
 class PmiRouter:

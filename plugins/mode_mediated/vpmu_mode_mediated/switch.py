@@ -37,14 +37,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import structlog
+from vpmu_core.logs import get_logger
 
 from vpmu_mode_mediated.filtering import eventsel_hw, fixed_ctrl_hw
 from vpmu_mode_mediated.options import MediatedOptions
 from vpmu_mode_mediated.requirements import VMCS_GLOBAL_CTRL_READ_CYCLES, VendorRules
 from vpmu_mode_mediated.state import CpuState, VcpuState
 
-log = structlog.get_logger("vpmu.mode.mediated")
+log = get_logger("vpmu.mode.mediated")
 
 
 class SwitchStats:
@@ -163,7 +163,7 @@ class Switcher:
         # blind window bookkeeping: the window opens now; cycles charged before the load but
         # not yet run, and the load's own cycles, are not KVM work hidden from host perf
         t0 = cpu.now
-        pending0 = getattr(vcpu, "_exit_cycles", 0)
+        pending0 = vcpu.pending_host_cycles
         ledger0 = host.costs_ledger.total(vcpu.name)
         # 1. schedule host events of the core PMU out (RFC v1: !exclude_guest ones to ERROR)
         host.perf.load_guest_context(cpu.index, error_include_guest=self.options.host_policy == "rfc1")
