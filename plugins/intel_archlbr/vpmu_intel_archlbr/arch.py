@@ -100,6 +100,17 @@ class ArchLbrState(LbrStateBase):
         return (MSR_IA32_DEBUGCTL, MSR_ARCH_LBR_CTL, MSR_ARCH_LBR_DEPTH)
 
     @property
+    def passthrough_msrs(self) -> frozenset[int]:
+        """The record MSRs (FROM/TO/INFO below the depth) a vLBR-style mode may pass through
+        while the guest owns the LBR (the KVM Arch LBR series' `vmx_passthrough_lbr_msrs`)."""
+        d = self.depth
+        return frozenset(
+            [MSR_ARCH_LBR_FROM_0 + i for i in range(d)]
+            + [MSR_ARCH_LBR_TO_0 + i for i in range(d)]
+            + [MSR_ARCH_LBR_INFO_0 + i for i in range(d)]
+        )
+
+    @property
     def depth(self) -> int:
         """IA32_LBR_DEPTH."""
         return self.ring.depth

@@ -78,10 +78,22 @@ class LegacyLbrState(LbrStateBase):
     @property
     def control_msrs(self) -> tuple[int, ...]:
         """MSRs that are plain vCPU state (KVM: DEBUGCTL lives in the VMCS and is always
-        emulated); an emulated mode's vLBR logic creates its event on them. Record MSRs are
-        not declared `passthrough_msrs`: the simulated physical LBR does not hold the guest's
-        records, so they stay intercepted and are emulated on this state (same values)."""
+        emulated); an emulated mode's vLBR logic creates its event on them."""
         return (MSR_IA32_DEBUGCTL,)
+
+    @property
+    def passthrough_msrs(self) -> frozenset[int]:
+        """What `vmx_passthrough_lbr_msrs` (arch/x86/kvm/vmx/pmu_intel.c) stops intercepting
+        while the vLBR event is ACTIVE: LBR_SELECT, TOS and the FROM/TO/INFO records. The
+        core routes a passed-through facility access to this vCPU state, which is what holds
+        the guest's records while the guest owns the LBR."""
+        msrs = {self.select_msr, self.tos_msr}
+        for i in range(self.depth):
+            msrs.add(self.from_base + i)
+            msrs.add(self.to_base + i)
+            if self.info_base is not None:
+                msrs.add(self.info_base + i)
+        return frozenset(msrs)
 
     @property
     def depth(self) -> int:
