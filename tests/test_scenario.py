@@ -39,7 +39,7 @@ def cat():
 
 def test_shipped_scenarios_validate() -> None:
     names = shipped_scenarios()
-    assert {"default", "cloud_mix", *(f"gap_3_2_case{i}" for i in range(1, 6))} <= set(names)
+    assert {"default", "cloud_mix"} <= set(names)
     for name, path in names.items():
         scn = validate(read_data(Path(path)), path)
         assert scn.name == name
