@@ -145,3 +145,33 @@ def test_schema_forbids_extra_everywhere() -> None:
     for name, d in schema["$defs"].items():
         if d.get("type") == "object" and "properties" in d:
             assert d.get("additionalProperties") is False, name
+
+
+def test_scripted_guest_msr_writes_and_their_faults(cat) -> None:
+    scn = validate(
+        {
+            "name": "m",
+            "cpu": "toy/basic",
+            "mode": "reference",
+            "cpus": 1,
+            "duration_ns": 2_000_000,
+            "vms": [
+                {
+                    "name": "vm0",
+                    "msrs": [
+                        {"at_ns": 0, "msr": 0x300, "value": 0},
+                        {"at_ns": 0, "msr": 0x100, "value": 0x430001},  # toy: instructions, USR|OS|EN
+                        {"at_ns": 0, "msr": 0x300, "value": 1},
+                        {"at_ns": 1_000_000, "msr": 0x100, "value": 1 << 36},  # reserved bit: #GP
+                    ],
+                    "work": [{"work": {"instructions": 1_000_000}}],
+                }
+            ],
+        }
+    )
+    res = run_scenario(scn, catalog=cat)
+    faults = res.report["guest_faults"]
+    assert [(f["msr"], f["vector"]) for f in faults] == [("0x100", 13)]
+    v = res.host.vms[0].vcpus[0]
+    # the work only: the enabling WRMSR is not counted and the faulting one does not retire
+    assert v.pmu.read_counter(v.pmu.gp[0]) == 1_000_000

@@ -43,6 +43,13 @@ class VM:
                     raise ConfigError("pin", f"{c} is not a host CPU", f"0..{ncpu - 1}")
         self.host = host
         self.name = name
+        allowed = getattr(host.mode, "facility_allowed", None)
+        if allowed is not None and not (allowed("lbr") or allowed("arch_lbr")):
+            # the mode gives guests no LBR (merged mediated vPMU): CPUID and
+            # PERF_CAPABILITIES must not advertise it either
+            if pmu.lbr:
+                raise ConfigError("pmu.lbr", f"mode {host.mode_name!r} gives guests no LBR", "false")
+            pmu = pmu.model_copy(update={"lbr": False})
         self.pmu_config = host.model.resolve_guest(pmu)
         self.exit_profile = exits
         self.guest_mux_interval_ns = guest_mux_interval_ns
@@ -70,10 +77,12 @@ class VM:
         return f"VM({self.name}, vcpus={len(self.vcpus)})"
 
     def facility_enabled(self, name: str) -> bool:
-        """A facility is exposed to the guest unless the config turns it off (lbr=False)."""
+        """A facility is exposed to the guest unless the config turns it off (lbr=False) or
+        the mode does not give guests that facility (its optional `facility_allowed(name)`)."""
         if name in ("lbr", "arch_lbr") and self.pmu_config.lbr is False:
             return False
-        return True
+        allowed = getattr(self.host.mode, "facility_allowed", None)
+        return allowed is None or bool(allowed(name))
 
     def set_pmu_event_filter(
         self,

@@ -185,6 +185,33 @@ def open_errors_table(report: dict[str, Any]) -> Table | None:
     return t
 
 
+def facilities_table(report: dict[str, Any]) -> Table | None:
+    """Guest facility state at the end (e.g. how many LBR records still hold a branch)."""
+    rows = report.get("facilities") or {}
+    if not rows:
+        return None
+    keys = sorted({k for per in rows.values() for f in per.values() for k in f})
+    t = Table(title="Guest facilities", title_justify="left", box=None, header_style="bold")
+    for c in ("vCPU", "facility", *keys):
+        t.add_column(c)
+    for vcpu, per in sorted(rows.items()):
+        for name, f in sorted(per.items()):
+            t.add_row(vcpu, name, *(str(f.get(k, "")) for k in keys))
+    return t
+
+
+def guest_faults_table(report: dict[str, Any]) -> Table | None:
+    rows = report.get("guest_faults") or []
+    if not rows:
+        return None
+    t = Table(title="Guest faults (scripted WRMSRs)", title_justify="left", box=None, header_style="bold")
+    for c in ("vCPU", "msr", "value", "vector", "at"):
+        t.add_column(c)
+    for r in rows:
+        t.add_row(r["vcpu"], r["msr"], r["value"], str(r["vector"]), _ms(r["time_ns"]))
+    return t
+
+
 def leaks_text(report: dict[str, Any]) -> Text:
     lk = report["leaks"]
     if not lk["leaks"]:
@@ -205,6 +232,8 @@ def render_report(report: dict[str, Any]) -> RenderableType:
         host_loss_table(report),
         *overhead_tables(report),
         perf_api_table(report),
+        facilities_table(report),
+        guest_faults_table(report),
         leaks_text(report),
     ]
     out: list[RenderableType] = []

@@ -124,6 +124,12 @@ def build_report(host: Host) -> dict[str, Any]:
             fn = getattr(host.mode, "guest_counter_values", None)
             vals = fn(v) if fn is not None else {f"{p.idx:#x}": v.pmu.read_counter(p) for p in v.pmu.pmcs}
             guest_counters[v.name] = vals
+    facilities: dict[str, Any] = {}
+    for vm in host.vms:
+        for v in vm.vcpus:
+            rows = {n: f.summary() for n, f in sorted(v.facilities.items()) if hasattr(f, "summary")}
+            if rows:
+                facilities[v.name] = rows
     perf_api = {"host": host.perf.stats.as_dict()}
     for vm in host.vms:
         if vm._guest_perf is not None:
@@ -141,6 +147,7 @@ def build_report(host: Host) -> dict[str, Any]:
         "perf_api": perf_api,
         "mode": mode_stats(host) if mode_stats else {},
         "guest_counters": guest_counters,
+        "facilities": facilities,
         "leaks": {
             "checks": host.leaks.checks,
             "leaks": [{"where": lk.where, "what": lk.what, "time_ns": lk.time_ns} for lk in host.leaks.leaks],

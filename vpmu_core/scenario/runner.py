@@ -98,6 +98,7 @@ class _Run:
         self.timeline = timeline
         self.actions: list[_Action] = []
         self.open_errors: list[dict[str, Any]] = []
+        self.guest_faults: list[dict[str, Any]] = []
         self.tasks: dict[str, Any] = {}
         self.vms: dict[str, Any] = {}
         self.sessions: dict[str, list[Any]] = {}
@@ -145,6 +146,8 @@ class _Run:
                 targets = range(v.vcpus) if w.vcpu == "all" else [w.vcpu]
                 for i in targets:
                     self._queue(w, f"{vm.vcpus[i].name}", vm.vcpus[i].queue)
+            for m in v.msrs:
+                self.at(m.at_ns, START, f"guest wrmsr {m.msr:#x}", lambda m=m, vm=vm: self._guest_wrmsr(vm, m))
             for s in v.perf:
                 self.at(s.start_ns, START, f"guest perf {s.name}", lambda s=s, vm=vm: self._open_guest(vm, s))
                 if s.stop_ns is not None:
@@ -153,6 +156,22 @@ class _Run:
             self.at(s.start_ns, START, f"host perf {s.name}", lambda s=s: self._open_host(s))
             if s.stop_ns is not None:
                 self.at(s.stop_ns, STOP, f"host perf {s.name} stop", lambda s=s: self._stop("host", s))
+
+    def _guest_wrmsr(self, vm: Any, m: Any) -> None:
+        targets = vm.vcpus if m.vcpu == "all" else [vm.vcpus[m.vcpu]]
+        for v in targets:
+            try:
+                v.wrmsr(m.msr, m.value)
+            except GuestFault as f:
+                self.guest_faults.append(
+                    {
+                        "vcpu": v.name,
+                        "msr": f"{m.msr:#x}",
+                        "value": f"{m.value:#x}",
+                        "vector": f.vector,
+                        "time_ns": self.now_ns(),
+                    }
+                )
 
     def _queue(self, spec: Any, who: str, sink: Callable[[Any], None]) -> None:
         work = spec.work.build()
@@ -309,5 +328,6 @@ def run_scenario(
     report["scenario"] = {"name": scn.name, "description": scn.description, "duration_ns": scn.duration_ns}
     report["freq_hz"] = host.freq_hz
     report["open_errors"] = r.open_errors
+    report["guest_faults"] = r.guest_faults
     report["summary"] = summarize(report)
     return RunResult(scn, report, host, timeline)

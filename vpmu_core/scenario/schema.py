@@ -171,6 +171,16 @@ class EventFilterSpec(_Strict):
     masked: bool = False
 
 
+class GuestMsrWrite(_Strict):
+    """A guest kernel WRMSR at a point in time (a driver step the guest takes: enable LBR,
+    pick an LBR depth, program a counter by hand). A #GP is recorded, not fatal."""
+
+    at_ns: NonNegInt = 0
+    vcpu: NonNegInt | Literal["all"] = "all"
+    msr: NonNegInt = Field(description="MSR index (hex allowed in YAML: 0x14ce)")
+    value: NonNegInt = Field(description="value (must fit 64 bits)")
+
+
 class VcpuWork(_Timed):
     """Guest work for one vCPU (or every vCPU)."""
 
@@ -215,9 +225,15 @@ class VmSpec(_Strict):
     event_filter: EventFilterSpec | None = None
     work: list[VcpuWork] = Field(default_factory=list)
     perf: list[GuestPerfSession] = Field(default_factory=list)
+    msrs: list[GuestMsrWrite] = Field(default_factory=list, description="guest WRMSRs at points in time")
 
     @model_validator(mode="after")
     def _check(self) -> VmSpec:
+        for m in self.msrs:
+            if m.vcpu != "all" and m.vcpu >= self.vcpus:
+                raise ValueError(f"msrs: vcpu {m.vcpu} does not exist (allowed: 0..{self.vcpus - 1}, all)")
+            if m.value >> 64:
+                raise ValueError(f"msrs: value {m.value:#x} does not fit 64 bits")
         if self.pin is not None and len(self.pin) != self.vcpus:
             raise ValueError(f"pin needs one host CPU per vCPU ({self.vcpus}), got {len(self.pin)}")
         for w in self.work:

@@ -134,6 +134,12 @@ class LbrStateBase:
         """Host cycles to save or restore this state once (see switching.py)."""
         return switching.switch_cost(self, direction, costs)
 
+    def summary(self) -> dict[str, Any]:
+        """For reports: is it recording, its depth, how many records hold a branch."""
+        ring = self.ring
+        nonzero = sum(1 for i in range(ring.depth) if any(ring.logical(i)))
+        return {"active": bool(self.active), "depth": int(ring.depth), "records_nonzero": nonzero}
+
     def switch_in(self, hw: Any, costs: Any, charge: switching.Charge, write_depth: bool = False) -> None:
         """PMU load of this guest state onto `hw` (see switching.py)."""
         switching.switch_in(self, hw, costs, charge, write_depth)

@@ -13,10 +13,12 @@ Placement (`switch_at`, facts kvm-vpmu.md §2.5):
   inside it), put at KVM_RUN return (and sched-out). Cheapest, but host perf is blind to
   everything KVM does inside KVM_RUN; `report()` gives that blind window.
 
-Where the issue and the merged kernel disagree, this follows the kernel:
+Where the issue and the merged kernel disagree, this follows the kernel by default:
 - Facilities: the merged kernel disables LBR and PEBS for every guest when mediated is on
-  (v6 17/44, 18/44), so facility passthrough/XSAVES switching is not modelled; facility
-  MSRs a composition exposes stay intercepted and emulated by the core on the vCPU state.
+  (v6 17/44, 18/44): with `facilities=off` (default) a guest gets no facility (no CPUID
+  bits, its MSRs #GP). `facilities=passthrough` models the design the issue describes:
+  the facility's record MSRs pass through and its state is switched at the same boundary
+  as the PMU (Arch LBR by XSAVES/XRSTORS, where the guest-depth == host-depth rule bites).
 - Intel GLOBAL_STATUS_SET is not among the passed-through registers (v6 22/44 lists
   GLOBAL_CTRL/STATUS/OVF_CTRL); AMD's STATUS_SET is.
 Simplifications: an emulated instruction's KVM_REQ_PMI (counter wrap) is injected at the
@@ -79,6 +81,9 @@ class MediatedMode:
     def vpmu_vcpu_create(self, vcpu: Any) -> None:
         host_pmu = vcpu.host.cpus[0].pmu
         st = compute_intercepts(vcpu.pmu, host_pmu, self.rules)
+        if self.options.facilities == "passthrough":
+            for fac in vcpu.facilities.values():
+                st.passthrough |= set(getattr(fac, "passthrough_msrs", ()) or ())
         if st.enabled:
             self.coexistence.create_mediated_pmu(vcpu.vm)
         vcpu.mode_state = st
@@ -90,6 +95,10 @@ class MediatedMode:
             global_passthrough=st.global_passthrough,
             rdpmc_passthrough=st.rdpmc_passthrough,
         )
+
+    def facility_allowed(self, name: str) -> bool:
+        """Whether guests get facility `name` at all (the merged kernel: none)."""
+        return self.options.facilities == "passthrough"
 
     @hookimpl
     def vpmu_vm_destroy(self, vm: Any) -> None:

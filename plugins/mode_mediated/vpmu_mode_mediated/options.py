@@ -24,7 +24,13 @@ OPTION_HELP: dict[str, str] = {
         "events) | rfc1 (RFC v1: such events go to ERROR at the first guest load and stay there)"
     ),
     "elide_writes": "skip counter WRMSRs at load when hardware already holds the value (v6 34/44): true (default) | false",
+    "facilities": (
+        "LBR and other facilities: off (default, merged kernel: LBR/PEBS disabled for mediated "
+        "guests, v6 17/44-18/44) | passthrough (RFC design / issue 5: the facility's record MSRs "
+        "pass through and its state is switched at the PMU boundary, Arch LBR by XSAVES/XRSTORS)"
+    ),
 }
+FACILITY_POLICIES = ("off", "passthrough")
 
 PLACEMENTS = ("run_loop", "exit", "vcpu_run")
 POLICIES = ("rfc2", "rfc1")
@@ -45,6 +51,7 @@ class MediatedOptions:
     switch_at: str = "run_loop"
     host_policy: str = "rfc2"
     elide_writes: bool = True
+    facilities: str = "off"
 
     @classmethod
     def parse(cls, options: dict[str, Any]) -> MediatedOptions:
@@ -57,4 +64,7 @@ class MediatedOptions:
         policy = str(options.get("host_policy", "rfc2"))
         if policy not in POLICIES:
             raise ConfigError("mode_options.host_policy", f"unknown policy {policy!r}", ", ".join(POLICIES))
-        return cls(switch_at, policy, _as_bool("elide_writes", options.get("elide_writes", True)))
+        fac = str(options.get("facilities", "off"))
+        if fac not in FACILITY_POLICIES:
+            raise ConfigError("mode_options.facilities", f"unknown policy {fac!r}", ", ".join(FACILITY_POLICIES))
+        return cls(switch_at, policy, _as_bool("elide_writes", options.get("elide_writes", True)), fac)

@@ -222,8 +222,20 @@ class Switcher:
         self.stats.loads += 1
         st.load_cycles = t0
         st.load_guest_cycles = vcpu.stats.guest_cycles
+        self._switch_facilities(vcpu, cpu, loading=True)
         st.load_offset = pending0 + host.costs_ledger.total(vcpu.name) - ledger0
         self._check_load(vcpu)
+
+    def _switch_facilities(self, vcpu: Any, cpu: Any, loading: bool) -> None:
+        """`facilities=passthrough`: move each facility's state with the PMU (the facility
+        decides how: XSAVES/XRSTORS for Arch LBR, MSR by MSR for legacy LBR) and charges it."""
+        if self.options.facilities != "passthrough":
+            return
+        for name, g in sorted(vcpu.facilities.items()):
+            hw = cpu.facilities.get(name)
+            fn = getattr(g, "switch_in" if loading else "switch_out", None)
+            if hw is not None and fn is not None:
+                fn(hw, vcpu.costs, vcpu.charge)
 
     def _sync_status(self, hw: Any, want: int) -> int:
         """Make hardware GLOBAL_STATUS equal `want` (guest counter bits); returns WRMSRs."""
@@ -295,6 +307,7 @@ class Switcher:
                 hw.write_counter(h, 0)
                 wrmsr += 1
         self._charge(vcpu, rdpmc, wrmsr)
+        self._switch_facilities(vcpu, cpu, loading=False)
         # 3. LVTPC back to NMI
         cs.lvtpc = "nmi"
         self._fixed_share(vcpu, 1)
