@@ -466,6 +466,38 @@ def _sweep_job(job: tuple[str, str | None, tuple[str, ...]]) -> dict[str, Any]:
     }
 
 
+def _sweep_distributed(points: list[Any], scheduler: str | None, workers: int, quiet: bool) -> list[dict[str, Any]]:
+    """Run the points on dask.distributed: an existing scheduler or a LocalCluster."""
+    import logging
+
+    from distributed import Client, LocalCluster, as_completed
+
+    logging.getLogger("distributed").setLevel(logging.ERROR)
+    if scheduler is not None:
+        client = Client(scheduler)
+        cluster = None
+    else:
+        cluster = LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.ERROR
+        )
+        client = Client(cluster)
+    try:
+        futs = client.map(_sweep_job, points, pure=False)
+        show = not quiet and console(stderr=True).is_terminal
+        if show:
+            from rich.progress import Progress
+
+            with Progress(console=console(stderr=True), transient=True) as prog:
+                task = prog.add_task("sweep", total=len(futs))
+                for _ in as_completed(futs):
+                    prog.advance(task)
+        return list(client.gather(futs))
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
 def _expand_grid(grid: tuple[str, ...]) -> list[tuple[str, ...]]:
     import itertools
 
@@ -483,13 +515,22 @@ def _expand_grid(grid: tuple[str, ...]) -> list[tuple[str, ...]]:
 @click.option("--modes", "modes_", default=None, metavar="M1,M2[:opt=v],...", help="Modes (default: each scenario's).")
 @click.option("--grid", multiple=True, metavar="KEY=V1,V2,...", help="Sweep a scenario field over values.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Fixed override for every point.")
-@click.option("-j", "--jobs", type=click.IntRange(1, 256), default=None, help="Worker processes (default: CPUs).")
+@click.option("-j", "--jobs", type=click.IntRange(1, 256), default=None, help="Local workers (default: CPUs).")
+@click.option(
+    "--scheduler",
+    default=None,
+    metavar="ADDRESS",
+    help="A running dask.distributed scheduler (tcp://host:8786); default: a local cluster of --jobs workers.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="JSON: one row per point, in sweep order.")
-def sweep(scenarios_, modes_, grid, sets, jobs, quiet, as_json) -> None:  # type: ignore[no-untyped-def]
-    """Run SCENARIOs x modes x --grid values in parallel (a local process pool) and tabulate."""
-    from concurrent.futures import ProcessPoolExecutor
+def sweep(scenarios_, modes_, grid, sets, jobs, scheduler, quiet, as_json) -> None:  # type: ignore[no-untyped-def]
+    """Run SCENARIOs x modes x --grid values in parallel on dask.distributed and tabulate.
 
+    Every point is validated first (nothing runs on bad input). The engine is a local
+    dask cluster by default (one single-threaded worker process per job) or an existing
+    cluster given with --scheduler; `-j 1` runs in this process. Results come back in
+    sweep order, so the output does not depend on which worker finished first."""
     from vpmu_core.scenario.loader import load
 
     mode_list: list[str | None] = list(split_modes(modes_)) if modes_ else [None]
@@ -498,23 +539,11 @@ def sweep(scenarios_, modes_, grid, sets, jobs, quiet, as_json) -> None:  # type
         with input_errors():
             load(s, sets=st, mode=m, catalog=catalog())
     n = jobs or os.cpu_count() or 1
-    rows: list[dict[str, Any]] = []
-    from rich.progress import Progress
-
     with input_errors():
-        if n == 1 or len(points) == 1:
+        if scheduler is None and (n == 1 or len(points) == 1):
             rows = [_sweep_job(p) for p in points]
         else:
-            with ProcessPoolExecutor(max_workers=min(n, len(points))) as ex:
-                futs = [ex.submit(_sweep_job, p) for p in points]
-                show = not quiet and console(stderr=True).is_terminal
-                if show:
-                    with Progress(console=console(stderr=True), transient=True) as prog:
-                        task = prog.add_task("sweep", total=len(futs))
-                        for f in futs:
-                            f.result()
-                            prog.advance(task)
-                rows = [f.result() for f in futs]
+            rows = _sweep_distributed(points, scheduler, min(n, len(points)), quiet)
     if as_json:
         click.echo(dumps(rows), nl=False)
         return
