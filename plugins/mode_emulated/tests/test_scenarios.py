@@ -58,3 +58,29 @@ def test_guest_mux_scenarios() -> None:
     four = _run("emulated-guest-mux-4")["mode"]
     ten = _run("emulated-guest-mux-10")["mode"]
     assert ten["perf_api_calls_total"] > 25 * four["perf_api_calls_total"]
+
+
+LBR_CASES = [
+    # case, guest LBR records at the end, silent LBR intervals (cause) or none
+    (1, 0, "not scheduled at creation"),
+    (2, 32, None),
+    (3, 32, "host per-CPU pinned event"),  # stale records: the guest reads what was there
+    (4, 32, None),
+    (5, 32, "host per-CPU pinned event"),  # silent until the guest turns LBR off, then recovers
+]
+
+
+@pytest.mark.parametrize(("case", "records", "cause"), LBR_CASES)
+def test_lbr_gap_case_scenarios(case: int, records: int, cause: str | None) -> None:
+    lbr_plugin = pytest.importorskip("vpmu_intel_archlbr")
+    cat = build_catalog(plugins_for("intel/icelake") + [("intel_archlbr", lbr_plugin)], [])
+    name = f"emulated-gap-4.2-case{case}"
+    scn, _ = loader.load(cat.scenarios[name], catalog=cat)
+    rep = runner.run_scenario(scn, catalog=cat).report
+    assert rep["facilities"]["vm0/vcpu0"]["lbr"]["records_nonzero"] == records
+    silent = [s for s in rep["silent_errors"] if s["counter"] == "lbr"]
+    assert {s["cause"] for s in silent} == ({cause} if cause else set())
+    if case == 5:
+        # the vLBR event was released and a new one owns the LBR after the guest re-enabled it
+        assert rep["mode"]["vcpus"]["vm0/vcpu0"]["vlbr_creates"] == 2
+        assert max(s["end_ns"] for s in silent) < 8_000_000

@@ -47,5 +47,8 @@ SCENARIOS_DIR = Path(__file__).parent / "scenarios"
 def vpmu_register_scenarios(register: Callable[..., None]) -> None:
     """Ship the emulated-mode scenarios (`vpmu run emulated-gap-3.2-case3`)."""
     for path in sorted(SCENARIOS_DIR.glob("*.yaml")):
-        name = path.stem.replace("gap_3_2_case", "emulated-gap-3.2-case").replace("guest_mux_", "emulated-guest-mux-")
+        name = path.stem.replace("gap_3_2_case", "emulated-gap-3.2-case").replace(
+            "gap_4_2_case", "emulated-gap-4.2-case"
+        )
+        name = name.replace("guest_mux_", "emulated-guest-mux-")
         register(name, str(path))
