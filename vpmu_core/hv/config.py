@@ -16,5 +16,9 @@ class GuestPmuConfig(BaseModel):
     fixed_counters: int | None = Field(None, ge=0)
     full_width_writes: bool | None = None
     lbr: bool | None = None
+    #: architectural events the guest's CPUID says are unavailable (Intel CPUID.0AH:EBX,
+    #: bit n = event n; userspace sets it with KVM_SET_CPUID2). KVM does not enforce it: a
+    #: hidden event still counts if the host supports it. None = every event available.
+    unavailable_events: int | None = Field(None, ge=0, lt=1 << 32)
     #: facility-specific settings (e.g. {"arch_lbr": {"depth": 32}})
     facility_options: dict[str, dict] = Field(default_factory=dict)

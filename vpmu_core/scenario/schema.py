@@ -195,6 +195,7 @@ class GuestPmuSpec(_Strict):
     fixed_counters: NonNegInt | None = None
     full_width_writes: bool | None = None
     lbr: bool | None = None
+    unavailable_events: NonNegInt | None = Field(None, description="Intel CPUID.0AH:EBX the guest sees")
     facility_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 

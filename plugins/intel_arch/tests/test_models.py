@@ -110,3 +110,22 @@ def test_model_options_validated() -> None:
     with pytest.raises(ConfigError):
         make_skylake({"bogus": 1})
     assert make_skylake({"smt": False}).caps.gp_counters == 8
+
+
+def test_events_hidden_by_guest_cpuid_still_count() -> None:
+    """KVM selftest pmu_counters_test: CPUID.0AH:EBX hides an event; KVM does not enforce it."""
+    import vpmu_intel_arch
+
+    import vpmu_core as vpmu
+    from vpmu_core.testing import toy
+
+    host = vpmu.compose(cpu="intel/icelake", mode="reference", plugins=[("intel_arch", vpmu_intel_arch), ("toy", toy)])
+    hide_branches = 1 << 5  # EBX bit 5: branch instructions retired
+    v = host.create_vm(pmu=vpmu.GuestPmuConfig(unavailable_events=hide_branches), pin=[0]).vcpus[0]
+    assert v.cpuid(0xA, 0)[1] == hide_branches
+    v.wrmsr(0x38F, 0)
+    v.wrmsr(0x186, 0x4300C4)  # branches, USR|OS|EN
+    v.wrmsr(0x38F, 1)
+    v.execute(vpmu.Work(instructions=10_000, branches=1_234))
+    v.wrmsr(0x38F, 0)
+    assert v.rdmsr(0xC1) == 1_234

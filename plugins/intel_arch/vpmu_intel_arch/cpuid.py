@@ -28,8 +28,9 @@ def leaf_a(layout: PmuLayout) -> tuple[int, int, int, int]:
         return (0, 0, 0, 0)  # version 0: no architectural PMU (KVM: pmu->version = 0)
     ebx_len = layout.arch_events_len
     eax = layout.version | layout.n_gp << 8 | layout.gp_width << 16 | ebx_len << 24
-    # EBX bit n = 1 means event n is NOT available; every event within the length is here.
-    ebx = 0
+    # EBX bit n = 1 means event n is NOT available: every event within the length is on the
+    # host; a guest's CPUID may hide some (KVM_SET_CPUID2), which KVM does not enforce.
+    ebx = layout.unavailable_events & ((1 << ebx_len) - 1)
     ecx = 0
     edx = 0
     if layout.version >= 2:

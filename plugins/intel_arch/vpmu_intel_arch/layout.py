@@ -36,6 +36,8 @@ class PmuLayout:
     anythread: bool
     #: CPUID.0AH:EAX[31:24], the length of the EBX architectural-event vector
     arch_events_len: int
+    #: CPUID.0AH:EBX as the guest sees it (bit n set = event n "unavailable")
+    unavailable_events: int = 0
     counted: dict[int, EventKind] = field(default_factory=dict)
     lbr: bool = False
     arch_lbr: bool = False

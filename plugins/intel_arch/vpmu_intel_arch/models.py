@@ -221,6 +221,7 @@ class IntelCpuModel:
             fixed_counters=fixed_n,
             full_width_writes=fw,
             lbr=lbr,
+            unavailable_events=requested.unavailable_events or 0,
             facility_options=dict(requested.facility_options),
         )
 
@@ -245,6 +246,7 @@ class IntelCpuModel:
             perf_metrics=False,
             anythread=False,
             arch_events_len=self.data.arch_events_len,
+            unavailable_events=cfg.unavailable_events or 0,
             counted=self._counted,
             lbr=legacy_lbr,
             arch_lbr=bool(cfg.lbr) and "arch_lbr" in self.data.features,
