@@ -173,3 +173,18 @@ def run_script(seed):
 def test_same_seed_same_ledger_and_report():
     assert run_script(3) == run_script(3)
     assert run_script(3) != run_script(4)
+
+
+def test_event_filter_ioctl_errors(host):
+    import errno
+
+    vm = host.create_vm(vcpus=1)
+    with pytest.raises(vpmu.PerfError) as e:
+        vm.set_pmu_event_filter(action="allow", events=list(range(301)))
+    assert e.value.errno == errno.E2BIG
+    with pytest.raises(vpmu.PerfError) as e:
+        vm.set_pmu_event_filter(action="maybe", events=[0xC0])
+    assert e.value.errno == errno.EINVAL
+    with pytest.raises(vpmu.PerfError) as e:
+        vm.set_pmu_event_filter(action="allow", events=[1 << 40], masked=True)
+    assert e.value.errno == errno.EINVAL

@@ -6,7 +6,7 @@ import errno
 from typing import TYPE_CHECKING, Any, Literal
 
 from vpmu_core.errors import ConfigError, PerfError
-from vpmu_core.hv.filter import PmuEventFilter
+from vpmu_core.hv.filter import MAX_EVENTS, PmuEventFilter
 
 if TYPE_CHECKING:
     from vpmu_core.engine.exits import ExitProfile
@@ -94,6 +94,8 @@ class VM:
         """KVM_SET_PMU_EVENT_FILTER (arch/x86/kvm/pmu.c kvm_vm_ioctl_set_pmu_event_filter).
 
         Every vCPU re-evaluates every counter before its next VM-entry."""
+        if len(events) > MAX_EVENTS:
+            raise PerfError(errno.E2BIG, f"at most {MAX_EVENTS} events (KVM_PMU_EVENT_FILTER_MAX_EVENTS)")
         try:
             self.filter = PmuEventFilter.build(action, list(events), fixed_counter_bitmap, masked)
         except ValueError as e:

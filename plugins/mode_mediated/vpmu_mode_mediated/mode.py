@@ -22,8 +22,7 @@ Where the issue and the merged kernel disagree, this follows the kernel by defau
 - Intel GLOBAL_STATUS_SET is not among the passed-through registers (v6 22/44 lists
   GLOBAL_CTRL/STATUS/OVF_CTRL); AMD's STATUS_SET is.
 Simplifications: an emulated instruction's KVM_REQ_PMI (counter wrap) is injected at the
-next VM-entry after the one that resumed the guest; a filter change takes effect at the
-next VM-entry of each vCPU (KVM kicks the vCPUs; the model does not force an exit).
+next VM-entry after the one that resumed the guest.
 """
 
 from __future__ import annotations
@@ -166,6 +165,9 @@ class MediatedMode:
         st = self._st(vcpu)
         if st is not None:
             st.filter_dirty = True
+            # kvm_make_all_cpus_request kicks a vCPU in guest mode: the filter is in force
+            # from the VM-entry right after the ioctl
+            vcpu.kick("external_interrupt")
 
     # ---- interception --------------------------------------------------------------------------
     @hookimpl
