@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from vpmu_core.errors import gp
+from vpmu_core.hw.msr import Register
 from vpmu_core.hw.pmc import FIXED_BASE, Pmc
 
 Reader = Callable[[], int]
@@ -98,6 +99,12 @@ class PmuBase:
     def _reg(self, msr: int, read: Reader, write: Writer | None) -> None:
         """Register an MSR. `write=None` makes it read-only (#GP on write)."""
         self._msrs[msr] = (read, write)
+
+    def add_register(self, msrs: int | tuple[int, ...], reg: Register) -> Register:
+        """Expose a declarative `Register` at one or more MSR indexes (aliases share it)."""
+        for msr in (msrs,) if isinstance(msrs, int) else msrs:
+            self._reg(msr, reg.read, lambda v, reg=reg: reg.write(v, self.host_initiated))
+        return reg
 
     def override_msr(
         self, msr: int, read: Reader | None = None, write: Writer | None = None

@@ -23,6 +23,7 @@ from vpmu_core.events import EventKind
 from vpmu_core.hv.config import GuestPmuConfig
 from vpmu_core.hw.cpuid import CpuidTable
 from vpmu_core.hw.model import PmuCapabilities
+from vpmu_core.hw.msr import Register
 from vpmu_core.hw.pmc import FIXED_BASE, Pmc
 from vpmu_core.hw.pmu import PmuBase
 from vpmu_core.perf.attr import PerfEventAttr
@@ -47,8 +48,16 @@ class ToyPmu(PmuBase):
         self.fixed = [Pmc(FIXED_BASE + i, 48) for i in range(fixed_n)]
         self.evtsel = [0] * gp_n
         self.fixed_ctrl = 0
-        self.global_ctrl = (1 << gp_n) - 1
-        self.status = 0
+        valid = self._valid_global()
+        # declarative registers (vpmu_core/hw/msr.py): reset values, masks, policies
+        self.gctrl = self.add_register(
+            GCTRL,
+            Register("GLOBAL_CTRL", reset=(1 << gp_n) - 1, writable=valid, on_write=lambda o, n: self.refresh(o ^ n)),
+        )
+        self.gstatus = self.add_register(GSTATUS, Register("GLOBAL_STATUS", writable=valid, read_only=True))
+        self.add_register(
+            GSTATUS_CLR, Register("GLOBAL_STATUS_CLR", writable=valid, reads_as=0, write_1_to_clear=self.gstatus)
+        )
         for i, p in enumerate(self.gp):
             self._reg(EVTSEL + i, lambda i=i: self.evtsel[i], lambda v, i=i: self._w_evtsel(i, v))
             self._reg(CTR + i, lambda p=p: self.read_counter(p), lambda v, p=p: self.write_counter(p, v))
@@ -56,9 +65,6 @@ class ToyPmu(PmuBase):
             self._reg(FIXED0, lambda p=p: self.read_counter(p), lambda v, p=p: self.write_counter(p, v))
         if fixed_n:
             self._reg(FIXED_CTRL, lambda: self.fixed_ctrl, self._w_fixed_ctrl)
-        self._reg(GCTRL, lambda: self.global_ctrl, self._w_gctrl)
-        self._reg(GSTATUS, lambda: self.status, self._w_status)
-        self._reg(GSTATUS_CLR, lambda: 0, self._w_status_clr)
         self.refresh(0)
 
     def _valid_global(self) -> int:
@@ -76,25 +82,8 @@ class ToyPmu(PmuBase):
         self.fixed_ctrl = v
         self.refresh(1 << FIXED_BASE)
 
-    def _w_gctrl(self, v: int) -> None:
-        if v & ~self._valid_global():
-            raise gp("GLOBAL_CTRL reserved bits")
-        changed = v ^ self.global_ctrl
-        self.global_ctrl = v
-        self.refresh(changed)
-
-    def _w_status(self, v: int) -> None:
-        if not self.host_initiated:
-            raise gp("GLOBAL_STATUS is read-only")
-        self.status = v & self._valid_global()
-
-    def _w_status_clr(self, v: int) -> None:
-        if v & ~self._valid_global():
-            raise gp("STATUS_CLR reserved bits")
-        self.status &= ~v
-
     def _decode(self) -> None:
-        gctrl = self.global_ctrl
+        gctrl = self.gctrl.value
         guest_gctrl = self.entry_loads.get(GCTRL, gctrl) if not self.guest else gctrl
         for i, p in enumerate(self.gp):
             sel = self.evtsel[i]
@@ -141,15 +130,15 @@ class ToyPmu(PmuBase):
         return (1 << 30) | (pmc.idx - FIXED_BASE) if pmc.is_fixed else pmc.idx
 
     def raise_overflow(self, pmc: Pmc) -> bool:
-        self.status |= 1 << pmc.idx
+        self.gstatus.value |= 1 << pmc.idx
         return pmc.int_en
 
     @property
     def global_status(self) -> int:
-        return self.status
+        return self.gstatus.value
 
     def set_global_status(self, value: int) -> None:
-        self.status = value
+        self.gstatus.value = value
 
 
 class ToyDriver:
