@@ -44,7 +44,8 @@ class FacilitySpec(_Spec):
 
 
 class ModeSpec(_Spec):
-    """A mode: ``factory(host, options) -> object implementing hypervisor hooks``."""
+    """A mode: ``factory(model, options) -> object implementing hypervisor hooks`` (the host
+    calls its optional ``attach(host)`` once built)."""
 
     factory: Callable[[Any, dict[str, Any]], Any]
 
