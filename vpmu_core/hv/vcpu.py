@@ -37,6 +37,13 @@ _ZEROS = (0,) * (N_KINDS - 3)
 #: an instruction KVM emulates: it retires in the guest but takes no guest cycles
 EMULATED_INSTRUCTION = (0, 1) + (0,) * (N_KINDS - 2)
 
+#: Legacy PMU MSRs that KVM's common code answers when the vendor vPMU does not claim them
+#: (arch/x86/kvm/x86.c kvm_set_msr_common/kvm_get_msr_common: MSR_K7_EVNTSEL0..3,
+#: MSR_K7_PERFCTR0..3, MSR_P6_PERFCTR0..1, MSR_P6_EVNTSEL0..1 -> if !kvm_pmu_is_valid_msr(),
+#: reads return 0 and writes are dropped, no #GP). Selftest pmu_counters_test relies on it:
+#: "KVM drops writes to MSR_P6_PERFCTR[0|1] if the counters are unsupported".
+KVM_COMMON_PMU_MSRS = frozenset((0xC1, 0xC2, 0x186, 0x187, *range(0xC001_0000, 0xC001_0008)))
+
 
 @dataclass(frozen=True)
 class Pmi:
@@ -532,7 +539,13 @@ class VCpu:
         hooks = self.hooks
         owner = self._owner_of(msr)
         if owner is None:
-            # KVM: unhandled MSR -> #GP injected after the exit (kvm_set_msr_common)
+            # KVM: unhandled MSR -> #GP injected after the exit (kvm_set_msr_common), except
+            # the legacy PMU MSRs it drops
+            if msr in KVM_COMMON_PMU_MSRS:
+                token = hooks.instruction_snapshot(vcpu=self)
+                self._exit("msr_write", False, False, handler=lambda: None)
+                self._retire_emulated(token)
+                return
             self._exit("msr_write", False, False, handler=_raise_gp(msr))
             return
         if owner is not self.lapic and hooks.msr_intercepted(vcpu=self, msr=msr, write=True) is False:
@@ -560,6 +573,11 @@ class VCpu:
         hooks = self.hooks
         owner = self._owner_of(msr)
         if owner is None:
+            if msr in KVM_COMMON_PMU_MSRS:  # reads 0 (kvm_get_msr_common)
+                token = hooks.instruction_snapshot(vcpu=self)
+                self._exit("msr_read", False, False, handler=lambda: 0)
+                self._retire_emulated(token)
+                return 0
             self._exit("msr_read", False, False, handler=_raise_gp(msr))
             return 0
         if owner is not self.lapic and hooks.msr_intercepted(vcpu=self, msr=msr, write=False) is False:
