@@ -595,8 +595,8 @@ def register_plugin_commands(group: click.Group) -> None:
 def main(argv: list[str] | None = None) -> None:
     configure_logging(0)
     args = sys.argv[1:] if argv is None else argv
-    if any(a in ("-v", "--verbose") or (a.startswith("-v") and set(a[1:]) == {"v"}) for a in args):
-        configure_logging(2)
+    # plugin commands are discovered before click parses -v: keep discovery at warnings,
+    # the command's own callback sets the level it was asked for
     register_plugin_commands(cli)
     cli.main(args=args, prog_name="vpmu", standalone_mode=True)
 

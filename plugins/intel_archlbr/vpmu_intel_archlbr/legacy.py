@@ -245,6 +245,8 @@ class LegacyLbr(FacilityHooks):
     resource: str | None = "lbr"
 
     def __init__(self, model: Any, options: dict[str, Any]) -> None:
+        if options:
+            raise ConfigError("facility_options.lbr", f"unknown option(s) {sorted(options)}", "(none)")
         self.model = model
         self.data: dict[str, Any] = dict(model.features["lbr"])
         self._made = 0

@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from vpmu_core.errors import GuestFault
+from vpmu_core.errors import ConfigError, GuestFault
 from vpmu_core.logs import get_logger
 from vpmu_core.plugins.markers import hookimpl
 
@@ -41,6 +41,18 @@ OPTIONS: dict[str, str] = {
 }
 
 
+def _as_bool(name: str, value: Any) -> bool:
+    """Options arrive from Python, scenario files and `--set k=v` (strings)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off"):
+        return False
+    raise ConfigError(f"mode_options.{name}", f"expected a boolean, got {value!r}", "true, false")
+
+
 class EmulatedMode:
     """See the module docstring. One instance per composed host."""
 
@@ -48,7 +60,7 @@ class EmulatedMode:
 
     def __init__(self, model: Any, options: dict[str, Any]) -> None:
         self.model = model
-        self.lazy_release = bool(options.get("lazy_release", True))
+        self.lazy_release = _as_bool("lazy_release", options.get("lazy_release", True))
         self.host: Any = None
         self._vcpus: list[Any] = []
 
