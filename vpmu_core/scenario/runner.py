@@ -201,37 +201,47 @@ class _Run:
                 task = self.vms[vm_name].vcpus[int(vc)].task
             targets = [(task.pid, -1 if s.cpu is None else s.cpu, f"task {s.task}")]
         for pid, cpu, where in targets:
-            leader = None
-            for ev in s.events:
-                try:
-                    e = host.perf_event_open(_attr(ev, s, s.pinned, **extra), pid=pid, cpu=cpu, group=leader)
-                except PerfError as err:
-                    self._open_error(s.name, "host", ev, where, err)
-                    if s.group:
-                        break
-                    continue
-                opened.append(e)
-                if s.group and leader is None:
-                    leader = e
+            opened += self._open_group(
+                s,
+                "host",
+                where,
+                lambda ev, leader, pid=pid, cpu=cpu: host.perf_event_open(
+                    _attr(ev, s, s.pinned, **extra), pid=pid, cpu=cpu, group=leader
+                ),
+            )
         self.sessions.setdefault(f"host/{s.name}", []).extend(opened)
         self._mark("scenario", f"open {s.name}", {"events": len(opened), "class": s.klass})
+
+    def _open_group(self, s: Any, scope: str, where: str, open_one: Callable[[Any, Any], Any]) -> list[Any]:
+        """Open a session's events at one place; with `group`, the first leads and a failed
+        open stops the group (perf_event_open of a sibling needs its leader)."""
+        opened: list[Any] = []
+        leader = None
+        for ev in s.events:
+            try:
+                e = open_one(ev, leader)
+            except (PerfError, GuestFault) as err:
+                self._open_error(s.name, scope, ev, where, err)
+                if s.group:
+                    break
+                continue
+            opened.append(e)
+            if s.group and leader is None:
+                leader = e
+        return opened
 
     def _open_guest(self, vm: Any, s: GuestPerfSession) -> None:
         vcpus = range(len(vm.vcpus)) if s.vcpu == "all" else [s.vcpu] if isinstance(s.vcpu, int) else s.vcpu
         opened: list[Any] = []
         for i in vcpus:
-            leader = None
-            for ev in s.events:
-                try:
-                    e = vm.guest_perf.perf_event_open(_attr(ev, s, s.pinned), pid=-1, cpu=i, group=leader)
-                except (PerfError, GuestFault) as err:
-                    self._open_error(s.name, f"guest:{vm.name}", ev, f"vcpu{i}", err)
-                    if s.group:
-                        break
-                    continue
-                opened.append(e)
-                if s.group and leader is None:
-                    leader = e
+            opened += self._open_group(
+                s,
+                f"guest:{vm.name}",
+                f"vcpu{i}",
+                lambda ev, leader, i=i: vm.guest_perf.perf_event_open(
+                    _attr(ev, s, s.pinned), pid=-1, cpu=i, group=leader
+                ),
+            )
         self.sessions.setdefault(f"{vm.name}/{s.name}", []).extend(opened)
         self._mark("scenario", f"open {vm.name}:{s.name}", {"events": len(opened)})
 

@@ -283,8 +283,8 @@ class Switcher:
             hw.wrmsr(hw.fixed_ctrl_msr(), 0)
             st.fixed_ctrl_hw = 0
             wrmsr += 1
-        # 2. counters: save, zero what is non-zero
-        for idx in st.gp_idx:
+        # 2. counters: save (RDPMC), zero what is non-zero; GP selectors too
+        for idx in (*st.gp_idx, *st.fixed_idx):
             g = guest.pmc(idx)
             h = hw.pmc(idx)
             rdpmc += 1
@@ -296,15 +296,6 @@ class Switcher:
             if st.eventsel_hw.get(idx):
                 hw.wrmsr(hw.eventsel_msr(h), 0)
                 st.eventsel_hw[idx] = 0
-                wrmsr += 1
-        for idx in st.fixed_idx:
-            g = guest.pmc(idx)
-            h = hw.pmc(idx)
-            rdpmc += 1
-            value = h.value
-            guest.backend.write(g, value)
-            if value:
-                hw.write_counter(h, 0)
                 wrmsr += 1
         self._charge(vcpu, rdpmc, wrmsr)
         self._switch_facilities(vcpu, cpu, loading=False)
