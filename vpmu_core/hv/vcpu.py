@@ -112,6 +112,8 @@ class VCpu:
             if name in self.facilities:
                 fac.adjust_cpuid(self.cpuid_table, guest=True)
         self.lapic = LvtPc()
+        #: KVM masks the LVTPC on PMI delivery only for Intel-compatible guests (lapic.py)
+        self._lvtpc_mask_on_pmi = bool(getattr(host.model, "lvtpc_masked_on_pmi", True))
         self.cpl = 0
         #: CR4.PCE: RDPMC allowed at CPL > 0 (SDM Vol. 2B RDPMC)
         self.cr4_pce = False
@@ -228,7 +230,7 @@ class VCpu:
 
     def _deliver_pmi(self) -> None:
         """kvm_pmu_deliver_pmi -> kvm_apic_local_deliver(APIC_LVTPC)."""
-        if self.lapic.deliver():
+        if self.lapic.deliver(self._lvtpc_mask_on_pmi):
             self.pmis.append(Pmi(self.cpu.now_ns(), self.lapic.vector, self.lapic.is_nmi))
             if self.host.tracer is not None:
                 self.host.tracer.pmi(self, self.cpu.now_ns())
@@ -463,18 +465,20 @@ class VCpu:
             for name, f in self.facilities.items():
                 if f.active and name not in self.facility_blocked:
                     f.record(counts, cpl, True, self.task.position)
+        direct_pmi = False
         if self.direct_count:
             dov = self.pmu.accrue(counts, cpl, True)
             if dov:
                 for pmc, _ in dov:
                     if self.pmu.raise_overflow(pmc):
                         self.request_pmi()
+                        direct_pmi = True
         self.task.account(counts, cpl, True)
         row = self.host.cpu_truth[cpu.index][2 if cpl == 0 else 3]
         row[:] = map(_add, row, counts)
         cpu.now += counts[0]
         self.stats.guest_cycles += counts[0]
-        if ov and cpu.handle_overflows(ov) and self.in_guest:
+        if ((ov and cpu.handle_overflows(ov)) or direct_pmi) and self.in_guest:
             # the PMI (NMI or the mediated vector) forces a VM-exit
             self._exit("pmi", False, False)
 

@@ -89,3 +89,26 @@ def test_guest_perf_on_the_vcpu_port(cpu: str) -> None:
     miss.disable()
     assert br.read().value == 2 * B
     assert miss.read().value == 11
+
+
+def test_pmi_leaves_lvtpc_unmasked_on_amd() -> None:
+    """KVM masks the guest LVTPC on PMI delivery only for Intel-compatible CPUID
+    (kvm_apic_local_deliver); an AMD guest's LVTPC stays unmasked and takes the next PMI."""
+    import vpmu_core as vpmu
+    from vpmu_core.testing import toy
+
+    import vpmu_amd_perfmon
+
+    host = vpmu.compose(cpu="amd/zen4", mode="reference", plugins=[("amd_perfmon", vpmu_amd_perfmon), ("toy", toy)])
+    v = host.create_vm(vcpus=1, pin=[0], exits=vpmu.ExitProfile(rate_per_s=0)).vcpus[0]
+    v.wrmsr(0x834, 0xF0)
+    v.wrmsr(0xC0000301, 0)
+    v.wrmsr(0xC0010201, (1 << 48) - 100)
+    v.wrmsr(0xC0010200, 0x5300C0)  # instructions, USR|OS|INT|EN
+    v.wrmsr(0xC0000301, 1)
+    v.execute(vpmu.Work(instructions=150))
+    assert len(v.pmis) == 1 and not v.lapic.masked
+    v.wrmsr(0xC0000302, 1)  # ack
+    v.wrmsr(0xC0010201, (1 << 48) - 100)
+    v.execute(vpmu.Work(instructions=150))
+    assert len(v.pmis) == 2, "no unmask needed on AMD"

@@ -87,6 +87,10 @@ class AmdCpuModel:
 
     vendor = "amd"
     cost_preset = "amd"
+    #: AMD's local APIC does not mask the LVT PMI entry on a counter overflow (comment in
+    #: arch/x86/events/amd/core.c), and KVM masks the guest's LVTPC on PMI delivery only
+    #: for Intel-compatible guest CPUID (arch/x86/kvm/lapic.c kvm_apic_local_deliver).
+    lvtpc_masked_on_pmi = False
 
     def __init__(self, data: AmdModelData, options: dict[str, Any] | None = None) -> None:
         options = dict(options or {})

@@ -27,7 +27,8 @@ def test_overflow_delivers_one_pmi_and_masks_lvtpc(cpu: str) -> None:
     g.set_global(1)
     g.v.execute(Work(instructions=100_000, branches=5000))
     assert len(g.v.pmis) == 1 and g.v.pmis[0].vector == LVT_VECTOR
-    assert g.v.lapic.value & LVT_MASKED  # masked on delivery; the guest must unmask it
+    # KVM masks the LVTPC on delivery for Intel-compatible guests only (kvm_apic_local_deliver)
+    assert bool(g.v.lapic.value & LVT_MASKED) == cpu.startswith("intel/")
     if g.gstatus is not None:
         assert g.v.rdmsr(g.gstatus) & 1
     assert g.read(0) == 4000  # wrapped, exact
