@@ -51,6 +51,11 @@ class VM:
                 raise ConfigError("pmu.lbr", f"mode {host.mode_name!r} gives guests no LBR", "false")
             pmu = pmu.model_copy(update={"lbr": False})
         self.pmu_config = host.model.resolve_guest(pmu)
+        limit = getattr(host.mode, "limit_guest_pmu", None)
+        if limit is not None:
+            # the mode's own caps on what a guest can get (e.g. KVM's emulated vPMU exposes
+            # at most 3 fixed counters), applied the way kvm_pmu_refresh clamps CPUID
+            self.pmu_config = host.model.resolve_guest(limit(self.pmu_config))
         self.exit_profile = exits
         self.guest_mux_interval_ns = guest_mux_interval_ns
         self.filter: PmuEventFilter | None = None

@@ -69,3 +69,19 @@ def test_counter_read_is_base_plus_emulated_plus_perf(cpu: str) -> None:
     assert g.read(0) == 5
     v.execute(Work(instructions=10, branches=10))
     assert g.read(0) == 15
+
+
+def test_guests_get_at_most_three_fixed_counters() -> None:
+    """kvm_init_pmu_capability: without the mediated vPMU KVM exposes at most 3 fixed counters,
+    so an Ice Lake guest sees no topdown-slots counter (CPUID.0AH:EDX[4:0] = 3, 0x30C #GPs)."""
+    import pytest
+    import vpmu_core as vpmu
+    from emu_helpers import AVAILABLE, plugins_for
+
+    if "intel/icelake" not in AVAILABLE:
+        pytest.skip("needs intel/icelake")
+    host = vpmu.compose(cpu="intel/icelake", mode="emulated", plugins=plugins_for("intel/icelake"))
+    v = host.create_vm(vcpus=1, pin=[0]).vcpus[0]
+    assert v.cpuid(0xA, 0)[3] & 0x1F == 3
+    with pytest.raises(vpmu.GuestFault):
+        v.rdmsr(0x30C)

@@ -41,6 +41,10 @@ OPTIONS: dict[str, str] = {
 }
 
 
+#: KVM_MAX_NR_FIXED_COUNTERS for the perf-based vPMU (arch/x86/kvm/pmu.h)
+MAX_FIXED_COUNTERS = 3
+
+
 def _as_bool(name: str, value: Any) -> bool:
     """Options arrive from Python, scenario files and `--set k=v` (strings)."""
     if isinstance(value, bool):
@@ -74,6 +78,15 @@ class EmulatedMode:
     @staticmethod
     def kpmu(vcpu: Any) -> KvmPmu:
         return vcpu.mode_state  # type: ignore[no-any-return]
+
+    def limit_guest_pmu(self, cfg: Any) -> Any:
+        """KVM's emulated vPMU backs at most 3 fixed counters (KVM_MAX_NR_FIXED_COUNTERS;
+        `kvm_init_pmu_capability` keeps 3 unless the mediated vPMU is on), and
+        `intel_pmu_refresh` clamps the guest's CPUID.0AH:EDX count to that. Fixed counter 3
+        (topdown slots) has no perf event KVM could create for it."""
+        if cfg.fixed_counters and cfg.fixed_counters > MAX_FIXED_COUNTERS:
+            return cfg.model_copy(update={"fixed_counters": MAX_FIXED_COUNTERS})
+        return cfg
 
     def exits_are_inert(self, vcpu: Any) -> bool:
         """Background exits change no vPMU state while nothing is pending: no KVM_REQ_PMU,
