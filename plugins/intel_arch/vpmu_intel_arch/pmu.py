@@ -82,6 +82,9 @@ class IntelPmu(PmuBase):
         self.gp = [Pmc(i, layout.gp_width) for i in range(layout.n_gp)]
         self.fixed = [Pmc(FIXED_BASE + i, layout.fixed_width) for i in range(layout.n_fixed)]
         self._evtsel = [0] * layout.n_gp
+        #: the selector value each GP counter was last decoded from: `_decode` runs after every
+        #: control write (a hot path in mediated switches) and skips unchanged selectors
+        self._decoded_sel: list[int | None] = [None] * layout.n_gp
         self._fixed_ctrl = 0
         # SDM Vol. 3B 20.2.2: "at RESET all GP enable bits of IA32_PERF_GLOBAL_CTRL are set"
         # (KVM intel_pmu_refresh does the same, fixed bits clear).
@@ -268,20 +271,23 @@ class IntelPmu(PmuBase):
         # Physical PMU: guest-mode work counts under the GLOBAL_CTRL VM-entry loads (VMCS
         # "load IA32_PERF_GLOBAL_CTRL", SDM Vol. 3C 25.8.1); the guest PMU has one control.
         entry_ctrl = self.entry_loads.get(MSR_GLOBAL_CTRL, host_ctrl) if not self.guest and v2 else host_ctrl
+        decoded = self._decoded_sel
         for i, pmc in enumerate(self.gp):
             sel = self._evtsel[i]
-            pmc.config = sel
-            pmc.event = lay.counted.get(sel & ARCH_EVENT_MASK)
-            pmc.usr = bool(sel & EVTSEL_USR)
-            pmc.os = bool(sel & EVTSEL_OS)
-            pmc.int_en = bool(sel & EVTSEL_INT)
-            pmc.local_en = bool(sel & EVTSEL_EN)
+            if decoded[i] != sel:  # selector fields only when the selector changed
+                decoded[i] = sel
+                pmc.config = sel
+                pmc.event = lay.counted.get(sel & ARCH_EVENT_MASK)
+                pmc.usr = bool(sel & EVTSEL_USR)
+                pmc.os = bool(sel & EVTSEL_OS)
+                pmc.int_en = bool(sel & EVTSEL_INT)
+                pmc.local_en = bool(sel & EVTSEL_EN)
+                # EDGE/INV/CMASK (and AnyThread) cannot be counted exactly from spans.
+                pmc.exotic = bool(sel & (EVTSEL_EDGE | EVTSEL_INV | EVTSEL_CMASK | EVTSEL_ANY))
             # SDM 20.2.2: v2+ counts only with both EN and GLOBAL_CTRL[n]; v1 EN alone.
             pmc.global_en = bool(host_ctrl >> i & 1)
             pmc.count_host = pmc.global_en
             pmc.count_guest = bool(entry_ctrl >> i & 1)
-            # EDGE/INV/CMASK (and AnyThread) cannot be counted exactly from spans.
-            pmc.exotic = bool(sel & (EVTSEL_EDGE | EVTSEL_INV | EVTSEL_CMASK | EVTSEL_ANY))
         for i, pmc in enumerate(self.fixed):
             nib = self._fixed_ctrl >> (4 * i) & 0xF
             code, kind = FIXED_EVENTS[i]
