@@ -175,39 +175,25 @@ class Switcher:
         # 4. counters and selectors
         rdpmc = wrmsr = 0
         elide = self.options.elide_writes
-        for idx in st.gp_idx:
+        for idx in (*st.gp_idx, *st.fixed_idx):
             g = guest.pmc(idx)
             h = hw.pmc(idx)
             value = g.value & g.mask
+            # v6 34/44: skip the counter WRMSR when RDPMC shows hardware already holds it
             if elide:
                 rdpmc += 1
-                if h.value == value:
-                    self.stats.elided_writes += 1
-                else:
-                    hw.write_counter(h, value)
-                    wrmsr += 1
-                    self.stats.counter_writes += 1
+            if elide and h.value == value:
+                self.stats.elided_writes += 1
             else:
                 hw.write_counter(h, value)
                 wrmsr += 1
                 self.stats.counter_writes += 1
-            sel = eventsel_hw(vcpu, idx)
-            hw.wrmsr(hw.eventsel_msr(h), sel)
-            st.eventsel_hw[idx] = sel
-            wrmsr += 1
-            self.stats.selector_writes += 1
-        for idx in st.fixed_idx:
-            g = guest.pmc(idx)
-            h = hw.pmc(idx)
-            value = g.value & g.mask
-            if elide:
-                rdpmc += 1
-                if h.value == value:
-                    self.stats.elided_writes += 1
-                    continue
-            hw.write_counter(h, value)
-            wrmsr += 1
-            self.stats.counter_writes += 1
+            if not h.is_fixed:
+                sel = eventsel_hw(vcpu, idx)
+                hw.wrmsr(hw.eventsel_msr(h), sel)
+                st.eventsel_hw[idx] = sel
+                wrmsr += 1
+                self.stats.selector_writes += 1
         # 5. vendor load: status, fixed control, global control
         wrmsr += self._sync_status(hw, guest.global_status & guest.all_counter_mask)
         if st.fixed_ctrl_msr is not None:
