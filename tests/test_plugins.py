@@ -127,3 +127,10 @@ def test_broken_installed_plugin_is_listed_not_fatal(tmp_path):
     rows = data["plugins"] if isinstance(data, dict) else data
     broken = [p for p in rows if p["name"] == "broken"]
     assert broken and broken[0]["status"] == "failed" and "vpmu_no_such_module_xyz" in broken[0]["load_error"]
+
+
+def test_resolved_hooks_declare_every_hypervisor_hook():
+    from vpmu_core.plugins.resolve import ResolvedHooks
+
+    declared = set(ResolvedHooks.__annotations__)
+    assert declared == {h[len("vpmu_") :] for h in HYPERVISOR_HOOKS}

@@ -46,11 +46,13 @@ class CpuContext:
 
 
 class PerfStats:
+    """perf API activity of one perf instance (reported under `perf_api`)."""
+
     __slots__ = ("opens", "releases", "enables", "disables", "reschedules", "rotations", "ipis", "reprograms")
 
     def __init__(self) -> None:
-        for s in self.__slots__:
-            setattr(self, s, 0)
+        self.opens = self.releases = self.enables = self.disables = 0
+        self.reschedules = self.rotations = self.ipis = self.reprograms = 0
 
     def as_dict(self) -> dict[str, int]:
         return {s: getattr(self, s) for s in self.__slots__}

@@ -37,6 +37,32 @@ class ResolvedHooks:
     """One attribute per hypervisor hook (without the ``vpmu_`` prefix); each a callable
     taking the spec's keyword arguments."""
 
+    guest_cpuid: Callable[..., Any]
+    guest_rdmsr: Callable[..., Any]
+    guest_rdpmc: Callable[..., Any]
+    guest_wrmsr: Callable[..., Any]
+    guest_xrstors: Callable[..., Any]
+    guest_xsaves: Callable[..., Any]
+    host_perf_event_open: Callable[..., Any]
+    host_pmi: Callable[..., Any]
+    instruction_retired: Callable[..., Any]
+    instruction_snapshot: Callable[..., Any]
+    msr_intercepted: Callable[..., Any]
+    rdpmc_intercepted: Callable[..., Any]
+    run_loop_enter: Callable[..., Any]
+    run_loop_leave: Callable[..., Any]
+    vcpu_create: Callable[..., Any]
+    vcpu_load: Callable[..., Any]
+    vcpu_put: Callable[..., Any]
+    vcpu_restore_state: Callable[..., Any]
+    vcpu_run_enter: Callable[..., Any]
+    vcpu_run_leave: Callable[..., Any]
+    vcpu_save_state: Callable[..., Any]
+    vm_create: Callable[..., Any]
+    vm_destroy: Callable[..., Any]
+    vm_entry: Callable[..., Any]
+    vm_exit: Callable[..., Any]
+
     def __init__(self, pm: pluggy.PluginManager) -> None:
         self.implemented: dict[str, list[str]] = {}
         for name in HYPERVISOR_HOOKS:
