@@ -188,3 +188,11 @@ def test_event_filter_ioctl_errors(host):
     with pytest.raises(vpmu.PerfError) as e:
         vm.set_pmu_event_filter(action="allow", events=[1 << 40], masked=True)
     assert e.value.errno == errno.EINVAL
+
+
+def test_xrstors_of_garbage_is_gp_not_an_exception(host):
+    v = host.create_vm(vcpus=1).vcpus[0]
+    with pytest.raises(vpmu.GuestFault):
+        v.xrstors(b"junk", 1 << 15)
+    area = v.xsaves(1 << 15)
+    v.xrstors(area, 1 << 15)  # an area the vCPU saved restores fine

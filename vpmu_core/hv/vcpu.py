@@ -261,8 +261,10 @@ class VCpu:
         handler: Callable[[], Any] | None = None,
         reenter: bool = True,
     ) -> Any:
-        """One VM-exit round trip (`reenter=False`: the vCPU is being scheduled out). `handler` emulates the exiting instruction (after the
-        run loop is left for slow-path exits, as `handle_exit` runs after the PMU put)."""
+        """One VM-exit round trip (`reenter=False`: the vCPU is being scheduled out).
+
+        `handler` emulates the exiting instruction: for slow-path exits after the run loop is
+        left, as `handle_exit` runs after the PMU put (arch/x86/kvm/x86.c vcpu_enter_guest)."""
         cpu = self.cpu
         cpu.pmu.set_guest_mode(False)
         self.in_guest = False
@@ -644,6 +646,10 @@ class VCpu:
 
     def xrstors(self, area: Any, mask: int) -> None:
         """Guest XRSTORS of the PMU components in `mask`."""
+        from vpmu_core.hv.xsave import XsaveArea
+
+        if not isinstance(area, XsaveArea) or mask < 0 or mask >> 64:
+            raise gp("XRSTORS: not an XSAVE area of this vCPU or bad mask")  # SDM Vol. 1 13.12
         self._ensure_in_guest()
         if self.hooks.guest_xrstors(vcpu=self, area=area, mask=mask) is None:
             area.restore(self.facilities.values(), mask)
