@@ -38,11 +38,12 @@ def load_plugin(name: str) -> Any:
 
 
 class PhysicalPort:
-    """A physical PMU as a driver port, for checks without an engine."""
+    """A PMU as a driver port, for checks without an engine (CPUID from `table`, by default
+    the host's)."""
 
-    def __init__(self, model: Any, pmu: Any) -> None:
+    def __init__(self, model: Any, pmu: Any, table: Any = None) -> None:
         self.model, self.pmu = model, pmu
-        self.table = model.cpuid_table(None)
+        self.table = model.cpuid_table(None) if table is None else table
 
     def rdmsr(self, msr: int) -> int:
         return self.pmu.rdmsr(msr)
@@ -58,6 +59,20 @@ class PhysicalPort:
 
     def set_entry_loads(self, loads: dict[int, int]) -> None:
         self.pmu.set_entry_loads(loads)
+
+
+class StubCpu:
+    """The `PerfCpu` a `PerfSubsystem` needs, without an engine: an index, a port, no task
+    and a clock the test sets (`ns`)."""
+
+    def __init__(self, index: int, port: Any) -> None:
+        self.index = index
+        self.port = port
+        self.current_task: Any = None
+        self.ns = 0
+
+    def now_ns(self) -> int:
+        return self.ns
 
 
 class _Kit:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-from typing import Any
 
 import pytest
 from vpmu_core.errors import PerfError
@@ -11,6 +10,7 @@ from vpmu_core.events import EventKind, Work
 from vpmu_core.hv.config import GuestPmuConfig
 from vpmu_core.perf.attr import EventState, PerfEventAttr
 from vpmu_core.perf.core import PerfSubsystem
+from vpmu_core.testing.conformance import PhysicalPort, StubCpu
 
 from vpmu_amd_perfmon import eventsel as es
 from vpmu_amd_perfmon.driver import AmdPerfDriver
@@ -18,44 +18,11 @@ from vpmu_amd_perfmon.models import AmdCpuModel, make_model
 from vpmu_amd_perfmon.pmu import GLOBAL_CTL, GLOBAL_STATUS, AmdPmu
 
 
-class PmuPort:
-    """A RegisterPort over one PMU: MSRs and RDPMC go to it, CPUID to a model's table."""
-
-    def __init__(self, pmu: AmdPmu, table: Any) -> None:
-        self.pmu = pmu
-        self.table = table
-
-    def rdmsr(self, msr: int) -> int:
-        return self.pmu.rdmsr(msr)
-
-    def wrmsr(self, msr: int, value: int) -> None:
-        self.pmu.wrmsr(msr, value)
-
-    def rdpmc(self, ecx: int) -> int:
-        return self.pmu.rdpmc(ecx)
-
-    def cpuid(self, leaf: int, subleaf: int = 0) -> tuple[int, int, int, int]:
-        return self.table.get(leaf, subleaf)
-
-
-class FakeCpu:
-    """The `PerfCpu` perf needs: an index, a port, no task, a clock."""
-
-    def __init__(self, index: int, port: PmuPort) -> None:
-        self.index = index
-        self.port = port
-        self.current_task = None
-        self.ns = 0
-
-    def now_ns(self) -> int:
-        return self.ns
-
-
-def make_env(model: AmdCpuModel, guest: bool = False) -> tuple[PerfSubsystem, AmdPmu, PmuPort]:
+def make_env(model: AmdCpuModel, guest: bool = False) -> tuple[PerfSubsystem, AmdPmu, PhysicalPort]:
     cfg = GuestPmuConfig() if guest else None
     pmu = model.make_pmu(cfg)
-    port = PmuPort(pmu, model.cpuid_table(cfg))
-    perf = PerfSubsystem(model.make_driver(), [FakeCpu(0, port)], name="guest" if guest else "host")
+    port = PhysicalPort(model, pmu, model.cpuid_table(cfg))
+    perf = PerfSubsystem(model.make_driver(), [StubCpu(0, port)], name="guest" if guest else "host")
     return perf, pmu, port
 
 
@@ -95,7 +62,7 @@ def test_counter_mask_and_width(model: AmdCpuModel) -> None:
 def test_guest_counter_mask_follows_guest_cpuid() -> None:
     m = make_model("amd/zen4")
     pmu = m.make_pmu(GuestPmuConfig(gp_counters=3))
-    port = PmuPort(pmu, m.cpuid_table(GuestPmuConfig(gp_counters=3)))
+    port = PhysicalPort(m, pmu, m.cpuid_table(GuestPmuConfig(gp_counters=3)))
     assert AmdPerfDriver().counter_mask(port) == 0b111
 
 
