@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 PLUGIN_DIRS := $(patsubst %/pyproject.toml,%,$(sort $(wildcard plugins/*/pyproject.toml)))
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test lint bench goldens clean
 
 $(STAMP): pyproject.toml $(wildcard plugins/*/pyproject.toml)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ test: install lint
 lint: install
 	$(BIN)/ruff check vpmu_core tests benchmarks plugins
 	$(BIN)/ruff format --check vpmu_core tests benchmarks plugins
+
+## goldens: rewrite the golden-report corpus (tests/golden/) after a reviewed behaviour change
+goldens: install
+	$(BIN)/python -m tests.golden_corpus
 
 bench: install
 	$(BIN)/python benchmarks/bench_engine.py
