@@ -184,6 +184,17 @@ class WorkCursor:
         self.done = done
         return tuple(out)
 
+    def rewind(self, done: int) -> None:
+        """Move back to `done` cycles into the span (a slice was taken too far: the engine
+        cuts it at the first counter overflow). Counts are a function of the position, so
+        re-taking gives exactly what a shorter take would have."""
+        self.done = done
+        total = self.total
+        prev = self._prev
+        counts = self._counts
+        for i in self._nz:
+            prev[i] = counts[i] * done // total if total else 0
+
 
 def split_counts(counts: tuple[int, ...], cycles: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Split span counts at `cycles` (proportional, floor): the two parts add up exactly."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from vpmu_core.hv.lapic import LVT_MASKED, X2APIC_LVTPC
-from vpmu_core.perf.attr import EventState, PerfEventAttr
+from vpmu_core.perf.attr import PerfEventAttr
 from vpmu_core.perf.core import PerfSubsystem
 from vpmu_core.perf.event import PerfEvent
 
@@ -77,13 +77,7 @@ class GuestPerf:
         self.perf.rotate(vcpu.index)
 
     def _handle_pmi(self, vcpu: VCpu) -> None:
-        """The guest's PMI handler: find overflowed sampling counters, reload, unmask."""
-        perf = self.perf
-        for e in list(perf.ctx[vcpu.index].active):
-            if e.state != EventState.ACTIVE or e.idx is None or not e.period:
-                continue
-            raw = perf.driver.read(vcpu, e.idx)
-            ran = (raw - e._start_raw) & e._mask
-            if ran >= e.period_left:
-                perf.handle_overflow(vcpu.index, e.idx, ran - e.period_left)
+        """The guest's PMI handler (x86_pmu_handle_irq): read every sampling counter once,
+        re-arm the overflowed ones, then unmask the LVTPC for the next PMI."""
+        self.perf.handle_irq(vcpu.index)
         vcpu.wrmsr(X2APIC_LVTPC, vcpu.lapic.value & ~LVT_MASKED)

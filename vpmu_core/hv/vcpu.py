@@ -21,7 +21,7 @@ from vpmu_core.engine.exits import ExitProcess
 from vpmu_core.engine.host import derive_seed
 from vpmu_core.engine.task import Task
 from vpmu_core.errors import GuestFault, gp
-from vpmu_core.events import N_KINDS, Work, WorkCursor, split_counts
+from vpmu_core.events import N_KINDS, Work, WorkCursor
 from vpmu_core.hv.lapic import X2APIC_LVTPC, LvtPc
 from vpmu_core.logs import get_logger
 
@@ -141,9 +141,6 @@ class VCpu:
         self.guest_tick_cycles = host.ns_to_cycles(vm.guest_mux_interval_ns)
         self._guest_tick_left = self.guest_tick_cycles
         self.guest_tick: Callable[[VCpu], None] | None = None
-        #: the mode's `exits_are_inert(vcpu)`: True when background exits touch no vPMU
-        #: state right now, so the engine may coalesce them (see `_batched_exits`)
-        self._inert: Callable[[VCpu], bool] | None = getattr(host.mode, "exits_are_inert", None)
         host._add_task(self.task)
         self.hooks.guest_cpuid(vcpu=self, table=self.cpuid_table)
 
@@ -344,7 +341,12 @@ class VCpu:
         self.task.queue.append(WorkCursor(work))
 
     def _run(self, cpu: HostCpu, budget: int) -> int:
-        """Run queued guest work for up to `budget` cycles (called by the CPU scheduler)."""
+        """Run queued guest work for up to `budget` cycles (called by the CPU scheduler).
+
+        Each step runs to the next event of interest: a background exit, the host tick, the
+        guest tick, the end of the budget, or the first counter overflow (the step is cut
+        there, so the PMI and the guest's handler run at the overflow point, not a step
+        later: skid is bounded by the PMI's own exit)."""
         used = 0
         queue = self.task.queue
         ep = self.exit_process
@@ -364,26 +366,22 @@ class VCpu:
                 step = self._guest_tick_left
             if step < 1:
                 step = 1
-            batch = None
-            if step == ep.next_gap and self._inert is not None and self._inert(self) and self._batchable(cpu):
-                # several background exits before the next event of interest: coalesce them
-                limit = min(budget - used, cpu.next_mux - cpu.now, cur.remaining)
-                if self.guest_tick is not None:
-                    limit = min(limit, self._guest_tick_left)
-                step, batch = self._draw_batch(limit)
+            start = cur.done
+            cpl = cur.work.cpl
             counts = cur.take(step)
+            cut = self._overflow_cut(cpu, counts, cpl)
+            if cut:
+                cur.rewind(start)
+                counts = cur.take(cut)
             c = counts[0]
-            self._guest_span(cpu, counts, cur.work.cpl)
+            self._guest_piece(cpu, counts, cpl)
             used += c
             if cur.finished:
                 queue.popleft()
-            if batch is not None:
-                self._batched_exits(batch)
-            else:
-                ep.next_gap -= c
-                if ep.next_gap <= 0:
-                    reason, fast, user = ep.draw()
-                    self._exit(reason, fast, user)
+            ep.next_gap -= c
+            if ep.next_gap <= 0:
+                reason, fast, user = ep.draw()
+                self._exit(reason, fast, user)
             if cpu.now >= cpu.next_mux:
                 # the host tick is an external interrupt: a slow-path exit (perf rotates in it)
                 self._exit("external_interrupt", False, False, handler=cpu.timer_tick)
@@ -396,69 +394,14 @@ class VCpu:
             self._run_guest_pmi_handler()
         return used
 
-    def _batchable(self, cpu: HostCpu) -> bool:
-        """Coalescing exits is exact only when nothing observes their interleaving."""
-        if self.host.tracer is not None or self._pmi_requested or self._guest_pmi_due:
-            return False
-        for f in self.facilities.values():
-            if f.active:
-                return False
-        for f in cpu.facilities.values():
-            if f.active:
-                return False
-        return True
-
-    def _draw_batch(self, limit: int) -> tuple[int, list[tuple[str, bool, bool]]]:
-        """Draw the background exits whose gaps fit in `limit` cycles (at least one)."""
-        ep = self.exit_process
-        span = ep.next_gap
-        exits = [ep.draw()]
-        while span + ep.next_gap < limit:
-            span += ep.next_gap
-            exits.append(ep.draw())
-        return span, exits
-
-    def _batched_exits(self, exits: list[tuple[str, bool, bool]]) -> None:
-        """Account coalesced background exits of an inert mode: counts, costs and the host
-        work of their handling (one host span), exactly as one by one."""
-        costs = self.costs
-        ledger = self.host.costs_ledger
-        stats = self.stats
-        nf = ns = nu = 0
-        for reason, fast, user in exits:
-            stats.exits[reason] += 1
-            if fast:
-                nf += 1
-            else:
-                ns += 1
-                if user:
-                    nu += 1
-        stats.fastpath_exits += nf
-        stats.userspace_exits += nu
-        if nf:
-            ledger.charge(self.name, "vmexit_fastpath", nf * costs.vmexit_fastpath, nf)
-        if ns:
-            ledger.charge(self.name, "vmexit", ns * costs.vmexit_full_simple, ns)
-        if nu:
-            ledger.charge(self.name, "vmexit_userspace", nu * costs.vmexit_to_userspace_extra, nu)
-        self._exit_cycles += (
-            nf * costs.vmexit_fastpath + ns * costs.vmexit_full_simple + nu * costs.vmexit_to_userspace_extra
-        )
-        self._flush_host_work()
-
-    def _guest_span(self, cpu: HostCpu, counts: tuple[int, ...], cpl: int) -> None:
-        """Guest-mode work: physical counters (guest plan), facilities, truth, clock."""
-        while True:
-            cut = cpu.pmu.overflow_cut(counts, cpl, True)
-            if self.direct_count:
-                c2 = self.pmu.overflow_cut(counts, cpl, True)
-                if c2 and (not cut or c2 < cut):
-                    cut = c2
-            if not cut:
-                break
-            head, counts = split_counts(counts, cut)
-            self._guest_piece(cpu, head, cpl)
-        self._guest_piece(cpu, counts, cpl)
+    def _overflow_cut(self, cpu: HostCpu, counts: tuple[int, ...], cpl: int) -> int:
+        """Cycles into a guest span at which the first counter that counts it wraps (0: none)."""
+        cut = cpu.pmu.overflow_cut(counts, cpl, True)
+        if self.direct_count:
+            c2 = self.pmu.overflow_cut(counts, cpl, True)
+            if c2 and (not cut or c2 < cut):
+                cut = c2
+        return cut
 
     def _guest_piece(self, cpu: HostCpu, counts: tuple[int, ...], cpl: int) -> None:
         pmu = cpu.pmu

@@ -214,15 +214,14 @@ class PerfSubsystem:
         self.events.remove(ev)
 
     def set_period(self, ev: PerfEvent, period: int) -> None:
-        """perf_event_period(): takes effect at once on a running counter."""
+        """perf_event_period(): takes effect at once on a running counter (the core stops the
+        event with PERF_EF_UPDATE, zeroes period_left and restarts it with PERF_EF_RELOAD)."""
         ev.period = period
         ev.period_left = period
         if ev.state == EventState.ACTIVE and ev.idx is not None:
-            ev._fold()
-            port = self.port(ev.active_cpu)  # type: ignore[arg-type]
-            start = (-period) & ev._mask if period else 0
-            self.driver.write(port, ev.idx, start)
-            ev._start_raw = start
+            self._update(ev)
+            ev.period_left = 0
+            self._set_period(ev)
             self.stats.reprograms += 1
 
     def _resched_for(self, ev: PerfEvent, local: bool) -> None:
@@ -351,7 +350,8 @@ class PerfSubsystem:
         if idx is not None:
             e.prev_idx = idx
             e._mask = (1 << self.driver.width(self.port(cpu), idx)) - 1
-            start = (-e.period_left) & e._mask if e.period else 0
+            # x86_pmu_start(PERF_EF_RELOAD) -> x86_perf_event_set_period(), its answer ignored
+            start = (-_hw_left(e, _rearm(e)[0])) & e._mask if e.period else 0
             self.driver.start(self.port(cpu), e.hw, idx, start)
             e._start_raw = start
             self.stats.reprograms += 1
@@ -361,11 +361,12 @@ class PerfSubsystem:
         if e.state != EventState.ACTIVE or cpu is None:
             return
         if e.idx is not None:
+            # x86_pmu_stop(PERF_EF_UPDATE) -> x86_perf_event_update(): period_left may go <= 0
             raw = self.driver.stop(self.port(cpu), e.hw, e.idx)
             delta = (raw - e._start_raw) & e._mask
             e.count += delta
             if e.period:
-                e.period_left = max(1, e.period_left - delta)
+                e.period_left -= delta
         e._set_ticking(self.cpus[cpu].now_ns(), True, False)
         e.state = EventState.INACTIVE
         self.ctx[cpu].active.remove(e)
@@ -403,24 +404,70 @@ class PerfSubsystem:
                 return e
         return None
 
-    def handle_overflow(self, cpu: int, idx: int, overshoot: int) -> bool:
-        """The PMI handler for counter `idx` (x86_pmu_handle_irq): reload the period, call
-        the event's overflow handler. Returns False if no event owns the counter."""
+    def handle_overflow(self, cpu: int, idx: int, overshoot: int = 0) -> bool:
+        """The PMI for counter `idx`, whose overflow status bit is set (intel_pmu_handle_irq's
+        loop over GLOBAL_STATUS): acknowledge it, then `intel_pmu_save_and_restart()`.
+        `overshoot` is informational: the count comes from the counter itself. Returns False
+        if no event owns the counter."""
         e = self.active_event(cpu, idx)
         if e is None:
             return False
-        port = self.port(cpu)
-        self.driver.ack(port, idx)
-        if e.period:
-            e._fold()
-            e.samples += 1
-            start = (-e.period + overshoot) & e._mask
-            self.driver.write(port, idx, start)
-            e._start_raw = start
-            e.period_left = e.period
-        if e.overflow_handler is not None:
-            e.overflow_handler(e, overshoot)
+        self.driver.ack(self.port(cpu), idx)
+        self._overflowed(e)
         return True
+
+    def handle_irq(self, cpu: int) -> int:
+        """x86_pmu_handle_irq() for a PMU whose handler finds overflows by the counters' sign
+        bit (the guest kernel's handler here): each active sampling counter is read once
+        (`x86_perf_event_update`); one that is still negative has not overflowed. Returns
+        the number of samples taken."""
+        taken = 0
+        port = self.port(cpu)
+        for e in list(self.ctx[cpu].active):
+            if e.state != EventState.ACTIVE or e.idx is None or not e.period:
+                continue
+            raw = self._update(e)
+            if raw >> (e._mask.bit_length() - 1) & 1:
+                continue
+            self.driver.ack(port, e.idx)
+            taken += self._restart(e)
+        return taken
+
+    def _overflowed(self, e: PerfEvent) -> None:
+        if e.period:
+            self._update(e)
+            self._restart(e)
+        elif e.overflow_handler is not None:
+            e.overflow_handler(e, 0)
+
+    def _restart(self, e: PerfEvent) -> int:
+        """Re-arm after an overflow; a sample (and the overflow handler) only if a period
+        really elapsed (x86_perf_event_set_period's return value gates perf_event_overflow)."""
+        if not self._set_period(e):
+            return 0
+        e.samples += 1
+        if e.overflow_handler is not None:
+            e.overflow_handler(e, -e.period_left % e.period if e.period else 0)
+        return 1
+
+    def _update(self, e: PerfEvent) -> int:
+        """x86_perf_event_update(): fold the counter's delta into the count and take it from
+        period_left. Returns the raw counter value."""
+        raw = self.driver.read(self.port(e.active_cpu), e.idx)  # type: ignore[arg-type]
+        delta = (raw - e._start_raw) & e._mask
+        e.count += delta
+        e._start_raw = raw
+        if e.period:
+            e.period_left -= delta
+        return raw
+
+    def _set_period(self, e: PerfEvent) -> bool:
+        """x86_perf_event_set_period(): re-arm the counter at -left; True if a period elapsed."""
+        left, elapsed = _rearm(e)
+        start = (-_hw_left(e, left)) & e._mask
+        self.driver.write(self.port(e.active_cpu), e.idx, start)  # type: ignore[arg-type]
+        e._start_raw = start
+        return elapsed
 
     # ---- mediated vPMU support (perf_load_guest_context / perf_put_guest_context) ----------
     def load_guest_context(self, cpu: int, error_include_guest: bool = False) -> None:
@@ -458,6 +505,31 @@ class PerfSubsystem:
 
     def counting_events(self) -> list[PerfEvent]:
         return [e for e in self.events if not e.closed]
+
+
+def _rearm(e: PerfEvent) -> tuple[int, bool]:
+    """The period bookkeeping of x86_perf_event_set_period() (arch/x86/events/core.c): far
+    behind (left <= -period, a skid of more than a period) restarts a whole period; a period
+    that elapsed (left <= 0) carries the overshoot into the next one. Updates period_left;
+    returns (left, whether a period elapsed)."""
+    left, period = e.period_left, e.period
+    elapsed = False
+    if left <= -period:
+        left = period
+        elapsed = True
+    if left <= 0:
+        left += period
+        elapsed = True
+    e.period_left = left
+    return left, elapsed
+
+
+def _hw_left(e: PerfEvent, left: int) -> int:
+    """What x86_perf_event_set_period() programs: at most x86_pmu.max_period (half the
+    counter, so a counter starts negative and its sign bit tells an overflow). Not modelled:
+    its `left < 2 -> 2` quirk for old CPUs; with it a 1-event period (KVM's event for a
+    guest counter at -1) overflows one event late."""
+    return min(left, e._mask >> 1)
 
 
 def _rotate_flexible(groups: list[PerfEvent]) -> None:

@@ -296,10 +296,6 @@ class ReferenceMode:
     def vpmu_vcpu_create(self, vcpu: Any) -> None:
         vcpu.direct_count = True
 
-    def exits_are_inert(self, vcpu: Any) -> bool:
-        """No hook of this mode reacts to background exits: the engine may coalesce them."""
-        return True
-
     @hookimpl
     def vpmu_instruction_snapshot(self, vcpu: Any) -> Any:
         return vcpu.pmu.plan(True)

@@ -88,13 +88,6 @@ class EmulatedMode:
             return cfg.model_copy(update={"fixed_counters": MAX_FIXED_COUNTERS})
         return cfg
 
-    def exits_are_inert(self, vcpu: Any) -> bool:
-        """Background exits change no vPMU state while nothing is pending: no KVM_REQ_PMU,
-        no emulated instruction to retire, no vLBR event needing its per-entry check. The
-        engine may then coalesce them (same counts, costs and truth)."""
-        k = self.kpmu(vcpu)
-        return k is not None and not k.req_pmu and k.pending_retire is None and not k.vlbrs
-
     def _api(self, vcpu: Any) -> KvmPerfCalls:
         return self.kpmu(vcpu).api  # type: ignore[no-any-return]
 
