@@ -3,7 +3,8 @@
 A sampling event with period P over T events takes floor(T/P) samples (one at each edge may
 fall either way), host and guest, in every mode and placement, on Intel and AMD, with and
 without background exits (DESIGN §5); every guest sample is one virtual PMI in
-`vcpu.pmis`; the PMI comes at the overflow, not a run step later.
+`vcpu.pmis`; the PMI comes at the overflow, not a run step later. Background exits take
+the reasons KVM's fastpath really handles (vmx/svm `*_exit_handlers_fastpath()`).
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import vpmu_core as vpmu
+from vpmu_core.engine.exits import FASTPATH_REASONS
 from vpmu_core.errors import ConfigError
 
 MODELS = ("intel/icelake", "intel/sapphirerapids", "intel/skylake", "amd/zen4", "amd/zen2", "amd/k8")
 MODES = ("emulated", "mediated:run_loop", "mediated:exit", "mediated:vcpu_run")
+SVM_FASTPATH = frozenset({"msr_write", "hlt", "invd"})
 
 
 def compose(cpu: str, mode: str, cpus: int = 1, seed: int = 0) -> vpmu.Host:
@@ -144,3 +147,54 @@ def test_property_samples_are_floor_of_events_over_period(period, k, extra, rate
         _, v, ev = guest_sampling(cpu, mode, period, total, rate)
         assert within_one(ev.samples, ev.read().value, period)
         assert len(v.pmis) == ev.samples
+
+
+# ---- exit paths ---------------------------------------------------------------------------
+@pytest.mark.parametrize(("cpu", "fastpath"), [("intel/icelake", FASTPATH_REASONS), ("amd/zen4", SVM_FASTPATH)])
+def test_fastpath_exits_take_fastpath_reasons(cpu, fastpath):
+    reasons = {r: 1.0 for r in ("external_interrupt", "cpuid", "io_instruction", "ept_violation", *FASTPATH_REASONS)}
+    host = compose(cpu, "emulated")
+    vm = host.create_vm(
+        vcpus=1,
+        pin=[0],
+        exits=vpmu.ExitProfile(rate_per_s=100_000, fastpath_share=1.0, userspace_share=0.0, reasons=reasons),
+    )
+    v = vm.vcpus[0]
+    v.execute(vpmu.Work(instructions=10_000_000, cycles=10_000_000))
+    background = {r: n for r, n in v.stats.exits.items() if r != "external_interrupt"}  # the host tick
+    assert sum(background.values()) == v.stats.fastpath_exits > 100
+    assert set(background) <= fastpath
+    assert set(background) == fastpath & set(reasons), "each fastpath reason is drawn by its weight"
+
+
+@pytest.mark.parametrize("cpu", ("intel/icelake", "amd/zen4"))
+def test_slow_exits_never_take_fastpath_reasons(cpu):
+    host = compose(cpu, "emulated")
+    vm = host.create_vm(
+        vcpus=1, pin=[0], exits=vpmu.ExitProfile(rate_per_s=100_000, fastpath_share=0.0, userspace_share=0.0)
+    )
+    v = vm.vcpus[0]
+    v.execute(vpmu.Work(instructions=10_000_000, cycles=10_000_000))
+    assert v.stats.fastpath_exits == 0
+    assert v.stats.total_exits > 100
+    assert not set(v.stats.exits) & FASTPATH_REASONS
+
+
+def test_fastpath_share_is_kept_with_the_default_reasons():
+    host = compose("intel/icelake", "emulated")
+    vm = host.create_vm(vcpus=1, pin=[0], exits=vpmu.ExitProfile(rate_per_s=200_000, fastpath_share=0.4))
+    v = vm.vcpus[0]
+    v.execute(vpmu.Work(instructions=30_000_000, cycles=30_000_000))
+    share = v.stats.fastpath_exits / v.stats.total_exits
+    assert 0.35 < share < 0.45
+    assert v.stats.exits["msr_write"] and v.stats.exits["hlt"] and v.stats.exits["ept_violation"]
+
+
+def test_profile_without_fastpath_reasons_uses_the_tsc_deadline_write():
+    host = compose("intel/icelake", "emulated")
+    vm = host.create_vm(
+        vcpus=1, pin=[0], exits=vpmu.ExitProfile(rate_per_s=100_000, fastpath_share=0.5, reasons={"cpuid": 1.0})
+    )
+    v = vm.vcpus[0]
+    v.execute(vpmu.Work(instructions=10_000_000, cycles=10_000_000))
+    assert v.stats.exits["msr_write"] == v.stats.fastpath_exits > 0

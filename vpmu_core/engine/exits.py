@@ -1,7 +1,14 @@
 """The exit process: background VM-exits interleaved into guest execution.
 
-Inter-exit gaps are exponential in guest cycles (a Poisson process per vCPU), drawn from a
-per-vCPU `random.Random` seeded from the composition seed, so runs are reproducible.
+Inter-exit gaps are exponential in guest cycles (a Poisson process per vCPU: `rate_per_s`
+is per second of guest execution, so a mode whose exits cost more fits fewer of them in
+the same wall duration), drawn from a per-vCPU `random.Random` seeded from the composition
+seed, so runs are reproducible.
+
+Which exits stay in the inner run loop is decided by the reason, as KVM does: a fastpath
+exit is one of the reasons the vendor's fastpath handler takes (`FASTPATH_REASONS`, or the
+CPU model's `fastpath_exit_reasons`); `fastpath_share` of the background exits are drawn
+among the profile's fastpath-capable reasons, the rest among its other reasons.
 """
 
 from __future__ import annotations
@@ -21,8 +28,16 @@ DEFAULT_REASONS = {
     "io_instruction": 0.1,
     "cpuid": 0.05,
 }
-#: exit reasons KVM can handle in its fastpath (vmx.c handle_fastpath_*)
+#: exit reasons KVM's VMX fastpath handles (arch/x86/kvm/vmx/vmx.c vmx_exit_handlers_fastpath(),
+#: 6.18+: EXIT_REASON_MSR_WRITE (and WRMSRNS immediate), EXIT_REASON_PREEMPTION_TIMER,
+#: EXIT_REASON_HLT, EXIT_REASON_INVD). SVM's (svm.c svm_exit_handlers_fastpath(): SVM_EXIT_MSR
+#: writes, SVM_EXIT_HLT, SVM_EXIT_INVD) has no preemption timer: AMD models declare theirs as
+#: `fastpath_exit_reasons`.
 FASTPATH_REASONS = frozenset({"msr_write", "preemption_timer", "hlt", "invd"})
+#: what a fastpath (or slow) exit is when the profile names no reason of that kind: the
+#: TSC-deadline WRMSR is the common fastpath exit; an external interrupt the common slow one
+FALLBACK_FASTPATH_REASON = "msr_write"
+FALLBACK_SLOW_REASON = "external_interrupt"
 
 
 class ExitProfile(BaseModel):
@@ -44,17 +59,37 @@ class ExitProfile(BaseModel):
         return self
 
 
+class _ReasonTable:
+    """Reasons with cumulative weights, for one weighted draw."""
+
+    __slots__ = ("reasons", "cum")
+
+    def __init__(self, weights: dict[str, float], fallback: str) -> None:
+        items = sorted((r, w) for r, w in weights.items() if w > 0) or [(fallback, 1.0)]
+        self.reasons = [r for r, _ in items]
+        self.cum = list(itertools.accumulate(w for _, w in items))
+
+    def pick(self, u: float) -> str:
+        return self.reasons[bisect.bisect_right(self.cum, u * self.cum[-1])]
+
+
 class ExitProcess:
     """Draws the next background exit: gap in cycles, reason, fastpath, to userspace."""
 
-    __slots__ = ("rng", "mean_gap", "reasons", "weights", "cum", "fast", "user", "next_gap")
+    __slots__ = ("rng", "mean_gap", "fast_table", "slow_table", "fast", "user", "next_gap")
 
-    def __init__(self, profile: ExitProfile, freq_hz: int, seed: int) -> None:
+    def __init__(
+        self, profile: ExitProfile, freq_hz: int, seed: int, fastpath_reasons: frozenset[str] = FASTPATH_REASONS
+    ) -> None:
         self.rng = random.Random(seed)
         self.mean_gap = freq_hz / profile.rate_per_s if profile.rate_per_s > 0 else 0.0
-        self.reasons = sorted(profile.reasons) or ["external_interrupt"]
-        self.weights = [profile.reasons.get(r, 1.0) for r in self.reasons]
-        self.cum = list(itertools.accumulate(self.weights))
+        reasons = profile.reasons
+        self.fast_table = _ReasonTable(
+            {r: w for r, w in reasons.items() if r in fastpath_reasons}, FALLBACK_FASTPATH_REASON
+        )
+        self.slow_table = _ReasonTable(
+            {r: w for r, w in reasons.items() if r not in fastpath_reasons}, FALLBACK_SLOW_REASON
+        )
         self.fast = profile.fastpath_share
         self.user = profile.userspace_share
         self.next_gap = self._draw_gap()
@@ -64,15 +99,13 @@ class ExitProcess:
             return 1 << 62
         return max(1, int(self.rng.expovariate(1.0) * self.mean_gap))
 
-    def consume(self, cycles: int) -> None:
-        self.next_gap -= cycles
-
     def draw(self) -> tuple[str, bool, bool]:
-        """The exit that is due now: (reason, fastpath, to_userspace); re-arms the gap."""
+        """The exit that is due now: (reason, fastpath, to_userspace); re-arms the gap.
+        The path is drawn first, then a reason of that path."""
         rng = self.rng
-        reason = self.reasons[bisect.bisect_right(self.cum, rng.random() * self.cum[-1])]
         u = rng.random()
         fastpath = u < self.fast
         userspace = (not fastpath) and u < self.fast + self.user
+        reason = (self.fast_table if fastpath else self.slow_table).pick(rng.random())
         self.next_gap = self._draw_gap()
         return reason, fastpath, userspace

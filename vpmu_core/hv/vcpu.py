@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from operator import add as _add
 from typing import TYPE_CHECKING, Any
 
-from vpmu_core.engine.exits import ExitProcess
+from vpmu_core.engine.exits import FASTPATH_REASONS, ExitProcess
 from vpmu_core.engine.host import derive_seed
 from vpmu_core.engine.task import Task
 from vpmu_core.errors import GuestFault, gp
@@ -119,7 +119,12 @@ class VCpu:
         self.cr4_pce = False
         self.pmis: list[Pmi] = []
         self.stats = VcpuStats(self)
-        self.exit_process = ExitProcess(vm.exit_profile, host.freq_hz, derive_seed(host.seed, vm.name, index))
+        self.exit_process = ExitProcess(
+            vm.exit_profile,
+            host.freq_hz,
+            derive_seed(host.seed, vm.name, index),
+            getattr(host.model, "fastpath_exit_reasons", FASTPATH_REASONS),
+        )
         #: per-vCPU state of the mode (KVM's struct kvm_pmu), set by the mode's vcpu_create
         self.mode_state: Any = None
         #: facilities the mode has stopped from recording (e.g. vLBR event not ACTIVE)

@@ -91,6 +91,10 @@ class AmdCpuModel:
     #: arch/x86/events/amd/core.c), and KVM masks the guest's LVTPC on PMI delivery only
     #: for Intel-compatible guest CPUID (arch/x86/kvm/lapic.c kvm_apic_local_deliver).
     lvtpc_masked_on_pmi = False
+    #: the VM-exits KVM's SVM fastpath handles (arch/x86/kvm/svm/svm.c
+    #: svm_exit_handlers_fastpath(), 6.18: SVM_EXIT_MSR writes, SVM_EXIT_HLT, SVM_EXIT_INVD;
+    #: SVM has no VMX preemption timer)
+    fastpath_exit_reasons = frozenset({"msr_write", "hlt", "invd"})
 
     def __init__(self, data: AmdModelData, options: dict[str, Any] | None = None) -> None:
         options = dict(options or {})
