@@ -198,3 +198,20 @@ def test_profile_without_fastpath_reasons_uses_the_tsc_deadline_write():
     v = vm.vcpus[0]
     v.execute(vpmu.Work(instructions=10_000_000, cycles=10_000_000))
     assert v.stats.exits["msr_write"] == v.stats.fastpath_exits > 0
+
+
+# ---- ground truth starts where counting starts --------------------------------------------
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("cpu", ("intel/icelake", "amd/zen4", "amd/zen2"))
+def test_guest_perf_stat_reads_exactly_its_truth(cpu, mode):
+    """The driver's programming WRMSRs retire before the counter counts: they are not in the
+    event's truth (they were, and every guest instruction event read 3 below it)."""
+    host = compose(cpu, mode)
+    vm = host.create_vm(vcpus=1, pin=[0], exits=vpmu.ExitProfile(rate_per_s=20_000))
+    for ev in ("instructions", "cycles", "branches"):
+        vm.guest_perf.perf_event_open(vpmu.PerfEventAttr(config=ev), cpu=0)
+    vm.vcpus[0].execute(vpmu.Work(instructions=5_000_000, cycles=7_000_000, branches=900_000))
+    rows = [e for e in host.report()["events"] if e["scope"].startswith("guest:")]
+    assert len(rows) == 3
+    for e in rows:
+        assert e["value"] == e["truth"], e

@@ -167,14 +167,19 @@ class PerfSubsystem:
         self._enable(ev, local)
 
     def _enable(self, ev: PerfEvent, local: bool) -> None:
+        """Ground truth starts once the enable has run: the instructions of the driver that
+        program the counter (a guest driver's WRMSRs retire) precede counting and are not
+        the event's to count. The counting rule may still give the event the one
+        instruction that enabled it (KVM counts an emulated WRMSR after it took effect)."""
         self.stats.enables += 1
-        if ev.state == EventState.OFF and self.truth_source is not None:
-            ev.truth_start = self.truth_source(ev)
-            ev.truth_open = True
+        opening = ev.state == EventState.OFF
         if ev.state in (EventState.OFF, EventState.ERROR):
             ev.state = EventState.INACTIVE
             ev.blocked_by = None
             self._resched_for(ev, local)
+        if opening and self.truth_source is not None:
+            ev.truth_start = self.truth_source(ev)
+            ev.truth_open = True
 
     def disable(self, ev: PerfEvent, local: bool = False) -> None:
         self.stats.disables += 1
