@@ -54,6 +54,17 @@ def test_gap_case_scenarios(case: int, silent: bool, exact: bool) -> None:
         assert causes == {"host per-CPU pinned event"}
 
 
+def test_gap_case2_scenario_shows_the_recovery_after_the_guest_re_enables() -> None:
+    rep = _run("emulated-gap-3.2-case2")
+    rows = {r["label"]: r for r in rep["events"] if r["scope"].startswith("guest")}
+    first, again = rows["guest-perf-stat/branches"], rows["guest-perf-stat-again/branches"]
+    assert first["value"] == 0 < first["truth"]  # stuck in ERROR after the host released
+    assert again["value"] == again["truth"] > 0  # re-enabled: perf_event_enable left ERROR
+    (silent,) = rep["silent_errors"]
+    assert silent["cause"] == "host per-CPU pinned event"
+    assert 7_900_000 <= silent["end_ns"] <= 8_100_000  # ends when the guest re-enables
+
+
 def test_guest_mux_scenarios() -> None:
     four = _run("emulated-guest-mux-4")["mode"]
     ten = _run("emulated-guest-mux-10")["mode"]
