@@ -40,6 +40,7 @@ goldens: install
 
 bench: install
 	$(BIN)/python benchmarks/bench_engine.py
+	$(BIN)/python benchmarks/bench_goals.py
 
 clean:
 	rm -rf $(VENV) *.egg-info plugins/*/*.egg-info

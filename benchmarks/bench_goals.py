@@ -1,0 +1,160 @@
+"""The speed goals of issue 14, each printed as a rate or ratio beside its target.
+
+Not a pass/fail test: `make bench` prints these; the closing notes quote them. Every figure
+is measured in this one process on the machine at hand (2 cores in CI).
+
+Usage: python benchmarks/bench_goals.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import vpmu_core as vpmu
+
+MODES = (
+    ("emulated", {}),
+    ("mediated", {"switch_at": "run_loop"}),
+    ("mediated", {"switch_at": "exit"}),
+    ("mediated", {"switch_at": "vcpu_run"}),
+)
+
+
+def _label(mode: str, opts: dict[str, str]) -> str:
+    return mode + "".join(f":{k}={v}" for k, v in opts.items())
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def background_exits(mode: str, opts: dict[str, str], host_events: int, exits: int) -> float:
+    """Simulated background VM-exits per wall second: intel/icelake, 1M exits/s, a sampling
+    guest with 4 counters, `host_events` exclude_guest host events on the vCPU's CPU."""
+    host = vpmu.compose(cpu="intel/icelake", mode=mode, mode_options=opts, cpus=1)
+    for i in range(host_events):
+        host.perf_event_open(
+            vpmu.PerfEventAttr(config="cycles" if i % 2 else "instructions", exclude_guest=True), pid=-1, cpu=0
+        )
+    vm = host.create_vm(vcpus=1, pin=[0], exits=vpmu.ExitProfile(rate_per_s=1_000_000, fastpath_share=0.5))
+    gp = vm.guest_perf
+    gp.perf_event_open(vpmu.PerfEventAttr(config="instructions", sample_period=1_000_003), cpu=0)
+    for ev in ("cycles", "branches", "branch-misses"):
+        gp.perf_event_open(vpmu.PerfEventAttr(config=ev), cpu=0)
+    v = vm.vcpus[0]
+    cycles = exits * host.freq_hz // 1_000_000
+    dt = _timed(lambda: v.execute(vpmu.Work(instructions=cycles, cycles=cycles, branches=cycles // 10)))
+    return v.stats.total_exits / dt
+
+
+def cpuid_pairs(mode: str, opts: dict[str, str], n: int) -> float:
+    """Explicit `execute()` + `cpuid()` pairs per wall second, 4 guest counters counting."""
+    host = vpmu.compose(cpu="intel/icelake", mode=mode, mode_options=opts, cpus=1)
+    vm = host.create_vm(vcpus=1, pin=[0], exits=vpmu.ExitProfile(rate_per_s=0))
+    for ev in ("instructions", "cycles", "branches", "branch-misses"):
+        vm.guest_perf.perf_event_open(vpmu.PerfEventAttr(config=ev), cpu=0)
+    v = vm.vcpus[0]
+    w = vpmu.Work(instructions=1000, cycles=1500, branches=100)
+
+    def loop() -> None:
+        for _ in range(n):
+            v.execute(w)
+            v.cpuid(0xA, 0)
+
+    return n / _timed(loop)
+
+
+def cloud_second(mode: str, opts: dict[str, str], sim_ms: int) -> float:
+    """Wall seconds per simulated second of cloud_mix (4 CPUs, watchdog, profiler, 2 VMs)."""
+    from vpmu_core.cli.main import load_catalog
+    from vpmu_core.scenario.loader import load
+    from vpmu_core.scenario.runner import run_scenario
+
+    cat = load_catalog()
+    spec = _label(mode, opts)
+    scn, _ = load("cloud_mix", mode=spec, sets=[f"duration_ns={sim_ms * 1_000_000}"], catalog=cat)
+    return _timed(lambda: run_scenario(scn, catalog=cat)) * 1000 / sim_ms
+
+
+def open_events(n: int) -> float:
+    host = vpmu.compose(cpu="intel/icelake", mode="emulated", cpus=1)
+    attr = vpmu.PerfEventAttr(config="cycles", exclude_guest=True)
+    return _timed(lambda: [host.perf_event_open(attr, pid=-1, cpu=0) for _ in range(n)])
+
+
+def resched(n: int, reps: int = 20) -> float:
+    host = vpmu.compose(cpu="intel/icelake", mode="emulated", cpus=1)
+    for i in range(n):
+        host.perf_event_open(vpmu.PerfEventAttr(config="cycles", pinned=i < 2), pid=-1, cpu=0)
+    return _timed(lambda: [host.perf.resched(0) for _ in range(reps)]) / reps
+
+
+def startup(args: list[str], reps: int = 3) -> float:
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        subprocess.run(args, check=True, capture_output=True)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def many_vcpus(n: int) -> tuple[float, float]:
+    """RSS growth (MiB) of n vCPUs on one host, and seconds to program 1,000 guests' counters."""
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    host = vpmu.compose(cpu="intel/icelake", mode="emulated", cpus=4)
+    vms = [host.create_vm(vcpus=1, pin=[i % 4], exits=vpmu.ExitProfile(rate_per_s=0)) for i in range(n)]
+    grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+
+    def program() -> None:
+        for vm in vms[:1000]:
+            v = vm.vcpus[0]
+            v.wrmsr(0x186, 0x4300C0)
+            v.wrmsr(0x38F, 1)
+
+    return grown, _timed(program)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="smaller runs (a rough figure in seconds)")
+    q = ap.parse_args().quick
+    exits = 5_000 if q else 20_000
+    print("== issue 14 goals (measured figure | goal)")
+    for mode, opts in MODES:
+        for nh in (0, 10):
+            rate = background_exits(mode, opts, nh, exits)
+            print(f"background exits, {_label(mode, opts):27s} {nh:3d} host events: {rate:12,.0f} /s | >= 2,000,000")
+    for mode, opts in MODES[:2]:
+        rate = cpuid_pairs(mode, opts, 500 if q else 2_000)
+        print(f"execute()+cpuid() pairs, {_label(mode, opts):27s}: {rate:12,.0f} /s | >= 100,000")
+    for mode, opts in MODES:
+        r = cloud_second(mode, opts, 5 if q else 20)
+        print(f"cloud_mix, {_label(mode, opts):27s}: {r:8.2f} wall s per simulated s | <= 1 (aim 0.1)")
+    small, big = (250, 1_000) if q else (500, 2_000)
+    t_small, t_big = open_events(small), open_events(big)
+    print(
+        f"open {small} vs {big} host events one by one: {t_small:.2f} s vs {t_big:.2f} s, "
+        f"ratio {t_big / t_small:.1f} for x{big // small} | O(n log n): ~{big // small * 1.2:.0f}"
+    )
+    r1, r2 = resched(100), resched(1_000)
+    print(f"reschedule 100 vs 1000 events: {r1 * 1e3:.2f} ms vs {r2 * 1e3:.2f} ms, ratio {r2 / r1:.1f} | <= 10")
+    base = startup([sys.executable, "-c", "pass"])
+    imp = startup([sys.executable, "-c", "import vpmu_core"])
+    cmd = startup([sys.executable, "-m", "vpmu_core.cli.main", "plugins"])
+    print(f"import vpmu_core: {imp / base:.1f}x python -c pass | <= 1.5x")
+    print(f"vpmu plugins: {cmd / base:.1f}x python -c pass | <= 3x")
+    n = 2_000 if q else 10_000
+    grown, t_prog = many_vcpus(n)
+    print(f"{n:,} vCPUs: RSS +{grown:,.0f} MiB | < 1,024 MiB for 10,000")
+    print(f"programming 1,000 guests' counters: {t_prog:.2f} s | < 1 s")
+
+
+if __name__ == "__main__":
+    main()
