@@ -134,3 +134,16 @@ def test_resolved_hooks_declare_every_hypervisor_hook():
 
     declared = set(ResolvedHooks.__annotations__)
     assert declared == {h[len("vpmu_") :] for h in HYPERVISOR_HOOKS}
+
+
+def test_package_exports_load_lazily_and_all_resolve() -> None:
+    """`import vpmu_core` imports none of its submodules; every public name resolves."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, vpmu_core as v; assert 'vpmu_core.plugins.compose' not in sys.modules, 'eager';"
+        "assert sorted(v.__all__) == sorted(v._EXPORTS) and all(getattr(v, n) for n in v.__all__)"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
