@@ -67,3 +67,30 @@ def test_toy_global_registers_follow_their_declarations():
     pmu.host_initiated = False
     pmu.wrmsr(0x302, 0b01)
     assert pmu.rdmsr(0x301) == 0b10
+
+
+def test_batched_refresh_decodes_once_with_the_union_of_changes():
+    """A reschedule's register writes: one decode at the end, observers told once."""
+    from vpmu_core.testing.toy import EVTSEL, ToyPmu
+
+    pmu = ToyPmu()
+    seen: list[int] = []
+    pmu.control_listeners.append(seen.append)
+    decodes = 0
+    real = pmu._decode
+
+    def counting_decode() -> None:
+        nonlocal decodes
+        decodes += 1
+        real()
+
+    pmu._decode = counting_decode  # type: ignore[method-assign]
+    with pmu.batched_refresh():
+        pmu.wrmsr(EVTSEL, 0x4300C0)
+        with pmu.batched_refresh():  # nested: still one decode at the outer end
+            pmu.wrmsr(EVTSEL + 2, 0x4300C4)
+        assert decodes == 0 and seen == [] and not pmu.gp[0].local_en
+    assert decodes == 1 and seen == [0b101]
+    assert pmu.gp[0].local_en and pmu.gp[2].local_en and not pmu.gp[1].local_en
+    pmu.wrmsr(EVTSEL + 1, 0x4300C0)  # outside a batch: at once
+    assert decodes == 2 and seen == [0b101, 0b10]

@@ -53,6 +53,10 @@ class CpuPort:
     def set_entry_loads(self, loads: dict[int, int]) -> None:
         self.pmu.set_entry_loads(loads)
 
+    def batched(self) -> Any:
+        """One PMU decode for a sequence of writes in which nothing counts (perf resched)."""
+        return self.pmu.batched_refresh()
+
 
 class HostCpu:
     """One logical CPU. Time is in cycles (`now`); tasks pinned here share it round-robin."""

@@ -13,7 +13,8 @@ vendor implements those differences behind that flag, citing the KVM source.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from vpmu_core.errors import gp
@@ -74,6 +75,9 @@ class PmuBase:
         self.control_listeners: list[Callable[[int], None]] = []
         #: observers: called with the pmc a guest/host wrote a value into.
         self.counter_listeners: list[Callable[[Pmc], None]] = []
+        #: `batched_refresh()` nesting depth and the union of the changes it deferred
+        self._batch_depth = 0
+        self._batch_mask: int | None = None
 
     # ---- layout -----------------------------------------------------------------------
     @property
@@ -166,7 +170,11 @@ class PmuBase:
         """Re-decode controls, rebuild the counting plans, notify observers.
 
         Call after every control write; `changed_mask` names the pmcs whose controls may have
-        changed (all by default)."""
+        changed (all by default). Inside `batched_refresh()` it only records the change."""
+        if self._batch_depth:
+            m = self._batch_mask
+            self._batch_mask = -1 if changed_mask == -1 or m == -1 else (m or 0) | changed_mask
+            return
         self._decode()
         self._headroom = 0
         host: list[tuple[Pmc, int, bool, bool]] = []
@@ -186,6 +194,20 @@ class PmuBase:
                 changed_mask = self.all_counter_mask
             for fn in self.control_listeners:
                 fn(changed_mask)
+
+    @contextmanager
+    def batched_refresh(self) -> Iterator[None]:
+        """Decode once for an atomic sequence of register writes in which nothing counts (a
+        perf reschedule, a context switch): the writes only record what changed, and one
+        `refresh` with the union runs at the end, so observers see one notification."""
+        self._batch_depth += 1
+        try:
+            yield
+        finally:
+            self._batch_depth -= 1
+            if not self._batch_depth and self._batch_mask is not None:
+                mask, self._batch_mask = self._batch_mask, None
+                self.refresh(mask)
 
     def set_guest_mode(self, guest_mode: bool) -> None:
         """Physical PMU: VM-entry (True) / VM-exit (False). Entry/exit MSR loads take effect."""

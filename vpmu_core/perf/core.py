@@ -87,6 +87,9 @@ class PerfSubsystem:
         #: called for the cost of an IPI to a CPU (the host charges it)
         self.on_ipi: Callable[[int], None] | None = None
         self._avail = [driver.counter_mask(c.port) for c in cpus]
+        #: a physical port's `batched()` (one PMU decode per reschedule); a vCPU port has
+        #: none: each guest WRMSR retires and counts under the state of the moment
+        self._batch: list[Callable[[], Any] | None] = [getattr(c.port, "batched", None) for c in cpus]
         #: optional timeline recorder (vpmu trace): counters(perf, cpu, t_ns, {idx: event})
         self.tracer: Any = None
         #: ground truth of what an event should count: event -> cumulative count now
@@ -262,8 +265,25 @@ class PerfSubsystem:
 
     # ---- the scheduler ---------------------------------------------------------------------
     def resched(self, cpu: int) -> None:
-        """ctx_resched(): recompute the active set of `cpu` in priority order."""
+        """ctx_resched(): recompute the active set of `cpu` in priority order, then tell the
+        observers. On a physical port the register writes of the switch are one decode."""
         self.stats.reschedules += 1
+        batch = self._batch[cpu]
+        if batch is None:
+            self._schedule(cpu)
+        else:
+            with batch():
+                self._schedule(cpu)
+        for fn in self.on_resched:
+            fn(cpu)
+        if self.tracer is not None:
+            self.tracer.counters(
+                self.name, cpu, self.cpus[cpu].now_ns(), {e.idx: e for e in self.ctx[cpu].active if e.idx is not None}
+            )
+
+    def _schedule(self, cpu: int) -> None:
+        """The active set in priority order: assign counters group by group, then everything
+        that leaves or moves goes out before the new set comes in."""
         ctx = self.ctx[cpu]
         task = self.cpus[cpu].current_task
         task_groups = [g for g in task.perf_events if g.cpu in (-1, cpu)] if task is not None else []
@@ -335,12 +355,6 @@ class PerfSubsystem:
                 self._sched_in(e, cpu, mapping[i])
             e.blocked_by = None
             e._set_ticking(now, True, True)
-        for fn in self.on_resched:
-            fn(cpu)
-        if self.tracer is not None:
-            self.tracer.counters(
-                self.name, cpu, self.cpus[cpu].now_ns(), {e.idx: e for e in ctx.active if e.idx is not None}
-            )
 
     def _excluded_by_guest(self, leader: PerfEvent) -> bool:
         """While a mediated guest context is loaded, every host event on this PMU is out."""

@@ -24,7 +24,9 @@ class RegisterPort(Protocol):
 
 # A physical port also has `set_entry_loads(dict[int, int])` (the VMCS MSR autoload list):
 # drivers that split host/guest counting through a global control (Intel) call it when the
-# port has it (`perf_guest_get_msrs()` in arch/x86/events/intel/core.c).
+# port has it (`perf_guest_get_msrs()` in arch/x86/events/intel/core.c), and `batched()`, a
+# context manager under which the PMU decodes once for a sequence of writes (perf uses it
+# around each reschedule, where nothing counts between the writes).
 
 
 @dataclass(frozen=True)
