@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from vpmu_core.costs import CostModel
 from vpmu_core.engine.exits import ExitProfile
-from vpmu_core.errors import ConfigError, GuestFault, PerfError
+from vpmu_core.errors import ConfigError, GuestFault, PerfError, StateError, VmDestroyedError
 from vpmu_core.events import EventKind, Work
 from vpmu_core.hv.config import GuestPmuConfig
 from vpmu_core.perf.attr import EventState, PerfCount, PerfEventAttr
@@ -32,6 +32,8 @@ __all__ = [
     "PerfCount",
     "PerfError",
     "PerfEventAttr",
+    "StateError",
+    "VmDestroyedError",
     "Work",
     "catalog",
     "compose",

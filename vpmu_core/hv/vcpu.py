@@ -11,16 +11,17 @@ the vCPU's CPL, counted under the PMU state that existed before it took effect.
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from operator import add as _add
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 from vpmu_core.engine.exits import ExitProcess
 from vpmu_core.engine.host import derive_seed
 from vpmu_core.engine.task import Task
-from vpmu_core.errors import GuestFault, gp
+from vpmu_core.errors import GuestFault, VmDestroyedError, gp
 from vpmu_core.events import N_KINDS, Work, WorkCursor, split_counts
 from vpmu_core.hv.lapic import X2APIC_LVTPC, LvtPc
 from vpmu_core.logs import get_logger
@@ -43,6 +44,24 @@ EMULATED_INSTRUCTION = (0, 1) + (0,) * (N_KINDS - 2)
 #: reads return 0 and writes are dropped, no #GP). Selftest pmu_counters_test relies on it:
 #: "KVM drops writes to MSR_P6_PERFCTR[0|1] if the counters are unsupported".
 KVM_COMMON_PMU_MSRS = frozenset((0xC1, 0xC2, 0x186, 0x187, *range(0xC001_0000, 0xC001_0008)))
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def guest_facing(fn: Callable[Concatenate[VCpu, _P], _R]) -> Callable[Concatenate[VCpu, _P], _R]:
+    """A call of the vCPU's guest-facing API (DESIGN §5): on a destroyed VM it raises
+    `VmDestroyedError` at once, before anything runs (kvm_vcpu_ioctl: -EIO once
+    `kvm->vm_dead`), instead of waiting for a task that is on no run queue."""
+
+    @functools.wraps(fn)
+    def call(self: VCpu, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        if self.vm.destroyed:
+            raise VmDestroyedError(f"{self.name}.{fn.__name__}()")
+        return fn(self, *args, **kwargs)
+
+    return call
 
 
 @dataclass(frozen=True)
@@ -325,6 +344,7 @@ class VCpu:
         return result
 
     # ---- guest execution ------------------------------------------------------------------
+    @guest_facing
     def execute(self, work: Work) -> None:
         """Run guest work in guest mode until it completes (exits, preemption, timers and
         multiplexing happen on the way). Other CPUs catch up to the same time after."""
@@ -336,6 +356,7 @@ class VCpu:
         cpu.run_until(1 << 62, until_idle=self.task)
         self.host.sync(cpu.now)
 
+    @guest_facing
     def queue(self, work: Work) -> None:
         """Queue guest work that runs as time passes (`host.advance`), alongside host tasks
         and other vCPUs (scenarios use this; `execute` runs to completion at once)."""
@@ -535,6 +556,7 @@ class VCpu:
                 return f
         return cpu.pmu
 
+    @guest_facing
     def wrmsr(self, msr: int, value: int) -> None:
         """Guest WRMSR. Raises `GuestFault` (vector 13) where hardware/KVM gives #GP."""
         if self.cpl != 0:
@@ -571,6 +593,7 @@ class VCpu:
         self._exit("msr_write", False, False, handler=emulate)
         self._retire_emulated(token)
 
+    @guest_facing
     def rdmsr(self, msr: int) -> int:
         """Guest RDMSR. Raises `GuestFault` (vector 13) where hardware/KVM gives #GP."""
         if self.cpl != 0:
@@ -603,6 +626,7 @@ class VCpu:
         self._retire_emulated(token)
         return value
 
+    @guest_facing
     def rdpmc(self, ecx: int) -> int:
         """Guest RDPMC. #GP at CPL > 0 without CR4.PCE, for bad indexes per the vendor."""
         if self.cpl != 0 and not self.cr4_pce:
@@ -624,6 +648,7 @@ class VCpu:
         self._retire_emulated(token)
         return value
 
+    @guest_facing
     def cpuid(self, leaf: int, subleaf: int = 0) -> tuple[int, int, int, int]:
         """Guest CPUID (always exits on VMX and SVM)."""
         self._ensure_in_guest()
@@ -633,6 +658,7 @@ class VCpu:
         return regs
 
     # ---- XSAVES / migration --------------------------------------------------------------------
+    @guest_facing
     def xsaves(self, mask: int) -> Any:
         """Guest XSAVES of the PMU components in `mask` (e.g. 1 << 15 for Arch LBR)."""
         from vpmu_core.hv.xsave import XsaveArea
@@ -644,6 +670,7 @@ class VCpu:
         self._retire_native(self.cpu.pmu.plan(True))
         return area
 
+    @guest_facing
     def xrstors(self, area: Any, mask: int) -> None:
         """Guest XRSTORS of the PMU components in `mask`."""
         from vpmu_core.hv.xsave import XsaveArea
@@ -655,6 +682,7 @@ class VCpu:
             area.restore(self.facilities.values(), mask)
         self._retire_native(self.cpu.pmu.plan(True))
 
+    @guest_facing
     def save_state(self) -> dict[str, Any]:
         """Migration: the vCPU's PMU, facility and LVTPC state (KVM_GET_MSRS + XSAVE)."""
         state: dict[str, Any] = {"cpl": self.cpl, "lapic_lvtpc": self.lapic.value}
@@ -663,6 +691,7 @@ class VCpu:
         state["facilities"] = {n: f.snapshot() for n, f in sorted(self.facilities.items())}
         return state
 
+    @guest_facing
     def restore_state(self, state: dict[str, Any]) -> None:
         """Migration target: host-initiated writes, then the mode rebuilds its backing."""
         self.lapic.value = state["lapic_lvtpc"]
