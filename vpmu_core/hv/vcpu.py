@@ -684,23 +684,83 @@ class VCpu:
 
     @guest_facing
     def save_state(self) -> dict[str, Any]:
-        """Migration: the vCPU's PMU, facility and LVTPC state (KVM_GET_MSRS + XSAVE)."""
-        state: dict[str, Any] = {"cpl": self.cpl, "lapic_lvtpc": self.lapic.value}
+        """Migration: the vCPU's PMU, facility and LVTPC state (KVM_GET_MSRS + XSAVE), as
+        plain JSON-safe data of schema version 1 (vpmu_core/hv/state.py,
+        docs/migration-state.md). The mode syncs live counts into `vcpu.pmu` first."""
+        from vpmu_core.hv import state as vstate
+
+        state: dict[str, Any] = {
+            "schema": vstate.STATE_SCHEMA,
+            "version": vstate.STATE_VERSION,
+            "vendor": self.pmu.vendor,
+            "cpu": self.host.composition.get("cpu", ""),
+            "mode": self.host.mode_name,
+            "cpl": self.cpl,
+            "cr4_pce": bool(self.cr4_pce),
+            "lapic_lvtpc": self.lapic.value,
+            "mode_state": {},
+        }
         self.hooks.vcpu_save_state(vcpu=self, state=state)
-        state.setdefault("pmu", self.pmu.snapshot())
+        regs = state.get("pmu")
+        if regs is None:
+            regs = self.pmu.snapshot()
+        state["pmu"] = {k if isinstance(k, str) else vstate.msr_key(k): v for k, v in regs.items()}
         state["facilities"] = {n: f.snapshot() for n, f in sorted(self.facilities.items())}
         return state
 
     @guest_facing
     def restore_state(self, state: dict[str, Any]) -> None:
-        """Migration target: host-initiated writes, then the mode rebuilds its backing."""
-        self.lapic.value = state["lapic_lvtpc"]
-        self.cpl = state.get("cpl", 0)
-        self.pmu.restore_snapshot(state["pmu"])
-        for n, fs in state.get("facilities", {}).items():
-            if n in self.facilities:
+        """Migration target: KVM_SET_MSRS (host-initiated writes) of a `save_state()` result,
+        then the mode rebuilds its backing. All or nothing: a state this vCPU cannot load
+        exactly raises `StateError` and changes nothing (see vpmu_core/hv/state.py).
+
+        KVM_SET_MSRS runs outside KVM_RUN: a vCPU that is in guest mode first exits to the
+        VMM (the VMM's signal kick, KVM_EXIT_INTR), so the KVM_REQ_PMU the restore raises is
+        serviced at the next VM-entry, before any guest work (vcpu_enter_guest ->
+        kvm_pmu_handle_event)."""
+        from vpmu_core.errors import ConfigError, StateError
+        from vpmu_core.hv import state as vstate
+
+        msrs = list(self.pmu.state_msrs())
+        st = vstate.parse(state, vendor=self.pmu.vendor, msrs=msrs, facilities=list(self.facilities))
+        if self.in_guest:
+            self._exit("external_interrupt", False, True, reenter=False)
+        old_regs = self.pmu.snapshot()
+        old_facs = {n: f.snapshot() for n, f in self.facilities.items()}
+        try:
+            self._load_registers(st["pmu"])
+            for n, fs in sorted(st["facilities"].items()):
+                try:
+                    self.facilities[n].restore(fs)
+                except ConfigError as e:
+                    raise StateError(f"state.facilities.{n}", str(e)) from None
+        except StateError:
+            self._load_registers(old_regs, strict=False)
+            for n, fs in old_facs.items():
                 self.facilities[n].restore(fs)
+            raise
+        self.lapic.value = st["lapic_lvtpc"]
+        self.cpl = st["cpl"]
+        self.cr4_pce = st["cr4_pce"]
         self.hooks.vcpu_restore_state(vcpu=self, state=state)
+
+    def _load_registers(self, regs: dict[int, int], strict: bool = True) -> None:
+        """Host-initiated writes of `regs` in order; a write the vendor model refuses (#GP
+        even for the host: KVM_SET_MSRS stops there) raises StateError when `strict`."""
+        from vpmu_core.errors import StateError
+        from vpmu_core.hv.state import msr_key
+
+        pmu = self.pmu
+        pmu.host_initiated = True
+        try:
+            for msr, value in regs.items():
+                try:
+                    pmu.wrmsr(msr, value)
+                except GuestFault as f:
+                    if strict:
+                        raise StateError(f"state.pmu.{msr_key(msr)}", f"{value:#x} refused: {f.reason}") from None
+        finally:
+            pmu.host_initiated = False
 
 
 def _raise_gp(msr: int) -> Callable[[], None]:
