@@ -175,3 +175,55 @@ def test_scripted_guest_msr_writes_and_their_faults(cat) -> None:
     v = res.host.vms[0].vcpus[0]
     # the work only: the enabling WRMSR is not counted and the faulting one does not retire
     assert v.pmu.read_counter(v.pmu.gp[0]) == 1_000_000
+
+
+def _lifecycle(vm_patch: dict) -> dict:
+    data = json.loads(json.dumps(BASE))
+    data["vms"][0].update(vm_patch)
+    return data
+
+
+def test_vm_destroy_ns_stops_the_guest_and_keeps_its_figures(cat) -> None:
+    """destroy_ns: work after it never runs (repeats are dropped), the report keeps the VM's
+    figures as they were at the destroy, and guest perf events end then."""
+    scn = validate(_lifecycle({"destroy_ns": 900_000}), "t.yaml")
+    rep = run_scenario(scn, catalog=cat).report
+    guest = [e for e in rep["events"] if e["scope"] == "guest:vm0"]
+    assert guest and all(1_000_000 <= e["truth"] < 1_000_100 for e in guest if e["kind"] == "instructions")
+    assert all(e["time_enabled_ns"] <= 900_000 for e in guest)
+    assert rep["overhead"]["vm0/vcpu0"]["guest_cycles"] == 1_000_000  # one of the three repeats
+    full = run_scenario(validate(json.loads(json.dumps(BASE)), "t.yaml"), catalog=cat).report
+    assert full["overhead"]["vm0/vcpu0"]["guest_cycles"] == 3_000_000
+
+
+def test_vm_start_ns_creates_the_vm_later(cat) -> None:
+    patch = {"start_ns": 1_000_000, "work": [{"at_ns": 1_000_000, "work": {"instructions": 500_000}}]}
+    patch["perf"] = [{"name": "s", "events": ["instructions"], "start_ns": 1_000_000}]
+    res = run_scenario(validate(_lifecycle(patch), "t.yaml"), catalog=cat)
+    (ev,) = [e for e in res.report["events"] if e["scope"] == "guest:vm0"]
+    assert 500_000 <= ev["truth"] < 500_100 and ev["time_enabled_ns"] <= 2_000_000  # + guest perf MSR accesses
+
+
+def test_host_session_on_a_vcpu_that_is_gone_is_esrch(cat) -> None:
+    data = _lifecycle({"destroy_ns": 1_000_000})
+    data["host"]["perf"].append(
+        {"name": "late", "class": "task_pinned", "task": "vm0/vcpu0", "events": ["cycles"], "start_ns": 2_000_000}
+    )
+    rep = run_scenario(validate(data, "t.yaml"), catalog=cat).report
+    (err,) = [e for e in rep["open_errors"] if e["session"] == "late"]
+    assert err["errno"] == 3 and err["where"] == "task vm0/vcpu0"  # ESRCH
+
+
+@pytest.mark.parametrize(
+    ("vm_patch", "needle"),
+    [
+        ({"destroy_ns": 0}, "destroy_ns (0) must be after start_ns (0)"),
+        ({"start_ns": 2_000_000}, "work[0].at_ns (0) is outside the VM's lifetime (allowed: >= 2000000)"),
+        ({"destroy_ns": 1_000_000, "perf": [{"name": "p", "events": ["cycles"], "start_ns": 1_000_000}]}, "perf[0]"),
+        ({"msrs": [{"at_ns": 5, "msr": 0x10, "value": 1}], "start_ns": 10, "work": []}, "msrs[0].at_ns (5)"),
+    ],
+)
+def test_vm_lifetime_validation(vm_patch: dict, needle: str) -> None:
+    with pytest.raises(ScenarioError) as ei:
+        validate(_lifecycle(vm_patch), "f.yaml")
+    assert needle in str(ei.value) and "vms[0]" in str(ei.value)

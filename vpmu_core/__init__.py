@@ -10,7 +10,7 @@ from __future__ import annotations
 from importlib import import_module
 
 #: typing.TYPE_CHECKING without importing typing (a third of this package's import time);
-#: mypy treats any name TYPE_CHECKING
+#: mypy treats any name TYPE_CHECKING as true
 TYPE_CHECKING = False
 
 __version__ = "0.1.0"
@@ -27,6 +27,8 @@ _EXPORTS = {
     "GuestFault": "vpmu_core.errors",
     "GuestPmuConfig": "vpmu_core.hv.config",
     "ModeSpec": "vpmu_core.plugins.records",
+    "StateError": "vpmu_core.errors",
+    "VmDestroyedError": "vpmu_core.errors",
     "PerfCount": "vpmu_core.perf.attr",
     "PerfError": "vpmu_core.errors",
     "PerfEventAttr": "vpmu_core.perf.attr",
@@ -51,6 +53,8 @@ __all__ = [
     "PerfCount",
     "PerfError",
     "PerfEventAttr",
+    "StateError",
+    "VmDestroyedError",
     "Work",
     "catalog",
     "compose",
@@ -77,7 +81,7 @@ if TYPE_CHECKING:
 
     from vpmu_core.costs import CostModel
     from vpmu_core.engine.exits import ExitProfile
-    from vpmu_core.errors import ConfigError, GuestFault, PerfError
+    from vpmu_core.errors import ConfigError, GuestFault, PerfError, StateError, VmDestroyedError
     from vpmu_core.events import EventKind, Work
     from vpmu_core.hv.config import GuestPmuConfig
     from vpmu_core.perf.attr import EventState, PerfCount, PerfEventAttr

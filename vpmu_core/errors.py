@@ -27,7 +27,8 @@ def gp(reason: str = "") -> GuestFault:
 
 
 class PerfError(OSError):
-    """An error returned by the host (or guest) perf API, with `.errno` like the syscall."""
+    """An error returned by the host (or guest) perf API or a KVM ioctl, with `.errno` like
+    the syscall."""
 
     def __init__(self, err: int, reason: str = "") -> None:
         super().__init__(err, f"{_errno.errorcode.get(err, err)}: {reason}")
@@ -44,3 +45,22 @@ class ConfigError(ValueError):
         super().__init__(text)
         self.field = field
         self.allowed = allowed
+
+
+class VmDestroyedError(PerfError):
+    """A guest-facing call on a vCPU (or VM) whose VM was destroyed (`vm.destroy()`).
+
+    KVM refuses every vCPU ioctl of a VM that is dead with EIO (virt/kvm/kvm_main.c
+    `kvm_vcpu_ioctl`: ``if (vcpu->kvm->mm != current->mm || vcpu->kvm->vm_dead) return -EIO``);
+    the model raises at once instead of running anything (`.errno == errno.EIO`).
+    """
+
+    def __init__(self, what: str) -> None:
+        super().__init__(_errno.EIO, f"{what}: the VM was destroyed")
+
+
+class StateError(ConfigError):
+    """`vcpu.restore_state()` refused a migration state it does not understand or cannot load
+    exactly (unknown schema or version, unknown or missing register, a facility or guest PMU
+    this vCPU does not have). Nothing of the state is applied. `.field` names the part of the
+    state, as `state.pmu.0x186`. A `ConfigError`, hence a `ValueError`."""

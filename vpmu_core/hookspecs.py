@@ -101,7 +101,10 @@ def vpmu_vm_create(vm: Any) -> None:
 
 @hookspec
 def vpmu_vm_destroy(vm: Any) -> None:
-    """A VM is destroyed: release every resource it holds.
+    """A VM is destroyed: release every resource it holds (kvm_arch_destroy_vm ->
+    kvm_pmu_destroy; the mediated PMU reference, perf_release_mediated_pmu). Called after
+    every vCPU was scheduled out; its vCPUs then leave the host. Keep what the report shows
+    (per-vCPU figures) readable: the report lists destroyed VMs.
 
     .. versionadded:: 0.1
     """
@@ -289,7 +292,9 @@ def vpmu_guest_xrstors(vcpu: Any, area: Any, mask: int) -> bool | None:
 
 @hookspec
 def vpmu_vcpu_save_state(vcpu: Any, state: dict) -> None:
-    """Add the mode's vPMU state to a migration ``state`` (sync live counts first).
+    """Add the mode's vPMU state to a migration ``state`` (sync live counts first). The state
+    is JSON-safe (docs/migration-state.md): put the mode's own data, if any, under
+    ``state["mode_state"]``; other top-level keys make restore refuse the state.
 
     .. versionadded:: 0.1
     """
@@ -297,7 +302,8 @@ def vpmu_vcpu_save_state(vcpu: Any, state: dict) -> None:
 
 @hookspec
 def vpmu_vcpu_restore_state(vcpu: Any, state: dict) -> None:
-    """Restore the mode's vPMU state from ``state`` (KVM_SET_MSRS then KVM_RUN).
+    """Restore the mode's vPMU state from ``state`` (KVM_SET_MSRS then KVM_RUN): called after
+    the core checked the whole state and wrote the registers (the vCPU is out of guest mode).
 
     .. versionadded:: 0.1
     """

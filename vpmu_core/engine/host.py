@@ -74,6 +74,8 @@ class Host:
         self.silent = SilentErrors()
         self.leaks = LeakLog()
         self.tasks: dict[int, Task] = {}
+        #: every VM created on this host, in creation order; destroyed ones stay (flagged
+        #: `vm.destroyed`) so the report keeps their figures
         self.vms: list[VM] = []
         self._next_pid = 100
         self.mux_interval_ns = mux_interval_ns
@@ -193,9 +195,18 @@ class Host:
         from vpmu_core.hv.config import GuestPmuConfig
         from vpmu_core.hv.vm import VM
 
+        taken = {vm.name for vm in self.vms}
+        if name is None:
+            n = len(self.vms)
+            while f"vm{n}" in taken:
+                n += 1
+            name = f"vm{n}"
+        if name in taken:
+            # vCPU names key the ledgers: a destroyed VM keeps its figures under its name
+            raise ConfigError("name", f"a VM named {name!r} already exists on this host (destroyed VMs keep theirs)")
         vm = VM(
             self,
-            name or f"vm{len(self.vms)}",
+            name,
             vcpus=vcpus,
             pmu=pmu or GuestPmuConfig(),
             pin=pin,

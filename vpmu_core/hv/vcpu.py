@@ -11,16 +11,17 @@ the vCPU's CPL, counted under the PMU state that existed before it took effect.
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from operator import add as _add
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 from vpmu_core.engine.exits import FASTPATH_REASONS, ExitProcess
 from vpmu_core.engine.host import derive_seed
 from vpmu_core.engine.task import Task
-from vpmu_core.errors import GuestFault, gp
+from vpmu_core.errors import GuestFault, VmDestroyedError, gp
 from vpmu_core.events import N_KINDS, Work, WorkCursor
 from vpmu_core.hv.lapic import X2APIC_LVTPC, LvtPc
 from vpmu_core.logs import get_logger
@@ -43,6 +44,24 @@ EMULATED_INSTRUCTION = (0, 1) + (0,) * (N_KINDS - 2)
 #: reads return 0 and writes are dropped, no #GP). Selftest pmu_counters_test relies on it:
 #: "KVM drops writes to MSR_P6_PERFCTR[0|1] if the counters are unsupported".
 KVM_COMMON_PMU_MSRS = frozenset((0xC1, 0xC2, 0x186, 0x187, *range(0xC001_0000, 0xC001_0008)))
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def guest_facing(fn: Callable[Concatenate[VCpu, _P], _R]) -> Callable[Concatenate[VCpu, _P], _R]:
+    """A call of the vCPU's guest-facing API (DESIGN §5): on a destroyed VM it raises
+    `VmDestroyedError` at once, before anything runs (kvm_vcpu_ioctl: -EIO once
+    `kvm->vm_dead`), instead of waiting for a task that is on no run queue."""
+
+    @functools.wraps(fn)
+    def call(self: VCpu, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        if self.vm.destroyed:
+            raise VmDestroyedError(f"{self.name}.{fn.__name__}()")
+        return fn(self, *args, **kwargs)
+
+    return call
 
 
 @dataclass(frozen=True)
@@ -327,6 +346,7 @@ class VCpu:
         return result
 
     # ---- guest execution ------------------------------------------------------------------
+    @guest_facing
     def execute(self, work: Work) -> None:
         """Run guest work in guest mode until it completes (exits, preemption, timers and
         multiplexing happen on the way). Other CPUs catch up to the same time after."""
@@ -338,6 +358,7 @@ class VCpu:
         cpu.run_until(1 << 62, until_idle=self.task)
         self.host.sync(cpu.now)
 
+    @guest_facing
     def queue(self, work: Work) -> None:
         """Queue guest work that runs as time passes (`host.advance`), alongside host tasks
         and other vCPUs (scenarios use this; `execute` runs to completion at once)."""
@@ -483,6 +504,7 @@ class VCpu:
                 return f
         return cpu.pmu
 
+    @guest_facing
     def wrmsr(self, msr: int, value: int) -> None:
         """Guest WRMSR. Raises `GuestFault` (vector 13) where hardware/KVM gives #GP."""
         if self.cpl != 0:
@@ -519,6 +541,7 @@ class VCpu:
         self._exit("msr_write", False, False, handler=emulate)
         self._retire_emulated(token)
 
+    @guest_facing
     def rdmsr(self, msr: int) -> int:
         """Guest RDMSR. Raises `GuestFault` (vector 13) where hardware/KVM gives #GP."""
         if self.cpl != 0:
@@ -551,6 +574,7 @@ class VCpu:
         self._retire_emulated(token)
         return value
 
+    @guest_facing
     def rdpmc(self, ecx: int) -> int:
         """Guest RDPMC. #GP at CPL > 0 without CR4.PCE, for bad indexes per the vendor."""
         if self.cpl != 0 and not self.cr4_pce:
@@ -572,6 +596,7 @@ class VCpu:
         self._retire_emulated(token)
         return value
 
+    @guest_facing
     def cpuid(self, leaf: int, subleaf: int = 0) -> tuple[int, int, int, int]:
         """Guest CPUID (always exits on VMX and SVM)."""
         self._ensure_in_guest()
@@ -581,6 +606,7 @@ class VCpu:
         return regs
 
     # ---- XSAVES / migration --------------------------------------------------------------------
+    @guest_facing
     def xsaves(self, mask: int) -> Any:
         """Guest XSAVES of the PMU components in `mask` (e.g. 1 << 15 for Arch LBR)."""
         from vpmu_core.hv.xsave import XsaveArea
@@ -592,6 +618,7 @@ class VCpu:
         self._retire_native(self.cpu.pmu.plan(True))
         return area
 
+    @guest_facing
     def xrstors(self, area: Any, mask: int) -> None:
         """Guest XRSTORS of the PMU components in `mask`."""
         from vpmu_core.hv.xsave import XsaveArea
@@ -603,23 +630,85 @@ class VCpu:
             area.restore(self.facilities.values(), mask)
         self._retire_native(self.cpu.pmu.plan(True))
 
+    @guest_facing
     def save_state(self) -> dict[str, Any]:
-        """Migration: the vCPU's PMU, facility and LVTPC state (KVM_GET_MSRS + XSAVE)."""
-        state: dict[str, Any] = {"cpl": self.cpl, "lapic_lvtpc": self.lapic.value}
+        """Migration: the vCPU's PMU, facility and LVTPC state (KVM_GET_MSRS + XSAVE), as
+        plain JSON-safe data of schema version 1 (vpmu_core/hv/state.py,
+        docs/migration-state.md). The mode syncs live counts into `vcpu.pmu` first."""
+        from vpmu_core.hv import state as vstate
+
+        state: dict[str, Any] = {
+            "schema": vstate.STATE_SCHEMA,
+            "version": vstate.STATE_VERSION,
+            "vendor": self.pmu.vendor,
+            "cpu": self.host.composition.get("cpu", ""),
+            "mode": self.host.mode_name,
+            "cpl": self.cpl,
+            "cr4_pce": bool(self.cr4_pce),
+            "lapic_lvtpc": self.lapic.value,
+            "mode_state": {},
+        }
         self.hooks.vcpu_save_state(vcpu=self, state=state)
-        state.setdefault("pmu", self.pmu.snapshot())
+        regs = state.get("pmu")
+        if regs is None:
+            regs = self.pmu.snapshot()
+        state["pmu"] = {k if isinstance(k, str) else vstate.msr_key(k): v for k, v in regs.items()}
         state["facilities"] = {n: f.snapshot() for n, f in sorted(self.facilities.items())}
         return state
 
+    @guest_facing
     def restore_state(self, state: dict[str, Any]) -> None:
-        """Migration target: host-initiated writes, then the mode rebuilds its backing."""
-        self.lapic.value = state["lapic_lvtpc"]
-        self.cpl = state.get("cpl", 0)
-        self.pmu.restore_snapshot(state["pmu"])
-        for n, fs in state.get("facilities", {}).items():
-            if n in self.facilities:
+        """Migration target: KVM_SET_MSRS (host-initiated writes) of a `save_state()` result,
+        then the mode rebuilds its backing. All or nothing: a state this vCPU cannot load
+        exactly raises `StateError` and changes nothing (see vpmu_core/hv/state.py).
+
+        KVM_SET_MSRS runs outside KVM_RUN: a vCPU that is in guest mode first exits to the
+        VMM (the VMM's signal kick, KVM_EXIT_INTR), so the KVM_REQ_PMU the restore raises is
+        serviced at the next VM-entry, before any guest work (vcpu_enter_guest ->
+        kvm_pmu_handle_event)."""
+        from vpmu_core.errors import ConfigError, StateError
+        from vpmu_core.hv import state as vstate
+
+        msrs = list(self.pmu.state_msrs())
+        st = vstate.parse(state, vendor=self.pmu.vendor, msrs=msrs, facilities=list(self.facilities))
+        if self.in_guest:
+            self._exit("external_interrupt", False, True, reenter=False)
+        old_regs = self.pmu.snapshot()
+        old_facs = {n: f.snapshot() for n, f in self.facilities.items()}
+        try:
+            self._load_registers(st["pmu"])
+            for n, fs in sorted(st["facilities"].items()):
+                try:
+                    self.facilities[n].restore(fs)
+                except ConfigError as e:
+                    raise StateError(f"state.facilities.{n}", str(e)) from None
+        except StateError:
+            self._load_registers(old_regs, strict=False)
+            for n, fs in old_facs.items():
                 self.facilities[n].restore(fs)
+            raise
+        self.lapic.value = st["lapic_lvtpc"]
+        self.cpl = st["cpl"]
+        self.cr4_pce = st["cr4_pce"]
         self.hooks.vcpu_restore_state(vcpu=self, state=state)
+
+    def _load_registers(self, regs: dict[int, int], strict: bool = True) -> None:
+        """Host-initiated writes of `regs` in order; a write the vendor model refuses (#GP
+        even for the host: KVM_SET_MSRS stops there) raises StateError when `strict`."""
+        from vpmu_core.errors import StateError
+        from vpmu_core.hv.state import msr_key
+
+        pmu = self.pmu
+        pmu.host_initiated = True
+        try:
+            for msr, value in regs.items():
+                try:
+                    pmu.wrmsr(msr, value)
+                except GuestFault as f:
+                    if strict:
+                        raise StateError(f"state.pmu.{msr_key(msr)}", f"{value:#x} refused: {f.reason}") from None
+        finally:
+            pmu.host_initiated = False
 
 
 def _raise_gp(msr: int) -> Callable[[], None]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 from typing import TYPE_CHECKING, Any, Literal
 
-from vpmu_core.errors import ConfigError, PerfError
+from vpmu_core.errors import ConfigError, PerfError, VmDestroyedError
 from vpmu_core.hv.filter import MAX_EVENTS, PmuEventFilter
 
 if TYPE_CHECKING:
@@ -63,6 +63,8 @@ class VM:
         self.mode_state: Any = None
         self._guest_perf: GuestPerf | None = None
         self.destroyed = False
+        #: host time (ns) of `destroy()`, None while the VM exists
+        self.destroyed_ns: int | None = None
         for p in host.cpus:
             p.pmu.virtualization_enabled = True
         host.vms.append(self)
@@ -75,7 +77,9 @@ class VM:
                 self.vcpus.append(v)
                 host.hooks.vcpu_create(vcpu=v)
         except Exception:
+            # KVM_CREATE_VCPU failed: the VM never existed for the caller (nothing to report)
             self.destroy()
+            host.vms.remove(self)
             raise
 
     def __repr__(self) -> str:
@@ -99,6 +103,7 @@ class VM:
         """KVM_SET_PMU_EVENT_FILTER (arch/x86/kvm/pmu.c kvm_vm_ioctl_set_pmu_event_filter).
 
         Every vCPU re-evaluates every counter before its next VM-entry."""
+        self._check_alive("KVM_SET_PMU_EVENT_FILTER")
         if len(events) > MAX_EVENTS:
             raise PerfError(errno.E2BIG, f"at most {MAX_EVENTS} events (KVM_PMU_EVENT_FILTER_MAX_EVENTS)")
         try:
@@ -114,23 +119,92 @@ class VM:
     def guest_perf(self) -> GuestPerf:
         """Guest perf: the same perf core and vendor driver, over this VM's vCPUs."""
         if self._guest_perf is None:
+            self._check_alive("guest perf")
             from vpmu_core.hv.guest_perf import GuestPerf
 
             self._guest_perf = GuestPerf(self)
         return self._guest_perf
 
     def destroy(self) -> None:
+        """Destroy the VM (DESIGN §5 `vm.destroy()`): the VMM closed its last VM and vCPU file
+        descriptors, so KVM tears it down (virt/kvm/kvm_main.c kvm_destroy_vm ->
+        arch/x86/kvm/x86.c kvm_arch_destroy_vm -> kvm_destroy_vcpus -> kvm_arch_vcpu_destroy
+        -> kvm_pmu_destroy). A second call does nothing.
+
+        1. every vCPU thread has left KVM_RUN: it is scheduled out (the mode's put hooks run,
+           KVM's perf events are scheduled out) and its queued guest work is dropped;
+        2. the guest kernel dies with the VM: its perf events keep the counts and times they
+           had now (the report shows them; they are closed for the API);
+        3. the mode's `vpmu_vm_destroy` releases what KVM releases (perf events, vLBR events,
+           the mediated PMU reference: `perf_release_mediated_pmu()`);
+        4. the vCPU threads exit: they leave the host's run queues and task table.
+
+        The VM stays in `host.vms` (flagged `destroyed`, with `destroyed_ns`) so the report
+        keeps its figures up to now; every guest-facing call on it or its vCPUs then raises
+        `VmDestroyedError` (EIO, as `kvm_vcpu_ioctl` on a dead VM)."""
         if self.destroyed:
             return
-        self.destroyed = True
         for v in self.vcpus:
             cpu = v.cpu
             if cpu.current_task is v.task:
                 cpu.switch_to(None)
+            if v.in_vcpu_run:
+                # KVM_RUN returned to the VMM before it closed the fds
+                v.in_vcpu_run = False
+                self.host.hooks.vcpu_run_leave(vcpu=v)
+            v.task.queue.clear()
+        self._freeze_guest_perf()
+        self.destroyed = True
+        self.destroyed_ns = self.host.now_ns
         self.host.hooks.vm_destroy(vm=self)
         for v in self.vcpus:
             cpu = v.cpu
             if v.task in cpu.tasks:
                 cpu.tasks.remove(v.task)
-        if self in self.host.vms:
-            self.host.vms.remove(self)
+            if self.host.tasks.get(v.task.pid) is v.task:
+                del self.host.tasks[v.task.pid]
+
+    def _freeze_guest_perf(self) -> None:
+        """The guest's perf events end with their VM: fold each one's live count (read from
+        the vCPU's register state directly: no guest instruction runs), stop its clocks and
+        ground-truth window, and close it. Called after the vCPUs were scheduled out, when
+        every mode holds the guest's counter values in `vcpu.pmu`."""
+        gp = self._guest_perf
+        if gp is None:
+            return
+        for gcpu, v in zip(gp.cpus, self.vcpus, strict=True):
+            gcpu.port = _RegisterView(v)
+        for ev in gp.events:
+            if ev.closed:
+                continue
+            ev._sync(gp.perf.now_ns_for(ev))
+            ev.count += ev._live_delta()
+            ev._set_ticking(gp.perf.now_ns_for(ev), False, False)
+            if ev.truth_open and gp.perf.truth_source is not None:
+                ev.truth += gp.perf.truth_source(ev) - ev.truth_start
+                ev.truth_open = False
+            ev.closed = True
+
+    def _check_alive(self, what: str) -> None:
+        if self.destroyed:
+            raise VmDestroyedError(f"{self.name}: {what}")
+
+
+class _RegisterView:
+    """A destroyed vCPU's counters as plain register state (the vendor model, no exits): what
+    the guest's last reads would have returned."""
+
+    def __init__(self, vcpu: VCpu) -> None:
+        self._pmu = vcpu.pmu
+
+    def rdmsr(self, msr: int) -> int:
+        return int(self._pmu.rdmsr(msr))
+
+    def wrmsr(self, msr: int, value: int) -> None:
+        raise VmDestroyedError(f"wrmsr {msr:#x}")
+
+    def rdpmc(self, ecx: int) -> int:
+        return int(self._pmu.rdpmc(ecx))
+
+    def cpuid(self, leaf: int, subleaf: int = 0) -> tuple[int, int, int, int]:
+        raise VmDestroyedError(f"cpuid {leaf:#x}")

@@ -9,6 +9,7 @@ seed therefore give the same report, byte for byte.
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -131,31 +132,83 @@ class _Run:
             self.tasks[t.name] = task
             self._queue(t, f"task {t.name}", task.execute)
         for v in scn.vms:
-            vm = host.create_vm(
+            if v.start_ns == 0:
+                self._create_vm(v)
+            else:
+                self.at(v.start_ns, START, f"create vm {v.name}", lambda v=v: self._create_vm(v, timed=True))
+            for w in v.work:
+                targets = range(v.vcpus) if w.vcpu == "all" else [w.vcpu]
+                for i in targets:
+                    self._queue(w, f"{v.name}/vcpu{i}", self._vcpu_sink(v.name, i), end_ns=v.destroy_ns)
+            for m in v.msrs:
+                self.at(
+                    m.at_ns,
+                    START,
+                    f"guest wrmsr {m.msr:#x}",
+                    lambda m=m, n=v.name: self._with_vm(n, m, self._guest_wrmsr),
+                )
+            for s in v.perf:
+                self.at(
+                    s.start_ns,
+                    START,
+                    f"guest perf {s.name}",
+                    lambda s=s, n=v.name: self._with_vm(n, s, self._open_guest),
+                )
+                if s.stop_ns is not None:
+                    self.at(s.stop_ns, STOP, f"guest perf {s.name} stop", lambda s=s, n=v.name: self._stop(n, s))
+            if v.destroy_ns is not None:
+                self.at(v.destroy_ns, STOP, f"destroy vm {v.name}", lambda n=v.name: self._destroy_vm(n))
+        for s in scn.host.perf:
+            self.at(s.start_ns, START, f"host perf {s.name}", lambda s=s: self._open_host(s))
+            if s.stop_ns is not None:
+                self.at(s.stop_ns, STOP, f"host perf {s.name} stop", lambda s=s: self._stop("host", s))
+
+    def _create_vm(self, v: Any, timed: bool = False) -> None:
+        """KVM_CREATE_VM + vCPUs (+ the event filter). A VM created later that KVM refuses
+        (e.g. the mediated vPMU's EBUSY while a host event counts the guest) is recorded in
+        `open_errors` and its actions are skipped; at time 0 a refusal fails the run."""
+        try:
+            vm = self.host.create_vm(
                 vcpus=v.vcpus,
                 pmu=GuestPmuConfig(**v.pmu.model_dump()),
                 pin=v.pin,
                 exits=v.exits.build(),
                 name=v.name,
             )
-            self.vms[v.name] = vm
-            if v.event_filter is not None:
-                f = v.event_filter
-                vm.set_pmu_event_filter(f.action, list(f.events), f.fixed_counter_bitmap, f.masked)
-            for w in v.work:
-                targets = range(v.vcpus) if w.vcpu == "all" else [w.vcpu]
-                for i in targets:
-                    self._queue(w, f"{vm.vcpus[i].name}", vm.vcpus[i].queue)
-            for m in v.msrs:
-                self.at(m.at_ns, START, f"guest wrmsr {m.msr:#x}", lambda m=m, vm=vm: self._guest_wrmsr(vm, m))
-            for s in v.perf:
-                self.at(s.start_ns, START, f"guest perf {s.name}", lambda s=s, vm=vm: self._open_guest(vm, s))
-                if s.stop_ns is not None:
-                    self.at(s.stop_ns, STOP, f"guest perf {s.name} stop", lambda s=s, vm=vm: self._stop(vm.name, s))
-        for s in scn.host.perf:
-            self.at(s.start_ns, START, f"host perf {s.name}", lambda s=s: self._open_host(s))
-            if s.stop_ns is not None:
-                self.at(s.stop_ns, STOP, f"host perf {s.name} stop", lambda s=s: self._stop("host", s))
+        except PerfError as err:
+            if not timed:
+                raise
+            self._open_error(v.name, "kvm", "KVM_CREATE_VCPU", f"vm {v.name}", err)
+            return
+        self.vms[v.name] = vm
+        if v.event_filter is not None:
+            f = v.event_filter
+            vm.set_pmu_event_filter(f.action, list(f.events), f.fixed_counter_bitmap, f.masked)
+        if timed:
+            self._mark("scenario", f"create {v.name}")
+
+    def _destroy_vm(self, name: str) -> None:
+        vm = self.vms.get(name)
+        if vm is not None:
+            vm.destroy()
+            self._mark("scenario", f"destroy {name}")
+
+    def _live_vm(self, name: str) -> Any | None:
+        vm = self.vms.get(name)
+        return vm if vm is not None and not vm.destroyed else None
+
+    def _with_vm(self, name: str, spec: Any, fn: Callable[[Any, Any], None]) -> None:
+        vm = self._live_vm(name)
+        if vm is not None:  # None: KVM refused to create it (recorded in open_errors)
+            fn(vm, spec)
+
+    def _vcpu_sink(self, name: str, i: int) -> Callable[[Any], None]:
+        def sink(work: Any) -> None:
+            vm = self._live_vm(name)
+            if vm is not None:
+                vm.vcpus[i].queue(work)
+
+        return sink
 
     def _guest_wrmsr(self, vm: Any, m: Any) -> None:
         targets = vm.vcpus if m.vcpu == "all" else [vm.vcpus[m.vcpu]]
@@ -173,14 +226,15 @@ class _Run:
                     }
                 )
 
-    def _queue(self, spec: Any, who: str, sink: Callable[[Any], None]) -> None:
+    def _queue(self, spec: Any, who: str, sink: Callable[[Any], None], end_ns: int | None = None) -> None:
+        """Timed work; repeats at or after `end_ns` (the VM's destroy time) are not queued."""
         work = spec.work.build()
         if spec.every_ns == 0:
             self.at(spec.at_ns, WORK, f"work {who}", lambda: [sink(work) for _ in range(spec.repeat)])
         else:
             for k in range(spec.repeat):
                 t = spec.at_ns + k * spec.every_ns
-                if t <= self.scn.duration_ns:
+                if t <= self.scn.duration_ns and (end_ns is None or t < end_ns):
                     self.at(t, WORK, f"work {who}", lambda: sink(work))
 
     def _mark(self, track: str, name: str, args: dict[str, Any] | None = None) -> None:
@@ -198,7 +252,14 @@ class _Run:
             task = self.tasks.get(s.task)  # type: ignore[arg-type]
             if task is None:
                 vm_name, _, vc = str(s.task).partition("/vcpu")
-                task = self.vms[vm_name].vcpus[int(vc)].task
+                vm = self._live_vm(vm_name)
+                if vm is None:
+                    # the vCPU thread does not exist (yet or any more): perf_event_open -> ESRCH
+                    err = PerfError(errno.ESRCH, f"no vCPU thread {s.task} at this time")
+                    for ev in s.events:
+                        self._open_error(s.name, "host", ev, f"task {s.task}", err)
+                    return
+                task = vm.vcpus[int(vc)].task
             targets = [(task.pid, -1 if s.cpu is None else s.cpu, f"task {s.task}")]
         for pid, cpu, where in targets:
             opened += self._open_group(

@@ -227,9 +227,23 @@ class VmSpec(_Strict):
     work: list[VcpuWork] = Field(default_factory=list)
     perf: list[GuestPerfSession] = Field(default_factory=list)
     msrs: list[GuestMsrWrite] = Field(default_factory=list, description="guest WRMSRs at points in time")
+    start_ns: NonNegInt = Field(0, description="create the VM at this time (KVM_CREATE_VM + KVM_CREATE_VCPU)")
+    destroy_ns: NonNegInt | None = Field(
+        None, description="destroy the VM at this time (vm.destroy(); None: it lives to the end)"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> VmSpec:
+        if self.destroy_ns is not None and self.destroy_ns <= self.start_ns:
+            raise ValueError(f"destroy_ns ({self.destroy_ns}) must be after start_ns ({self.start_ns})")
+        end = self.destroy_ns
+        timed = [(f"work[{i}].at_ns", w.at_ns) for i, w in enumerate(self.work)]
+        timed += [(f"msrs[{i}].at_ns", m.at_ns) for i, m in enumerate(self.msrs)]
+        timed += [(f"perf[{i}].start_ns", p.start_ns) for i, p in enumerate(self.perf)]
+        for where, t in timed:
+            if t < self.start_ns or (end is not None and t >= end):
+                window = f"{self.start_ns}..{end - 1}" if end is not None else f">= {self.start_ns}"
+                raise ValueError(f"{where} ({t}) is outside the VM's lifetime (allowed: {window})")
         for m in self.msrs:
             if m.vcpu != "all" and m.vcpu >= self.vcpus:
                 raise ValueError(f"msrs: vcpu {m.vcpu} does not exist (allowed: 0..{self.vcpus - 1}, all)")

@@ -31,7 +31,7 @@ from vpmu_mode_emulated import instructions, silent
 from vpmu_mode_emulated.backend import EmulatedBackend, pmc_read_counter
 from vpmu_mode_emulated.kvm_pmc import KvmPmc, KvmPmu, bits, control_signature
 from vpmu_mode_emulated.perf_api import KvmPerfCalls
-from vpmu_mode_emulated.reprogram import kvm_pmu_handle_event, pmc_release_perf_event
+from vpmu_mode_emulated.reprogram import kvm_pmu_handle_event, pmc_stop_counter
 from vpmu_mode_emulated.vlbr import Vlbr
 
 log = get_logger("vpmu.mode_emulated")
@@ -66,7 +66,10 @@ class EmulatedMode:
         self.model = model
         self.lazy_release = _as_bool("lazy_release", options.get("lazy_release", True))
         self.host: Any = None
+        #: live vCPUs (their KVM state is watched at host perf reschedules)
         self._vcpus: list[Any] = []
+        #: every vCPU created, destroyed ones included: the report keeps their figures
+        self._reported: list[Any] = []
 
     def attach(self, host: Any) -> None:
         """Watch host perf reschedules: they are when a guest counter can lose (or regain)
@@ -140,18 +143,29 @@ class EmulatedMode:
         pmu.backend = EmulatedBackend(kpmu, api)
         pmu.control_listeners.append(lambda mask: self._on_controls(kpmu, mask))
         self._vcpus.append(vcpu)
+        self._reported.append(vcpu)
         # Whatever the vendor's reset state enables gets its event at the first entry.
         kpmu.request_reprogram(kpmu.all_valid_pmc_idx)
 
     @hookimpl
     def vpmu_vm_destroy(self, vm: Any) -> None:
+        """kvm_arch_vcpu_destroy -> kvm_pmu_destroy -> kvm_pmu_reset: `pmc_stop_counter` on
+        every counter (fold the count, `pmc_release_perf_event`), then the vendor part
+        (intel_pmu_destroy / `intel_pmu_release_guest_lbr_event`: the vLBR event). Perf frees
+        their counters and the LBR at once (perf_event_release_kernel reschedules). KVM then
+        zeroes the counters and frees the vCPU; the model keeps the folded values so the
+        report shows what the guest would have read at destroy time."""
         for vcpu in vm.vcpus:
             kpmu = self.kpmu(vcpu)
             if kpmu is None:
                 continue
             api = self._api(vcpu)
+            kpmu.need_cleanup = False
+            kpmu.req_pmu = False
+            kpmu.reprogram_pmi = 0
+            kpmu.pending_retire = None
             for kp in kpmu.pmcs.values():
-                pmc_release_perf_event(kp, api)
+                pmc_stop_counter(kp, api)
             for v in kpmu.vlbrs.values():
                 v.release()
             silent.close_all(kpmu)
@@ -307,7 +321,7 @@ class EmulatedMode:
         """Perf API calls KVM made, reuse vs recreate, overflows and PMIs, per vCPU and total."""
         total: Counter[str] = Counter()
         per_vcpu: dict[str, dict[str, int]] = {}
-        for vcpu in self._vcpus:
+        for vcpu in self._reported:
             st = self.kpmu(vcpu).stats
             per_vcpu[vcpu.name] = dict(sorted(st.items()))
             total.update(st)

@@ -53,3 +53,20 @@ def test_active_counters_scenario_costs_more_than_idle(catalog) -> None:
     (a,) = active.report["mode"]["vcpus"].values()
     (i,) = idle.report["mode"]["vcpus"].values()
     assert a["cycles_per_exit"] > i["cycles_per_exit"]
+
+
+def test_watchdog_after_destroy_scenario_shows_the_rule_ending(catalog) -> None:
+    """While vm0 exists the watchdog is refused (EOPNOTSUPP); after its destroy the watchdog
+    opens and counts; then the next mediated VM is refused (EBUSY). vm0's figures stay."""
+    rep = _run(catalog, "mediated_watchdog_after_destroy").report
+    errs = rep["open_errors"]
+    assert {e["errno"] for e in errs if e["session"] == "nmi_watchdog_early"} == {errno.EOPNOTSUPP}
+    (vm1,) = [e for e in errs if e["session"] == "vm1"]
+    assert vm1["errno"] == errno.EBUSY and vm1["scope"] == "kvm" and vm1["time_ns"] == 14_000_000
+    wd = [e for e in rep["events"] if e["label"] == "nmi_watchdog/cycles"]
+    assert len(wd) == 2 and all(e["state"] == "ACTIVE" for e in wd)
+    assert sum(e["value"] for e in wd) > 0
+    guest = [e for e in rep["events"] if e["scope"] == "guest:vm0"]
+    assert guest and all(e["time_enabled_ns"] <= 10_000_000 for e in guest)
+    assert "vm0/vcpu0" in rep["overhead"] and "vm1/vcpu0" not in rep["overhead"]
+    assert rep["mode"]["mediated_vms"] == 0 and rep["leaks"]["leaks"] == []
