@@ -24,6 +24,7 @@ from collections import Counter
 from typing import Any
 
 from vpmu_core.errors import ConfigError, GuestFault
+from vpmu_core.hv.kvm_caps import KVM_7_0, UPGRADE_V5_VERSION, KvmPmuCaps
 from vpmu_core.logs import get_logger
 from vpmu_core.plugins.markers import hookimpl
 
@@ -38,11 +39,12 @@ log = get_logger("vpmu.mode_emulated")
 
 OPTIONS: dict[str, str] = {
     "lazy_release": "release idle perf events at vCPU sched-in (kvm_pmu_cleanup); default true",
+    "upgrade_v5": (
+        "model the unmerged 'KVM: x86/pmu: Upgrade vPMU version to 5' series: guests get the host's "
+        "PMU version (v4/v5: GLOBAL_STATUS_SET, GLOBAL_INUSE, freeze bits) instead of mainline's v2; "
+        "default false"
+    ),
 }
-
-
-#: KVM_MAX_NR_FIXED_COUNTERS for the perf-based vPMU (arch/x86/kvm/pmu.h)
-MAX_FIXED_COUNTERS = 3
 
 
 def _as_bool(name: str, value: Any) -> bool:
@@ -65,6 +67,11 @@ class EmulatedMode:
     def __init__(self, model: Any, options: dict[str, Any]) -> None:
         self.model = model
         self.lazy_release = _as_bool("lazy_release", options.get("lazy_release", True))
+        #: kvm_pmu_cap (kvm_init_pmu_capability): v2 and 3 fixed counters unless the
+        #: documented research option lifts the version cap
+        self.kvm_caps: KvmPmuCaps = KVM_7_0
+        if _as_bool("upgrade_v5", options.get("upgrade_v5", False)):
+            self.kvm_caps = KvmPmuCaps(max_version=UPGRADE_V5_VERSION)
         self.host: Any = None
         self._vcpus: list[Any] = []
 
@@ -80,13 +87,11 @@ class EmulatedMode:
         return vcpu.mode_state  # type: ignore[no-any-return]
 
     def limit_guest_pmu(self, cfg: Any) -> Any:
-        """KVM's emulated vPMU backs at most 3 fixed counters (KVM_MAX_NR_FIXED_COUNTERS;
-        `kvm_init_pmu_capability` keeps 3 unless the mediated vPMU is on), and
-        `intel_pmu_refresh` clamps the guest's CPUID.0AH:EDX count to that. Fixed counter 3
-        (topdown slots) has no perf event KVM could create for it."""
-        if cfg.fixed_counters and cfg.fixed_counters > MAX_FIXED_COUNTERS:
-            return cfg.model_copy(update={"fixed_counters": MAX_FIXED_COUNTERS})
-        return cfg
+        """`kvm_pmu_cap` (vpmu_core.hv.kvm_caps, shared with the mediated mode): version 2
+        (`kvm_init_pmu_capability`) and at most 3 fixed counters
+        (KVM_MAX_NR_INTEL_FIXED_COUNTERS; `intel_pmu_refresh` clamps CPUID.0AH:EDX to it).
+        Fixed counter 3 (topdown slots) has no perf event KVM could create for it anyway."""
+        return self.kvm_caps.limit(cfg)
 
     def exits_are_inert(self, vcpu: Any) -> bool:
         """Background exits change no vPMU state while nothing is pending: no KVM_REQ_PMU,
