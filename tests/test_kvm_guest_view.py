@@ -111,3 +111,165 @@ def test_upgrade_v5_is_a_boolean_option(mode: str) -> None:
 def test_amd_guest_is_v2_perfmon_v2(mode: str) -> None:
     v = vcpu_for("amd/zen4", mode)
     assert v.pmu.version == 2 and len(v.pmu.gp) == 6
+
+
+# ---- item 2: emulated instructions are counted after they take effect ------------------------
+COUNTING = ("intel/skylake", "intel/icelake", "intel/sapphirerapids", "amd/zen4")
+EVENT_INSTRUCTIONS = 0x00C0  # Intel SDM Table 20-1 / AMD PPR Retired Instructions
+USR, OS, INT, EN = 1 << 16, 1 << 17, 1 << 20, 1 << 22
+N = 1_000_000
+
+
+class Raw:
+    """A guest kernel driving counter 0 through raw MSRs (the vendor's role methods give the
+    addresses: Intel PERFEVTSEL0/PMC0/GLOBAL_CTRL, AMD PERF_CTL0/PERF_CTR0/GLOBAL_CTL)."""
+
+    def __init__(self, v: Any) -> None:
+        self.v = v
+        pmu = v.pmu
+        self.sel = pmu.eventsel_msr(pmu.gp[0])
+        self.ctr = pmu.counter_msrs(pmu.gp[0])[-1]  # Intel legacy PMCx / AMD PERF_CTRx
+        self.ctrl = pmu.global_msrs()["ctrl"]
+        self.status = pmu.global_msrs()["status"]
+        self.mask = pmu.gp[0].mask
+
+    def program(self, intr: bool = False) -> None:
+        self.v.wrmsr(self.sel, EVENT_INSTRUCTIONS | USR | OS | EN | (INT if intr else 0))
+
+    @property
+    def hw_globals(self) -> bool:
+        """GLOBAL_CTRL is executed by the hardware (mediated, counts equal the host's)."""
+        return self.ctrl in getattr(self.v.mode_state, "passthrough", ())
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("cpu", COUNTING)
+def test_counter_write_then_disable_reads_1001(cpu: str, mode: str) -> None:
+    """enable; N work; WRMSR PMC0=1000; WRMSR GLOBAL_CTRL=0 -> 1001: the counter write
+    retires after it took effect, the disabling write retires with GLOBAL_CTRL already 0
+    (kvm_emulate_wrmsr -> kvm_skip_emulated_instruction -> kvm_pmu_instruction_retired).
+    Where the hardware executes GLOBAL_CTRL (mediated, counts equal the host's) the
+    disabling write counts under the state before it: 1002."""
+    v = vcpu_for(cpu, mode)
+    g = Raw(v)
+    v.wrmsr(g.ctrl, 0)
+    g.program()
+    v.wrmsr(g.ctrl, 1)
+    v.execute(vpmu.Work(instructions=N))
+    v.wrmsr(g.ctr, 1000)
+    v.wrmsr(g.ctrl, 0)
+    assert v.rdmsr(g.ctr) == (1002 if g.hw_globals else 1001)
+    assert g.hw_globals == (mode != "emulated" and cpu in ("intel/skylake", "amd/zen4"))
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("cpu", COUNTING)
+def test_preset_counter_wrapped_by_the_enabling_write(cpu: str, mode: str) -> None:
+    """A counter preset to 2^48-1 is wrapped by the enabling WRMSR itself: the next RDMSR of
+    GLOBAL_STATUS sees the overflow bit, and the counter then reads 1 (that RDMSR retired
+    after its read). Hardware-executed: the enabling write counts before it took effect
+    (not at all), the status RDMSR wraps the counter after reading 0, the counter reads 0."""
+    v = vcpu_for(cpu, mode)
+    g = Raw(v)
+    v.wrmsr(g.ctrl, 0)
+    v.wrmsr(g.ctr, g.mask)
+    g.program()
+    v.wrmsr(g.ctrl, 1)
+    status = v.rdmsr(g.status)
+    value = v.rdmsr(g.ctr)
+    if g.hw_globals:
+        assert (status & 1, value) == (0, 0)
+    else:
+        assert (status & 1, value) == (1, 1)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("cpu", COUNTING)
+def test_deny_filter_mid_window_reads_n_plus_1(cpu: str, mode: str) -> None:
+    """enable; N work; deny filter for the event; N work; disable -> N + 1: the enabling
+    write was counted when it retired (after), the second N and the disabling write are
+    filtered (pmc_event_is_allowed at kvm_pmu_trigger_event time). Hardware-executed
+    GLOBAL_CTRL: the enabling write counted before (nothing), so N."""
+    v = vcpu_for(cpu, mode)
+    g = Raw(v)
+    v.wrmsr(g.ctrl, 0)
+    g.program()
+    v.wrmsr(g.ctrl, 1)
+    v.execute(vpmu.Work(instructions=N))
+    v.vm.set_pmu_event_filter(action="deny", events=[EVENT_INSTRUCTIONS])
+    v.execute(vpmu.Work(instructions=N))
+    v.wrmsr(g.ctrl, 0)
+    assert v.rdmsr(g.ctr) == (N if g.hw_globals else N + 1)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("cpu", COUNTING)
+def test_plain_window_reads_n_plus_1(cpu: str, mode: str) -> None:
+    v = vcpu_for(cpu, mode)
+    g = Raw(v)
+    v.wrmsr(g.ctrl, 0)
+    g.program()
+    v.wrmsr(g.ctrl, 1)
+    v.execute(vpmu.Work(instructions=N, branches=N // 10))
+    v.wrmsr(g.ctrl, 0)
+    assert v.rdmsr(g.ctr) == N + 1
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("cpu", COUNTING)
+def test_faulting_instructions_do_not_retire(cpu: str, mode: str) -> None:
+    """An instruction that #GPs is not skipped (KVM injects the fault), so it does not
+    retire and nothing counts it: a reserved LVTPC write, a reserved selector write, an
+    unknown MSR, a bad RDPMC index, a WRMSR at CPL 3, RDPMC at CPL 3 without CR4.PCE."""
+    v = vcpu_for(cpu, mode)
+    g = Raw(v)
+    v.wrmsr(g.ctrl, 0)
+    g.program()
+    v.wrmsr(g.ctrl, 1)  # counted when KVM emulates it (after), not when hardware runs it
+    start = 0 if g.hw_globals else 1
+    faults = [
+        lambda: v.wrmsr(0x834, 1 << 20),  # x2APIC LVTPC reserved bit
+        lambda: v.wrmsr(0xDEAD, 0),  # no such MSR
+        lambda: v.rdmsr(0xDEAD),
+        lambda: v.rdpmc(0x1234),  # no such counter
+    ]
+    if cpu.startswith("intel/"):
+        faults.append(lambda: v.wrmsr(g.sel, 1 << 40))  # EVTSEL reserved bits #GP on Intel
+    for f in faults:
+        assert gp_vector(f) == 13
+    v.cpl = 3
+    assert gp_vector(v.wrmsr, g.ctr, 0) == 13
+    assert gp_vector(v.rdpmc, 0) == 13
+    v.cpl = 0
+    assert v.rdmsr(g.ctr) == start
+
+
+@pytest.mark.parametrize("cpu", ("intel/skylake", "intel/icelake"))
+def test_faulting_lbr_access_does_not_retire(cpu: str) -> None:
+    """Emulated vLBR: a #GP on an LBR MSR (LBR_TOS >= depth, a non-canonical FROM) is
+    injected without skipping the instruction: not counted."""
+    host = vpmu.compose(cpu=cpu, mode="emulated", facilities=("lbr",), cpus=1)
+    v = host.create_vm(vcpus=1, pin=[0], exits=vpmu.ExitProfile(rate_per_s=0)).vcpus[0]
+    g = Raw(v)
+    v.wrmsr(g.ctrl, 0)
+    g.program()
+    v.wrmsr(g.ctrl, 1)
+    assert gp_vector(v.wrmsr, 0x1C9, 99) == 13  # MSR_LBR_TOS past the depth
+    assert gp_vector(v.wrmsr, 0x680, 1 << 60) == 13  # non-canonical LBR_FROM_0
+    assert v.rdmsr(g.ctr) == 1
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("cpu", COUNTING)
+def test_rdpmc_at_cpl3_needs_cr4_pce(cpu: str, mode: str) -> None:
+    """kvm_pmu_rdpmc(): CPL > 0 without CR4.PCE -> #GP (checked before any exit: SDM RDPMC);
+    with CR4.PCE the read works at CPL 3. WRMSR/RDMSR at CPL 3 always #GP."""
+    v = vcpu_for(cpu, mode)
+    g = Raw(v)
+    v.wrmsr(g.ctr, 77)
+    v.cpl = 3
+    assert gp_vector(v.rdpmc, 0) == 13
+    assert gp_vector(v.rdmsr, g.ctr) == 13
+    v.cr4_pce = True
+    assert v.rdpmc(0) == 77
+    assert gp_vector(v.wrmsr, g.ctr, 0) == 13

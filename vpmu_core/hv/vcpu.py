@@ -5,8 +5,14 @@ loop of `vcpu_enter_guest` (fastpath exits re-enter without leaving it), and VM-
 Every boundary calls the composed mode's hooks. Background exits come from the exit
 process; guest MSR/RDPMC/CPUID accesses cause their own exits when intercepted.
 
-Counting window (DESIGN §5): each guest WRMSR/RDMSR/RDPMC/CPUID retires one instruction at
-the vCPU's CPL, counted under the PMU state that existed before it took effect.
+Counting window (DESIGN §5): each guest WRMSR/RDMSR/RDPMC/CPUID that completes retires one
+instruction at the vCPU's CPL; one that #GPs does not retire and is not counted (KVM injects
+the fault and does not skip the instruction). An intercepted one is counted by KVM *after*
+it took effect: the exit handler emulates it, then `kvm_skip_emulated_instruction()` ->
+`kvm_pmu_instruction_retired()` runs inside the same exit, under the new GLOBAL_CTRL,
+selectors, counter values and event filter (arch/x86/kvm/x86.c `kvm_emulate_wrmsr`,
+`kvm_emulate_rdmsr`, `kvm_emulate_cpuid`, `kvm_emulate_rdpmc`). One the hardware executes (a
+passed-through MSR, RDPMC) counts under the state before it took effect.
 """
 
 from __future__ import annotations
@@ -493,13 +499,27 @@ class VCpu:
         if ov:
             cpu.handle_overflows(ov)
 
-    def _retire_emulated(self, token: Any) -> None:
-        """An intercepted instruction retired: KVM's emulated counting (the mode's hook),
-        and the ground truth (one guest instruction; its time is the exit's host time)."""
-        self.hooks.instruction_retired(vcpu=self, token=token)
+    def _retire_emulated(self) -> None:
+        """An intercepted instruction completed: `kvm_skip_emulated_instruction()` ->
+        `kvm_pmu_instruction_retired()` (the mode's hook, inside the exit, after the
+        instruction's effect), and the ground truth (one guest instruction; its time is the
+        exit's host time)."""
+        self.hooks.instruction_retired(vcpu=self)
         self.task.account(EMULATED_INSTRUCTION, self.cpl, True)
         row = self.host.cpu_truth[self.task.cpu][2 if self.cpl == 0 else 3]
         row[1] += 1
+
+    def _emulated(self, fn: Callable[[], Any]) -> Callable[[], Any]:
+        """The exit handler of an instruction KVM emulates: its effect, then, only if it did
+        not fault, the retirement (`_retire_emulated`). A GuestFault propagates: KVM injects
+        the #GP without skipping the instruction, so nothing counts it."""
+
+        def handler() -> Any:
+            result = fn()
+            self._retire_emulated()
+            return result
+
+        return handler
 
     def _run_guest_pmi_handler(self) -> None:
         self._guest_pmi_due = False
@@ -548,9 +568,7 @@ class VCpu:
             # KVM: unhandled MSR -> #GP injected after the exit (kvm_set_msr_common), except
             # the legacy PMU MSRs it drops
             if msr in KVM_COMMON_PMU_MSRS:
-                token = hooks.instruction_snapshot(vcpu=self)
-                self._exit("msr_write", False, False, handler=lambda: None)
-                self._retire_emulated(token)
+                self._exit("msr_write", False, False, handler=self._emulated(lambda: None))
                 return
             self._exit("msr_write", False, False, handler=_raise_gp(msr))
             return
@@ -560,7 +578,6 @@ class VCpu:
             target.wrmsr(msr, value)
             self._retire_native(plan)
             return
-        token = hooks.instruction_snapshot(vcpu=self)
 
         def emulate() -> None:
             if owner is self.lapic:
@@ -568,8 +585,7 @@ class VCpu:
             elif not hooks.guest_wrmsr(vcpu=self, msr=msr, value=value):
                 owner.wrmsr(msr, value)
 
-        self._exit("msr_write", False, False, handler=emulate)
-        self._retire_emulated(token)
+        self._exit("msr_write", False, False, handler=self._emulated(emulate))
 
     def rdmsr(self, msr: int) -> int:
         """Guest RDMSR. Raises `GuestFault` (vector 13) where hardware/KVM gives #GP."""
@@ -580,9 +596,7 @@ class VCpu:
         owner = self._owner_of(msr)
         if owner is None:
             if msr in KVM_COMMON_PMU_MSRS:  # reads 0 (kvm_get_msr_common)
-                token = hooks.instruction_snapshot(vcpu=self)
-                self._exit("msr_read", False, False, handler=lambda: 0)
-                self._retire_emulated(token)
+                self._exit("msr_read", False, False, handler=self._emulated(lambda: 0))
                 return 0
             self._exit("msr_read", False, False, handler=_raise_gp(msr))
             return 0
@@ -591,7 +605,6 @@ class VCpu:
             value = self._hw_target(msr).rdmsr(msr)
             self._retire_native(plan)
             return value
-        token = hooks.instruction_snapshot(vcpu=self)
 
         def emulate() -> int:
             if owner is self.lapic:
@@ -599,9 +612,7 @@ class VCpu:
             v = hooks.guest_rdmsr(vcpu=self, msr=msr)
             return owner.rdmsr(msr) if v is None else v
 
-        value = self._exit("msr_read", False, False, handler=emulate)
-        self._retire_emulated(token)
-        return value
+        return int(self._exit("msr_read", False, False, handler=self._emulated(emulate)))
 
     def rdpmc(self, ecx: int) -> int:
         """Guest RDPMC. #GP at CPL > 0 without CR4.PCE, for bad indexes per the vendor."""
@@ -614,22 +625,19 @@ class VCpu:
             value = self.cpu.pmu.rdpmc(ecx)
             self._retire_native(plan)
             return value
-        token = hooks.instruction_snapshot(vcpu=self)
 
         def emulate() -> int:
             v = hooks.guest_rdpmc(vcpu=self, ecx=ecx)
             return self.pmu.rdpmc(ecx) if v is None else v
 
-        value = self._exit("rdpmc", False, False, handler=emulate)
-        self._retire_emulated(token)
-        return value
+        return int(self._exit("rdpmc", False, False, handler=self._emulated(emulate)))
 
     def cpuid(self, leaf: int, subleaf: int = 0) -> tuple[int, int, int, int]:
         """Guest CPUID (always exits on VMX and SVM)."""
         self._ensure_in_guest()
-        token = self.hooks.instruction_snapshot(vcpu=self)
-        regs = self._exit("cpuid", False, False, handler=lambda: self.cpuid_table.get(leaf, subleaf))
-        self._retire_emulated(token)
+        regs: tuple[int, int, int, int] = self._exit(
+            "cpuid", False, False, handler=self._emulated(lambda: self.cpuid_table.get(leaf, subleaf))
+        )
         return regs
 
     # ---- XSAVES / migration --------------------------------------------------------------------

@@ -301,16 +301,12 @@ class ReferenceMode:
         return True
 
     @hookimpl
-    def vpmu_instruction_snapshot(self, vcpu: Any) -> Any:
-        return vcpu.pmu.plan(True)
+    def vpmu_instruction_retired(self, vcpu: Any) -> None:
+        """Counted under the state after the instruction took effect (DESIGN §5): one
+        instruction and no guest cycle, as the ground truth books it."""
+        from vpmu_core.hv.vcpu import EMULATED_INSTRUCTION
 
-    @hookimpl
-    def vpmu_instruction_retired(self, vcpu: Any, token: Any) -> None:
-        from vpmu_core.hv.vcpu import ONE_INSTRUCTION
-
-        if token is None:
-            return
-        ov = vcpu.pmu.accrue_plan(token, ONE_INSTRUCTION, vcpu.cpl)
+        ov = vcpu.pmu.accrue_plan(vcpu.pmu.plan(True), EMULATED_INSTRUCTION, vcpu.cpl)
         for pmc, _ in ov or ():
             if vcpu.pmu.raise_overflow(pmc):
                 vcpu.request_pmi()

@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from vpmu_core.errors import ConfigError, GuestFault
+from vpmu_core.errors import ConfigError
 from vpmu_core.hv.kvm_caps import KVM_7_0, UPGRADE_V5_VERSION, KvmPmuCaps
 from vpmu_core.logs import get_logger
 from vpmu_core.plugins.markers import hookimpl
@@ -95,10 +95,10 @@ class EmulatedMode:
 
     def exits_are_inert(self, vcpu: Any) -> bool:
         """Background exits change no vPMU state while nothing is pending: no KVM_REQ_PMU,
-        no emulated instruction to retire, no vLBR event needing its per-entry check. The
-        engine may then coalesce them (same counts, costs and truth)."""
+        no vLBR event needing its per-entry check. The engine may then coalesce them (same
+        counts, costs and truth)."""
         k = self.kpmu(vcpu)
-        return k is not None and not k.req_pmu and k.pending_retire is None and not k.vlbrs
+        return k is not None and not k.req_pmu and not k.vlbrs
 
     def _api(self, vcpu: Any) -> KvmPerfCalls:
         return self.kpmu(vcpu).api  # type: ignore[no-any-return]
@@ -192,7 +192,6 @@ class EmulatedMode:
     def vpmu_vm_entry(self, vcpu: Any) -> None:
         """vcpu_enter_guest request processing: KVM_REQ_PMU, then (core) KVM_REQ_PMI."""
         kpmu = self.kpmu(vcpu)
-        instructions.retire_pending(kpmu)
         if kpmu.req_pmu:
             kpmu.req_pmu = False
             kpmu.stats["req_pmu_serviced"] += 1
@@ -234,11 +233,7 @@ class EmulatedMode:
         if idx is not None:
             kpmu.pmc_in_use |= 1 << idx
         kpmu.last_changed = 0
-        try:
-            pmu.wrmsr(msr, value)
-        except GuestFault:
-            instructions.instruction_faulted(kpmu)
-            raise
+        pmu.wrmsr(msr, value)
         if msr == pmu.fixed_ctrl_msr():
             # reprogram_fixed_counters: only the fields that changed are marked in use
             for i in bits(kpmu.last_changed):
@@ -255,35 +250,21 @@ class EmulatedMode:
             return v.read(msr)
         if not vcpu.pmu.has_msr(msr):
             return None
-        try:
-            return int(vcpu.pmu.rdmsr(msr))
-        except GuestFault:
-            instructions.instruction_faulted(kpmu)
-            raise
+        return int(vcpu.pmu.rdmsr(msr))
 
     @hookimpl
     def vpmu_guest_rdpmc(self, vcpu: Any, ecx: int) -> int | None:
         """kvm_pmu_rdpmc: the vendor decodes ECX (#GP rules), the backend gives the value."""
-        kpmu = self.kpmu(vcpu)
         vcpu.charge("kvm_emulated_msr_access", vcpu.costs.kvm_emulated_msr_access)
-        try:
-            return int(vcpu.pmu.rdpmc(ecx))
-        except GuestFault:
-            instructions.instruction_faulted(kpmu)
-            raise
+        return int(vcpu.pmu.rdpmc(ecx))
 
     # ---- emulated instruction counting ------------------------------------------------------
     @hookimpl
-    def vpmu_instruction_snapshot(self, vcpu: Any) -> Any:
-        return instructions.snapshot(self.kpmu(vcpu))
-
-    @hookimpl
-    def vpmu_instruction_retired(self, vcpu: Any, token: Any) -> None:
-        """Normally already counted at the entry that ended the exit; count it here only if
-        that entry did not happen."""
-        kpmu = self.kpmu(vcpu)
-        if kpmu.pending_retire is not None and kpmu.pending_retire is token:
-            instructions.retire_pending(kpmu)
+    def vpmu_instruction_retired(self, vcpu: Any) -> None:
+        """kvm_skip_emulated_instruction() -> kvm_pmu_instruction_retired(), inside the exit
+        after the instruction took effect; the increment reaches the counter at the
+        KVM_REQ_PMU service of the next VM-entry."""
+        instructions.instruction_retired(self.kpmu(vcpu))
 
     def branch_retired(self, vcpu: Any) -> None:
         """KVM emulated a branch for the guest (`kvm_pmu_branch_retired`)."""
@@ -291,7 +272,7 @@ class EmulatedMode:
 
     def instruction_retired(self, vcpu: Any) -> None:
         """KVM emulated an instruction outside the MSR/RDPMC/CPUID paths."""
-        instructions.instruction_retired_now(self.kpmu(vcpu))
+        instructions.instruction_retired(self.kpmu(vcpu))
 
     # ---- event filter -----------------------------------------------------------------------
     def filter_changed(self, vcpu: Any) -> None:

@@ -34,7 +34,7 @@ from vpmu_core.logs import get_logger
 from vpmu_core.plugins.markers import hookimpl
 
 from vpmu_mode_mediated.coexistence import Coexistence
-from vpmu_mode_mediated.emulation import MsrEmulation, instruction_retired, instruction_snapshot
+from vpmu_mode_mediated.emulation import MsrEmulation, instruction_retired
 from vpmu_mode_mediated.global_ctrl import install_guest_view
 from vpmu_mode_mediated.intercepts import compute_intercepts
 from vpmu_mode_mediated.options import MediatedOptions
@@ -212,12 +212,8 @@ class MediatedMode:
 
     # ---- emulated instructions -----------------------------------------------------------------
     @hookimpl
-    def vpmu_instruction_snapshot(self, vcpu: Any) -> Any:
-        return instruction_snapshot(vcpu)
-
-    @hookimpl
-    def vpmu_instruction_retired(self, vcpu: Any, token: Any) -> None:
-        self.emulated_increments += instruction_retired(vcpu, token)
+    def vpmu_instruction_retired(self, vcpu: Any) -> None:
+        self.emulated_increments += instruction_retired(vcpu)
 
     # ---- PMIs and host perf ----------------------------------------------------------------------
     @hookimpl
