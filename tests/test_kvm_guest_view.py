@@ -273,3 +273,72 @@ def test_rdpmc_at_cpl3_needs_cr4_pce(cpu: str, mode: str) -> None:
     v.cr4_pce = True
     assert v.rdpmc(0) == 77
     assert gp_vector(v.wrmsr, g.ctr, 0) == 13
+
+
+# ---- item 1: IA32_DEBUGCTL always exists ----------------------------------------------------
+MSR_IA32_DEBUGCTL = 0x1D9
+MSR_PERF_CAPABILITIES = 0x345
+MSR_LBR_TOS = 0x1C9
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("cpu", INTEL)
+def test_intel_debugctl_without_guest_lbr(cpu: str, mode: str) -> None:
+    """vmx_is_valid_debugctl(): without a guest LBR, LBR and BTF are dropped silently (reads
+    0), every other bit #GPs (nothing else is in vmx_get_supported_debugctl() here)."""
+    v = vcpu_for(cpu, mode)
+    assert v.rdmsr(MSR_IA32_DEBUGCTL) == 0
+    v.wrmsr(MSR_IA32_DEBUGCTL, 0b11)  # LBR | BTF
+    assert v.rdmsr(MSR_IA32_DEBUGCTL) == 0
+    for bit in (2, 6, 7, 11, 12, 14):  # BUS_LOCK_DETECT, TR, BTS, FREEZE_LBRS, FREEZE_PERFMON, SMM
+        assert gp_vector(v.wrmsr, MSR_IA32_DEBUGCTL, 1 << bit) == 13, bit
+    assert v.rdmsr(MSR_IA32_DEBUGCTL) == 0
+
+
+@pytest.mark.parametrize("mode", ("emulated", "mediated:run_loop"))
+def test_intel_debugctl_on_a_pmu_less_guest(mode: str) -> None:
+    v = vcpu_for("intel/icelake", mode, vpmu.GuestPmuConfig(version=0))
+    v.wrmsr(MSR_IA32_DEBUGCTL, 1)
+    assert v.rdmsr(MSR_IA32_DEBUGCTL) == 0
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("cpu", AMD)
+def test_amd_debugctl(cpu: str, mode: str) -> None:
+    """svm.c: svm_get_msr() reads "lbrv ? dbgctl : 0"; svm_set_msr() without lbrv drops any
+    write, with lbrv suppresses BTF, stores LBR and #GPs DEBUGCTL_RESERVED_BITS."""
+    v = vcpu_for(cpu, mode)
+    lbrv = cpu != "amd/k8"
+    assert v.rdmsr(MSR_IA32_DEBUGCTL) == 0
+    v.wrmsr(MSR_IA32_DEBUGCTL, 0b11)  # LBR | BTF
+    assert v.rdmsr(MSR_IA32_DEBUGCTL) == (1 if lbrv else 0)
+    assert gp_vector(v.wrmsr, MSR_IA32_DEBUGCTL, 1 << 6) == (13 if lbrv else 0)
+    v.wrmsr(MSR_IA32_DEBUGCTL, 0)
+    assert v.rdmsr(MSR_IA32_DEBUGCTL) == 0
+
+
+# ---- item 4: PERF_CAPABILITIES[5:0] only with the LBR MSRs ----------------------------------
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("cpu", ("intel/skylake", "intel/icelake"))
+def test_no_lbr_facility_no_lbr_format(cpu: str, mode: str) -> None:
+    """vmx_get_perf_capabilities()/intel_pmu_refresh(): the LBR format is advertised only
+    when the guest really has the LBR MSRs; without the facility it is 0 and LBR_TOS #GPs
+    consistently."""
+    v = vcpu_for(cpu, mode)
+    assert v.rdmsr(MSR_PERF_CAPABILITIES) & 0x3F == 0
+    assert v.rdmsr(MSR_PERF_CAPABILITIES) & (1 << 13)  # full-width writes stay
+    assert gp_vector(v.rdmsr, MSR_LBR_TOS) == 13
+
+
+@pytest.mark.parametrize("cpu", ("intel/skylake", "intel/icelake"))
+def test_lbr_facility_gives_format_and_msrs(cpu: str) -> None:
+    host = vpmu.compose(cpu=cpu, mode="emulated", facilities=("lbr",), cpus=1)
+    v = host.create_vm(vcpus=1, pin=[0]).vcpus[0]
+    assert v.rdmsr(MSR_PERF_CAPABILITIES) & 0x3F == 5
+    assert gp_vector(v.rdmsr, MSR_LBR_TOS) == 0
+
+
+def test_guest_lbr_without_facility_is_refused() -> None:
+    host = vpmu.compose(cpu="intel/icelake", mode="emulated", cpus=1)
+    with pytest.raises(vpmu.ConfigError):
+        host.create_vm(vcpus=1, pmu=vpmu.GuestPmuConfig(lbr=True))

@@ -97,8 +97,10 @@ class MsrEmulation:
             if loaded:
                 self.switcher.reprogram_fixed_ctrl(vcpu)
             return True
-        if not loaded:
-            return None  # the core writes vcpu.pmu: the saved state is authoritative
+        if not loaded or msr not in st.state_msrs:
+            # not loaded: the core writes vcpu.pmu, the saved state is authoritative; an MSR
+            # that is no counter/global state (IA32_DEBUGCTL) needs no hardware sync
+            return None
         self.switcher.pull(vcpu)
         vcpu.pmu.wrmsr(msr, value)
         self.switcher.push(vcpu)
@@ -108,7 +110,7 @@ class MsrEmulation:
         st: VcpuState | None = vcpu.mode_state
         if st is None or not st.enabled or st.loaded_cpu is None:
             return None
-        if msr not in st.selector_msrs and msr != st.fixed_ctrl_msr:
+        if msr in st.state_msrs and msr not in st.selector_msrs and msr != st.fixed_ctrl_msr:
             self.switcher.pull(vcpu)
         return None
 
