@@ -342,3 +342,127 @@ def test_guest_lbr_without_facility_is_refused() -> None:
     host = vpmu.compose(cpu="intel/icelake", mode="emulated", cpus=1)
     with pytest.raises(vpmu.ConfigError):
         host.create_vm(vcpus=1, pmu=vpmu.GuestPmuConfig(lbr=True))
+
+
+# ---- item 5: IA32_XSS -----------------------------------------------------------------------
+MSR_IA32_XSS = 0xDA0
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("cpu", ("intel/icelake", "intel/sapphirerapids", "amd/zen4"))
+def test_no_xsaves_no_ia32_xss(cpu: str, mode: str) -> None:
+    """Without XSAVES in the guest CPUID (no Arch LBR component here) IA32_XSS #GPs
+    (kvm_get_msr_common/kvm_set_msr_common) and XSAVES/XRSTORS #UD (SDM Vol. 2 XSAVES)."""
+    v = vcpu_for(cpu, mode)
+    assert not v.cpuid(0xD, 1)[0] & (1 << 3)
+    assert gp_vector(v.rdmsr, MSR_IA32_XSS) == 13
+    assert gp_vector(v.wrmsr, MSR_IA32_XSS, 0) == 13
+    assert gp_vector(v.xsaves, 1 << 15) == 6
+
+
+@pytest.mark.parametrize(
+    ("mode", "opts"), [("emulated", {}), ("mediated", {"facilities": "passthrough", "switch_at": "run_loop"})]
+)
+def test_arch_lbr_guest_has_ia32_xss(mode: str, opts: dict[str, str]) -> None:
+    host = vpmu.compose(cpu="intel/sapphirerapids", mode=mode, facilities=("arch_lbr",), cpus=1, mode_options=opts)
+    v = host.create_vm(vcpus=1, pin=[0]).vcpus[0]
+    assert v.rdmsr(MSR_IA32_XSS) == 0
+    assert gp_vector(v.wrmsr, MSR_IA32_XSS, 1 << 11) == 13  # CET_U: not this guest's
+    v.wrmsr(MSR_IA32_XSS, 1 << 15)
+    assert v.rdmsr(MSR_IA32_XSS) == 1 << 15
+    assert 15 in v.xsaves(1 << 15).components
+
+
+# ---- host-initiated access (KVM_GET_MSRS / KVM_SET_MSRS) ------------------------------------
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("cpu", ("intel/skylake", "intel/icelake"))
+def test_host_initiated_intel_rules(cpu: str, mode: str) -> None:
+    """kvm_pmu_set_msr(): GLOBAL_STATUS is writable by the host only; PERF_CAPABILITIES may
+    be restored to its value only (vmx_set_msr / the model keeps it fixed); no exit and no
+    guest instruction is involved."""
+    v = vcpu_for(cpu, mode)
+    g = Raw(v)
+    v.wrmsr(g.ctrl, 0)
+    g.program()
+    v.wrmsr(g.ctrl, 1)
+    assert gp_vector(v.wrmsr, MSR_GLOBAL_STATUS, 1) == 13
+    exits = dict(v.stats.exits)
+    v.host_set_msr(MSR_GLOBAL_STATUS, 1)
+    assert v.host_get_msr(MSR_GLOBAL_STATUS) & 1
+    caps = v.host_get_msr(MSR_PERF_CAPABILITIES)
+    v.host_set_msr(MSR_PERF_CAPABILITIES, caps)
+    with pytest.raises(vpmu.PerfError):
+        v.host_set_msr(MSR_PERF_CAPABILITIES, caps ^ (1 << 13))
+    with pytest.raises(vpmu.PerfError):
+        v.host_get_msr(0xDEAD)
+    v.host_set_msr(g.ctr, 5000)
+    assert v.host_get_msr(g.ctr) == 5000
+    assert dict(v.stats.exits) == exits  # host-initiated accesses never exit
+    # the counter counts on from the host-written value (no guest instruction in between)
+    v.execute(vpmu.Work(instructions=1000))
+    assert v.host_get_msr(g.ctr) == 6000
+    assert v.rdmsr(MSR_GLOBAL_STATUS) & 1
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_host_initiated_amd_status_clr_set_ignored(mode: str) -> None:
+    """kvm_pmu_set_msr(): AMD GLOBAL_STATUS_CLR/SET act on guest writes only; GLOBAL_STATUS
+    is read-only to the guest (the write is ignored, no #GP: "Per PPR, Read-only MSR. Writes
+    are ignored") and host-writable."""
+    v = vcpu_for("amd/zen4", mode)
+    status, clr, setr = 0xC0000300, 0xC0000302, 0xC0000303
+    v.wrmsr(status, 0b11)  # ignored, no #GP
+    assert v.rdmsr(status) == 0
+    v.host_set_msr(setr, 0b1)  # host write ignored
+    assert v.host_get_msr(status) == 0
+    v.host_set_msr(status, 0b10)
+    assert v.rdmsr(status) == 0b10
+    v.host_set_msr(clr, 0b10)  # host write ignored
+    assert v.rdmsr(status) == 0b10
+    v.wrmsr(clr, 0b10)
+    v.wrmsr(setr, 0b100)
+    assert v.rdmsr(status) == 0b100
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("cpu", COUNTING)
+def test_save_state_is_expressible_through_host_msrs(cpu: str, mode: str) -> None:
+    """What save_state carries for the PMU is KVM_GET_MSRS of the vendor's state MSRs, and
+    KVM_SET_MSRS of them on another vCPU gives the same guest view."""
+    v = vcpu_for(cpu, mode)
+    g = Raw(v)
+    v.wrmsr(g.ctrl, 0)
+    g.program()
+    v.wrmsr(g.ctrl, 1)
+    v.execute(vpmu.Work(instructions=N))
+    v.wrmsr(g.ctrl, 0)
+    msrs = {m: v.host_get_msr(m) for m in v.pmu.state_msrs()}
+    assert msrs == {int(k): val for k, val in v.save_state()["pmu"].items()}
+    w = vcpu_for(cpu, mode)
+    for m, val in msrs.items():
+        w.host_set_msr(m, val)
+    assert {m: w.host_get_msr(m) for m in msrs} == msrs
+    assert w.rdmsr(g.ctr) == N + 1
+
+
+# ---- item 7: which global/legacy MSRs an AMD guest reaches -----------------------------------
+@pytest.mark.parametrize("mode", MODES)
+def test_amd_k7_msrs_follow_kvm_pmu_is_valid_msr(mode: str) -> None:
+    """amd_is_valid_msr(): K7 EVNTSEL/PERFCTR0-3 are valid for any version > 0 (a counter
+    past the guest's count then #GPs in amd_pmu_get_msr/set_msr); GLOBAL_CTL/STATUS/
+    STATUS_CLR/STATUS_SET for version > 1; a version-0 guest's K7 MSRs read 0 and drop
+    writes (kvm_get_msr_common / kvm_set_msr_common)."""
+    v = vcpu_for("amd/zen4", mode, vpmu.GuestPmuConfig(gp_counters=2))
+    assert len(v.pmu.gp) == 2
+    for msr in (0xC0010002, 0xC0010003, 0xC0010006, 0xC0010007):
+        assert gp_vector(v.rdmsr, msr) == 13, hex(msr)
+        assert gp_vector(v.wrmsr, msr, 0) == 13, hex(msr)
+    assert gp_vector(v.rdmsr, 0xC0010205) == 13  # F15H PERF_CTR2: not the guest's
+    for msr in (0xC0000300, 0xC0000301, 0xC0000302, 0xC0000303):
+        assert gp_vector(v.rdmsr, msr) == 0, hex(msr)
+    v1 = vcpu_for("amd/zen2", "emulated")
+    for msr in (0xC0000300, 0xC0000301, 0xC0000302, 0xC0000303):
+        assert gp_vector(v1.rdmsr, msr) == 13, hex(msr)  # version 1: no global MSRs
+    off = vcpu_for("amd/zen4", mode, vpmu.GuestPmuConfig(version=0))
+    off.wrmsr(0xC0010004, 5)
+    assert off.rdmsr(0xC0010004) == 0

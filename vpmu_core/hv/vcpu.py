@@ -17,6 +17,7 @@ passed-through MSR, RDPMC) counts under the state before it took effect.
 
 from __future__ import annotations
 
+import errno
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from vpmu_core.engine.exits import ExitProcess
 from vpmu_core.engine.host import derive_seed
 from vpmu_core.engine.task import Task
-from vpmu_core.errors import GuestFault, gp
+from vpmu_core.errors import GuestFault, PerfError, gp
 from vpmu_core.events import N_KINDS, Work, WorkCursor, split_counts
 from vpmu_core.hv.lapic import X2APIC_LVTPC, LvtPc
 from vpmu_core.logs import get_logger
@@ -117,6 +118,10 @@ class VCpu:
         for name, fac in host.facilities.items():
             if name in self.facilities:
                 fac.adjust_cpuid(self.cpuid_table, guest=True)
+        from vpmu_core.hv.xsave import Ia32Xss
+
+        #: IA32_XSS, present when the guest CPUID advertises XSAVES (x86.c kvm_set_msr_common)
+        self.xss = Ia32Xss.for_cpuid(self.cpuid_table)
         self.lapic = LvtPc()
         #: KVM masks the LVTPC on PMI delivery only for Intel-compatible guests (lapic.py)
         self._lvtpc_mask_on_pmi = bool(getattr(host.model, "lvtpc_masked_on_pmi", True))
@@ -540,6 +545,8 @@ class VCpu:
         for f in self.facilities.values():
             if f.has_msr(msr):
                 return f
+        if self.xss is not None and self.xss.has_msr(msr):
+            return self.xss
         return None
 
     def _hw_target(self, msr: int) -> Any:
@@ -640,15 +647,90 @@ class VCpu:
         )
         return regs
 
+    # ---- host-initiated MSR access (KVM_GET_MSRS / KVM_SET_MSRS) --------------------------------
+    def _host_owner(self, msr: int, op: str) -> Any:
+        owner = self._owner_of(msr)
+        if owner is None and msr not in KVM_COMMON_PMU_MSRS:
+            # the ioctl stops at an MSR KVM does not know: it processed 0 of 1 MSRs
+            raise PerfError(errno.EINVAL, f"{op}: MSR {msr:#x} is not supported for this vCPU")
+        return owner
+
+    def host_get_msr(self, msr: int) -> int:
+        """KVM_GET_MSRS of one MSR (a VMM, migration): `msr_info->host_initiated` is true, no
+        VM-exit, no guest instruction. The mode first brings the saved state up to date (a
+        mediated vCPU whose context is loaded: the live hardware values). Raises
+        `PerfError(EINVAL)` for an MSR KVM does not handle for this vCPU; the legacy PMU MSRs
+        KVM's common code answers read 0 (kvm_get_msr_common)."""
+        owner = self._host_owner(msr, "KVM_GET_MSRS")
+        if owner is None:
+            return 0
+        if owner is self.lapic:
+            return self.lapic.value
+        self.hooks.vcpu_save_state(vcpu=self, state={})
+        try:
+            return int(self._host_access(owner, lambda: owner.rdmsr(msr)))
+        except GuestFault as e:
+            raise PerfError(errno.EINVAL, f"KVM_GET_MSRS: MSR {msr:#x}: {e}") from None
+
+    def host_set_msr(self, msr: int, value: int) -> None:
+        """KVM_SET_MSRS of one MSR: the vendor's `host_initiated` rules apply (e.g. Intel
+        GLOBAL_STATUS is writable by the host only, PERF_CAPABILITIES may only be restored to
+        its value, AMD GLOBAL_STATUS_CLR/SET ignore host writes, legacy PMCx take the value
+        whole), then the mode rebuilds its backing as after a restore (kvm_pmu_set_msr ->
+        reprogram; mediated: the loaded hardware is synced). A value KVM rejects raises
+        `PerfError(EINVAL)` (the ioctl processed 0 MSRs); nothing counts as a guest
+        instruction or exits."""
+        if not isinstance(value, int) or value < 0 or value >> 64:
+            raise PerfError(errno.EINVAL, "KVM_SET_MSRS: value must fit 64 bits")
+        owner = self._host_owner(msr, "KVM_SET_MSRS")
+        if owner is None:
+            return  # dropped (kvm_set_msr_common)
+        if owner is self.lapic:
+            try:
+                self.lapic.write(value)
+            except GuestFault as e:
+                raise PerfError(errno.EINVAL, f"KVM_SET_MSRS: MSR {msr:#x}: {e}") from None
+            return
+        self.hooks.vcpu_save_state(vcpu=self, state={})
+        try:
+            self._host_access(owner, lambda: owner.wrmsr(msr, value))
+        except GuestFault as e:
+            raise PerfError(errno.EINVAL, f"KVM_SET_MSRS: MSR {msr:#x} = {value:#x}: {e}") from None
+        finally:
+            self.hooks.vcpu_restore_state(vcpu=self, state={})
+
+    @staticmethod
+    def _host_access(owner: Any, fn: Callable[[], Any]) -> Any:
+        """Run `fn` with the owner's `host_initiated` flag set (vendor PMUs implement it)."""
+        if not hasattr(owner, "host_initiated"):
+            return fn()
+        owner.host_initiated = True
+        try:
+            return fn()
+        finally:
+            owner.host_initiated = False
+
     # ---- XSAVES / migration --------------------------------------------------------------------
+    def _rfbm(self, mask: int, op: str) -> int:
+        """The requested-feature bitmap of XSAVES/XRSTORS: EDX:EAX & (XCR0 | IA32_XSS) (SDM
+        Vol. 1 13.2, 13.11-13.12). The PMU components are supervisor state (never in XCR0),
+        so only IA32_XSS selects them. #UD without XSAVES in the guest CPUID."""
+        if self.xss is None:
+            raise GuestFault(6, f"{op}: CPUID.(0DH,1):EAX.XSAVES = 0")
+        return mask & self.xss.value
+
     def xsaves(self, mask: int) -> Any:
-        """Guest XSAVES of the PMU components in `mask` (e.g. 1 << 15 for Arch LBR)."""
+        """Guest XSAVES of the PMU components in `mask` (e.g. 1 << 15 for Arch LBR), as far as
+        IA32_XSS enables them (RFBM = mask & (XCR0 | IA32_XSS))."""
         from vpmu_core.hv.xsave import XsaveArea
 
+        if mask < 0 or mask >> 64:
+            raise gp("XSAVES: bad mask")
         self._ensure_in_guest()
-        area = self.hooks.guest_xsaves(vcpu=self, mask=mask)
+        rfbm = self._rfbm(mask, "XSAVES")
+        area = self.hooks.guest_xsaves(vcpu=self, mask=rfbm)
         if area is None:
-            area = XsaveArea.save(self.facilities.values(), mask)
+            area = XsaveArea.save(self.facilities.values(), rfbm)
         self._retire_native(self.cpu.pmu.plan(True))
         return area
 
@@ -659,8 +741,9 @@ class VCpu:
         if not isinstance(area, XsaveArea) or mask < 0 or mask >> 64:
             raise gp("XRSTORS: not an XSAVE area of this vCPU or bad mask")  # SDM Vol. 1 13.12
         self._ensure_in_guest()
-        if self.hooks.guest_xrstors(vcpu=self, area=area, mask=mask) is None:
-            area.restore(self.facilities.values(), mask)
+        rfbm = self._rfbm(mask, "XRSTORS")
+        if self.hooks.guest_xrstors(vcpu=self, area=area, mask=rfbm) is None:
+            area.restore(self.facilities.values(), rfbm)
         self._retire_native(self.cpu.pmu.plan(True))
 
     def save_state(self) -> dict[str, Any]:

@@ -280,6 +280,7 @@ class ToyModel:
         t.set(0, (TOY_CPUID_LEAF, 0x796F54, 0, 0))
         n, f = (self.gp_n, 1) if guest is None else (guest.gp_counters or 0, guest.fixed_counters or 0)
         t.set(TOY_CPUID_LEAF, (n, f, 48, 0))
+        t.set(0xD, (1 << 3, 0, 0, 0), subleaf=1)  # XSAVES, no supervisor component
         return t
 
     def describe(self) -> dict[str, Any]:

@@ -116,6 +116,14 @@ class AmdPmu(PmuBase):
                 self._reg(K7_EVNTSEL0 + i, self._sel_reader(i), self._sel_writer(i))
                 self._reg(K7_PERFCTR0 + i, self._ctr_reader(i), self._ctr_writer(i))
         # Counters past n have no MSR: PmuBase raises #GP (KVM: `amd_pmc_idx_to_pmc` NULL).
+        if self.guest:
+            # kvm_pmu_is_valid_msr() -> amd_is_valid_msr(): "case MSR_K7_EVNTSEL0 ...
+            # MSR_K7_PERFCTR3: return pmu->version > 0", so KVM's common code does not answer
+            # them with 0 (kvm_get_msr_common); amd_pmu_get_msr/set_msr find no pmc for a
+            # counter past nr_arch_gp_counters and return 1: #GP, both directions.
+            for i in range(n, K7_NUM):
+                for msr in (K7_EVNTSEL0 + i, K7_PERFCTR0 + i):
+                    self._reg(msr, _k7_absent(msr), _k7_absent(msr))
         if self.perfmon_v2:
             self._reg(GLOBAL_STATUS, lambda: self._global_status, self._write_status)
             self._reg(GLOBAL_CTL, lambda: self._global_ctl, self._write_global_ctl)
@@ -288,6 +296,13 @@ class AmdPmu(PmuBase):
         d = super().describe()
         d.update(ext_core=self.ext_core, perfmon_v2=self.perfmon_v2, guest=self.guest)
         return d
+
+
+def _k7_absent(msr: int) -> Any:
+    def fault(*_: int) -> int:
+        raise gp(f"MSR {msr:#x}: K7 counter past the guest's count (amd_pmu_get_msr: no pmc)")
+
+    return fault
 
 
 def _host_guest_filter(sel: int, svme: bool) -> tuple[bool, bool]:
