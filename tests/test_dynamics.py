@@ -202,16 +202,22 @@ def test_profile_without_fastpath_reasons_uses_the_tsc_deadline_write():
 
 # ---- ground truth starts where counting starts --------------------------------------------
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("cpu", ("intel/icelake", "amd/zen4", "amd/zen2"))
-def test_guest_perf_stat_reads_exactly_its_truth(cpu, mode):
+@pytest.mark.parametrize("cpu", ("intel/icelake", "intel/skylake", "amd/zen4", "amd/zen2"))
+def test_guest_perf_stat_reads_its_truth_but_for_the_enabling_instruction(cpu, mode):
     """The driver's programming WRMSRs retire before the counter counts: they are not in the
-    event's truth (they were, and every guest instruction event read 3 below it)."""
+    event's truth (they were, and every guest instruction event read 3 below it). What is
+    left is the counting rule's edge (DESIGN §5): the WRMSR that enables the counter counts
+    when KVM emulates it (after it took effect), not when the hardware executes it (the
+    mediated vPMU passes GLOBAL_CTRL through on Skylake, DEBUGCTL aside)."""
     host = compose(cpu, mode)
     vm = host.create_vm(vcpus=1, pin=[0], exits=vpmu.ExitProfile(rate_per_s=20_000))
     for ev in ("instructions", "cycles", "branches"):
         vm.guest_perf.perf_event_open(vpmu.PerfEventAttr(config=ev), cpu=0)
     vm.vcpus[0].execute(vpmu.Work(instructions=5_000_000, cycles=7_000_000, branches=900_000))
-    rows = [e for e in host.report()["events"] if e["scope"].startswith("guest:")]
-    assert len(rows) == 3
-    for e in rows:
-        assert e["value"] == e["truth"], e
+    rows = {e["label"]: e for e in host.report()["events"] if e["scope"].startswith("guest:")}
+    assert set(rows) == {"instructions", "cycles", "branches"}
+    passed_through = cpu == "intel/skylake" and mode.startswith("mediated")
+    edge = 0 if passed_through else 1
+    assert rows["instructions"]["value"] == rows["instructions"]["truth"] + edge
+    assert rows["cycles"]["value"] == rows["cycles"]["truth"]
+    assert rows["branches"]["value"] == rows["branches"]["truth"]

@@ -342,18 +342,11 @@ window_op = st.one_of(
     st.tuples(st.just("cpuid"), st.sampled_from([0, 0xA, 0x80000001]), st.integers(0, 1)),
 )
 
-#: DESIGN §5 "one that faults (#GP) does not retire and is not counted". The emulated mode
-#: counts an intercepted instruction at the VM-entry that follows its exit even when the
-#: exit injected #GP (the reserved-LVTPC write, unknown MSRs, LBR MSRs): KVM does not skip a
-#: faulting instruction (kvm_skip_emulated_instruction is not reached), so it never reaches
-#: kvm_pmu_instruction_retired. The fidelity branch changes this; remove the xfail then.
-FAULT_XFAIL = pytest.mark.xfail(
-    strict=True,
-    reason="emulated mode counts #GP-ing intercepted WRMSR/RDMSR/RDPMC as retired (fidelity branch fixes it)",
-)
-FAULT_COMBOS = [
-    pytest.param(c, id=i, marks=[FAULT_XFAIL] if c[1] == "emulated" else []) for c, i in zip(COMBOS, IDS, strict=True)
-]
+#: DESIGN §5 "one that faults (#GP) does not retire and is not counted": KVM injects the
+#: fault and does not skip the instruction, so kvm_skip_emulated_instruction() ->
+#: kvm_pmu_instruction_retired() is never reached (the reserved-LVTPC write, unknown MSRs,
+#: LBR MSRs without the facility).
+FAULT_COMBOS = [pytest.param(c, id=i) for c, i in zip(COMBOS, IDS, strict=True)]
 
 
 @pytest.mark.parametrize("combo", FAULT_COMBOS)

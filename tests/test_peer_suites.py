@@ -795,6 +795,22 @@ def test_kut_pmu_lbr(config: str) -> None:
     assert skipped != has_lbr, report.lines
 
 
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("cpu", ("intel/skylake", "intel/icelake"))
+def test_kut_pmu_lbr_without_the_facility_skips(cpu: str, mode: str) -> None:
+    """Issue 11: a composition without the LBR facility gives the guest no LBR MSRs, so
+    PERF_CAPABILITIES[5:0] must be 0 (vmx_get_perf_capabilities) and pmu_lbr.c skips
+    instead of failing on LBR_TOS/FROM #GPs; its DEBUGCTL.LBR writes are dropped, not #GP
+    (vmx_is_valid_debugctl)."""
+    report = Report()
+    v = make_vcpu_or_skip(cpu, mode)
+    kut_pmu_lbr_main(v, report)
+    assert not report.failures(), report.failures()
+    assert any(n.startswith("skip: No LBR") for n, _, _ in report.lines), report.lines
+    assert faults(v.wrmsr, MSR_IA32_DEBUGCTLMSR, DEBUGCTLMSR_LBR) == 0
+    assert v.rdmsr(MSR_IA32_DEBUGCTLMSR) == 0
+
+
 # =========================================================================================
 # selftests x86/pmu_counters_test.c
 # =========================================================================================

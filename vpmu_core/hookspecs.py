@@ -228,25 +228,18 @@ def vpmu_guest_rdpmc(vcpu: Any, ecx: int) -> int | None:
     """
 
 
-@hookspec(firstresult=True)
-def vpmu_instruction_snapshot(vcpu: Any) -> Any:
-    """Before an instruction KVM emulates takes effect: what would count it now.
-
-    The counting window of DESIGN §5: an emulated (intercepted) instruction is counted
-    under the PMU state that existed before it took effect.
-
-    :return: an opaque token passed to ``vpmu_instruction_retired``.
-
-    .. versionadded:: 0.1
-    """
-
-
 @hookspec
-def vpmu_instruction_retired(vcpu: Any, token: Any) -> None:
-    """An emulated instruction retired (kvm_pmu_instruction_retired); ``token`` comes from
-    ``vpmu_instruction_snapshot``.
+def vpmu_instruction_retired(vcpu: Any) -> None:
+    """An instruction KVM emulates (an intercepted WRMSR, RDMSR, RDPMC or CPUID) completed:
+    called inside its VM-exit, after its effect (`kvm_skip_emulated_instruction()` ->
+    `kvm_pmu_instruction_retired()`), never for one that faulted. The counting window of
+    DESIGN §5: count it under the PMU state as it is now (new GLOBAL_CTRL, selectors,
+    counter values, event filter).
 
     .. versionadded:: 0.1
+    .. versionchanged:: 0.2
+       called after the instruction took effect; ``vpmu_instruction_snapshot`` and the
+       ``token`` argument are gone (issue 11).
     """
 
 

@@ -13,6 +13,8 @@ import logging
 from typing import Any
 
 _DEBUG, _INFO, _WARNING, _ERROR = logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR
+# a library stays silent until the application configures logging (no "last resort" output)
+logging.getLogger("vpmu").addHandler(logging.NullHandler())
 
 
 def _render(event: str, fields: dict[str, Any]) -> str:

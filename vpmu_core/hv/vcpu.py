@@ -5,12 +5,19 @@ loop of `vcpu_enter_guest` (fastpath exits re-enter without leaving it), and VM-
 Every boundary calls the composed mode's hooks. Background exits come from the exit
 process; guest MSR/RDPMC/CPUID accesses cause their own exits when intercepted.
 
-Counting window (DESIGN §5): each guest WRMSR/RDMSR/RDPMC/CPUID retires one instruction at
-the vCPU's CPL, counted under the PMU state that existed before it took effect.
+Counting window (DESIGN §5): each guest WRMSR/RDMSR/RDPMC/CPUID that completes retires one
+instruction at the vCPU's CPL; one that #GPs does not retire and is not counted (KVM injects
+the fault and does not skip the instruction). An intercepted one is counted by KVM *after*
+it took effect: the exit handler emulates it, then `kvm_skip_emulated_instruction()` ->
+`kvm_pmu_instruction_retired()` runs inside the same exit, under the new GLOBAL_CTRL,
+selectors, counter values and event filter (arch/x86/kvm/x86.c `kvm_emulate_wrmsr`,
+`kvm_emulate_rdmsr`, `kvm_emulate_cpuid`, `kvm_emulate_rdpmc`). One the hardware executes (a
+passed-through MSR, RDPMC) counts under the state before it took effect.
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 from collections import Counter
 from collections.abc import Callable
@@ -21,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 from vpmu_core.engine.exits import FASTPATH_REASONS, ExitProcess
 from vpmu_core.engine.host import derive_seed
 from vpmu_core.engine.task import Task
-from vpmu_core.errors import GuestFault, VmDestroyedError, gp
+from vpmu_core.errors import GuestFault, PerfError, VmDestroyedError, gp
 from vpmu_core.events import N_KINDS, Work, WorkCursor
 from vpmu_core.hv.lapic import X2APIC_LVTPC, LvtPc
 from vpmu_core.logs import get_logger
@@ -130,6 +137,10 @@ class VCpu:
         for name, fac in host.facilities.items():
             if name in self.facilities:
                 fac.adjust_cpuid(self.cpuid_table, guest=True)
+        from vpmu_core.hv.xsave import Ia32Xss
+
+        #: IA32_XSS, present when the guest CPUID advertises XSAVES (x86.c kvm_set_msr_common)
+        self.xss = Ia32Xss.for_cpuid(self.cpuid_table)
         self.lapic = LvtPc()
         #: KVM masks the LVTPC on PMI delivery only for Intel-compatible guests (lapic.py)
         self._lvtpc_mask_on_pmi = bool(getattr(host.model, "lvtpc_masked_on_pmi", True))
@@ -462,13 +473,27 @@ class VCpu:
         if ov:
             cpu.handle_overflows(ov)
 
-    def _retire_emulated(self, token: Any) -> None:
-        """An intercepted instruction retired: KVM's emulated counting (the mode's hook),
-        and the ground truth (one guest instruction; its time is the exit's host time)."""
-        self.hooks.instruction_retired(vcpu=self, token=token)
+    def _retire_emulated(self) -> None:
+        """An intercepted instruction completed: `kvm_skip_emulated_instruction()` ->
+        `kvm_pmu_instruction_retired()` (the mode's hook, inside the exit, after the
+        instruction's effect), and the ground truth (one guest instruction; its time is the
+        exit's host time)."""
+        self.hooks.instruction_retired(vcpu=self)
         self.task.account(EMULATED_INSTRUCTION, self.cpl, True)
         row = self.host.cpu_truth[self.task.cpu][2 if self.cpl == 0 else 3]
         row[1] += 1
+
+    def _emulated(self, fn: Callable[[], Any]) -> Callable[[], Any]:
+        """The exit handler of an instruction KVM emulates: its effect, then, only if it did
+        not fault, the retirement (`_retire_emulated`). A GuestFault propagates: KVM injects
+        the #GP without skipping the instruction, so nothing counts it."""
+
+        def handler() -> Any:
+            result = fn()
+            self._retire_emulated()
+            return result
+
+        return handler
 
     def _run_guest_pmi_handler(self) -> None:
         self._guest_pmi_due = False
@@ -489,6 +514,8 @@ class VCpu:
         for f in self.facilities.values():
             if f.has_msr(msr):
                 return f
+        if self.xss is not None and self.xss.has_msr(msr):
+            return self.xss
         return None
 
     def _hw_target(self, msr: int) -> Any:
@@ -518,9 +545,7 @@ class VCpu:
             # KVM: unhandled MSR -> #GP injected after the exit (kvm_set_msr_common), except
             # the legacy PMU MSRs it drops
             if msr in KVM_COMMON_PMU_MSRS:
-                token = hooks.instruction_snapshot(vcpu=self)
-                self._exit("msr_write", False, False, handler=lambda: None)
-                self._retire_emulated(token)
+                self._exit("msr_write", False, False, handler=self._emulated(lambda: None))
                 return
             self._exit("msr_write", False, False, handler=_raise_gp(msr))
             return
@@ -530,7 +555,6 @@ class VCpu:
             target.wrmsr(msr, value)
             self._retire_native(plan)
             return
-        token = hooks.instruction_snapshot(vcpu=self)
 
         def emulate() -> None:
             if owner is self.lapic:
@@ -538,8 +562,7 @@ class VCpu:
             elif not hooks.guest_wrmsr(vcpu=self, msr=msr, value=value):
                 owner.wrmsr(msr, value)
 
-        self._exit("msr_write", False, False, handler=emulate)
-        self._retire_emulated(token)
+        self._exit("msr_write", False, False, handler=self._emulated(emulate))
 
     @guest_facing
     def rdmsr(self, msr: int) -> int:
@@ -551,9 +574,7 @@ class VCpu:
         owner = self._owner_of(msr)
         if owner is None:
             if msr in KVM_COMMON_PMU_MSRS:  # reads 0 (kvm_get_msr_common)
-                token = hooks.instruction_snapshot(vcpu=self)
-                self._exit("msr_read", False, False, handler=lambda: 0)
-                self._retire_emulated(token)
+                self._exit("msr_read", False, False, handler=self._emulated(lambda: 0))
                 return 0
             self._exit("msr_read", False, False, handler=_raise_gp(msr))
             return 0
@@ -562,7 +583,6 @@ class VCpu:
             value = self._hw_target(msr).rdmsr(msr)
             self._retire_native(plan)
             return value
-        token = hooks.instruction_snapshot(vcpu=self)
 
         def emulate() -> int:
             if owner is self.lapic:
@@ -570,9 +590,7 @@ class VCpu:
             v = hooks.guest_rdmsr(vcpu=self, msr=msr)
             return owner.rdmsr(msr) if v is None else v
 
-        value = self._exit("msr_read", False, False, handler=emulate)
-        self._retire_emulated(token)
-        return value
+        return int(self._exit("msr_read", False, False, handler=self._emulated(emulate)))
 
     @guest_facing
     def rdpmc(self, ecx: int) -> int:
@@ -586,35 +604,109 @@ class VCpu:
             value = self.cpu.pmu.rdpmc(ecx)
             self._retire_native(plan)
             return value
-        token = hooks.instruction_snapshot(vcpu=self)
 
         def emulate() -> int:
             v = hooks.guest_rdpmc(vcpu=self, ecx=ecx)
             return self.pmu.rdpmc(ecx) if v is None else v
 
-        value = self._exit("rdpmc", False, False, handler=emulate)
-        self._retire_emulated(token)
-        return value
+        return int(self._exit("rdpmc", False, False, handler=self._emulated(emulate)))
 
     @guest_facing
     def cpuid(self, leaf: int, subleaf: int = 0) -> tuple[int, int, int, int]:
         """Guest CPUID (always exits on VMX and SVM)."""
         self._ensure_in_guest()
-        token = self.hooks.instruction_snapshot(vcpu=self)
-        regs = self._exit("cpuid", False, False, handler=lambda: self.cpuid_table.get(leaf, subleaf))
-        self._retire_emulated(token)
+        regs: tuple[int, int, int, int] = self._exit(
+            "cpuid", False, False, handler=self._emulated(lambda: self.cpuid_table.get(leaf, subleaf))
+        )
         return regs
 
+    # ---- host-initiated MSR access (KVM_GET_MSRS / KVM_SET_MSRS) --------------------------------
+    def _host_owner(self, msr: int, op: str) -> Any:
+        owner = self._owner_of(msr)
+        if owner is None and msr not in KVM_COMMON_PMU_MSRS:
+            # the ioctl stops at an MSR KVM does not know: it processed 0 of 1 MSRs
+            raise PerfError(errno.EINVAL, f"{op}: MSR {msr:#x} is not supported for this vCPU")
+        return owner
+
+    @guest_facing
+    def host_get_msr(self, msr: int) -> int:
+        """KVM_GET_MSRS of one MSR (a VMM, migration): `msr_info->host_initiated` is true, no
+        VM-exit, no guest instruction. The mode first brings the saved state up to date (a
+        mediated vCPU whose context is loaded: the live hardware values). Raises
+        `PerfError(EINVAL)` for an MSR KVM does not handle for this vCPU; the legacy PMU MSRs
+        KVM's common code answers read 0 (kvm_get_msr_common)."""
+        owner = self._host_owner(msr, "KVM_GET_MSRS")
+        if owner is None:
+            return 0
+        if owner is self.lapic:
+            return self.lapic.value
+        self.hooks.vcpu_save_state(vcpu=self, state={})
+        try:
+            return int(self._host_access(owner, lambda: owner.rdmsr(msr)))
+        except GuestFault as e:
+            raise PerfError(errno.EINVAL, f"KVM_GET_MSRS: MSR {msr:#x}: {e}") from None
+
+    @guest_facing
+    def host_set_msr(self, msr: int, value: int) -> None:
+        """KVM_SET_MSRS of one MSR: the vendor's `host_initiated` rules apply (e.g. Intel
+        GLOBAL_STATUS is writable by the host only, PERF_CAPABILITIES may only be restored to
+        its value, AMD GLOBAL_STATUS_CLR/SET ignore host writes, legacy PMCx take the value
+        whole), then the mode rebuilds its backing as after a restore (kvm_pmu_set_msr ->
+        reprogram; mediated: the loaded hardware is synced). A value KVM rejects raises
+        `PerfError(EINVAL)` (the ioctl processed 0 MSRs); nothing counts as a guest
+        instruction or exits."""
+        if not isinstance(value, int) or value < 0 or value >> 64:
+            raise PerfError(errno.EINVAL, "KVM_SET_MSRS: value must fit 64 bits")
+        owner = self._host_owner(msr, "KVM_SET_MSRS")
+        if owner is None:
+            return  # dropped (kvm_set_msr_common)
+        if owner is self.lapic:
+            try:
+                self.lapic.write(value)
+            except GuestFault as e:
+                raise PerfError(errno.EINVAL, f"KVM_SET_MSRS: MSR {msr:#x}: {e}") from None
+            return
+        self.hooks.vcpu_save_state(vcpu=self, state={})
+        try:
+            self._host_access(owner, lambda: owner.wrmsr(msr, value))
+        except GuestFault as e:
+            raise PerfError(errno.EINVAL, f"KVM_SET_MSRS: MSR {msr:#x} = {value:#x}: {e}") from None
+        finally:
+            self.hooks.vcpu_restore_state(vcpu=self, state={})
+
+    @staticmethod
+    def _host_access(owner: Any, fn: Callable[[], Any]) -> Any:
+        """Run `fn` with the owner's `host_initiated` flag set (vendor PMUs implement it)."""
+        if not hasattr(owner, "host_initiated"):
+            return fn()
+        owner.host_initiated = True
+        try:
+            return fn()
+        finally:
+            owner.host_initiated = False
+
     # ---- XSAVES / migration --------------------------------------------------------------------
+    def _rfbm(self, mask: int, op: str) -> int:
+        """The requested-feature bitmap of XSAVES/XRSTORS: EDX:EAX & (XCR0 | IA32_XSS) (SDM
+        Vol. 1 13.2, 13.11-13.12). The PMU components are supervisor state (never in XCR0),
+        so only IA32_XSS selects them. #UD without XSAVES in the guest CPUID."""
+        if self.xss is None:
+            raise GuestFault(6, f"{op}: CPUID.(0DH,1):EAX.XSAVES = 0")
+        return mask & self.xss.value
+
     @guest_facing
     def xsaves(self, mask: int) -> Any:
-        """Guest XSAVES of the PMU components in `mask` (e.g. 1 << 15 for Arch LBR)."""
+        """Guest XSAVES of the PMU components in `mask` (e.g. 1 << 15 for Arch LBR), as far as
+        IA32_XSS enables them (RFBM = mask & (XCR0 | IA32_XSS))."""
         from vpmu_core.hv.xsave import XsaveArea
 
+        if mask < 0 or mask >> 64:
+            raise gp("XSAVES: bad mask")
         self._ensure_in_guest()
-        area = self.hooks.guest_xsaves(vcpu=self, mask=mask)
+        rfbm = self._rfbm(mask, "XSAVES")
+        area = self.hooks.guest_xsaves(vcpu=self, mask=rfbm)
         if area is None:
-            area = XsaveArea.save(self.facilities.values(), mask)
+            area = XsaveArea.save(self.facilities.values(), rfbm)
         self._retire_native(self.cpu.pmu.plan(True))
         return area
 
@@ -626,8 +718,9 @@ class VCpu:
         if not isinstance(area, XsaveArea) or mask < 0 or mask >> 64:
             raise gp("XRSTORS: not an XSAVE area of this vCPU or bad mask")  # SDM Vol. 1 13.12
         self._ensure_in_guest()
-        if self.hooks.guest_xrstors(vcpu=self, area=area, mask=mask) is None:
-            area.restore(self.facilities.values(), mask)
+        rfbm = self._rfbm(mask, "XRSTORS")
+        if self.hooks.guest_xrstors(vcpu=self, area=area, mask=rfbm) is None:
+            area.restore(self.facilities.values(), rfbm)
         self._retire_native(self.cpu.pmu.plan(True))
 
     @guest_facing

@@ -50,6 +50,13 @@ class VM:
             if pmu.lbr:
                 raise ConfigError("pmu.lbr", f"mode {host.mode_name!r} gives guests no LBR", "false")
             pmu = pmu.model_copy(update={"lbr": False})
+        if not any(n in host.facilities for n in ("lbr", "arch_lbr")):
+            # no LBR facility composed: the guest really has no LBR MSRs, so nothing may
+            # advertise them (PERF_CAPABILITIES[5:0] is non-zero only with the LBR MSRs:
+            # vmx_get_perf_capabilities(), intel_pmu_refresh() -> intel_pmu_lbr_is_enabled())
+            if pmu.lbr:
+                raise ConfigError("pmu.lbr", "a guest LBR needs the lbr or arch_lbr facility", "false")
+            pmu = pmu.model_copy(update={"lbr": False})
         self.pmu_config = host.model.resolve_guest(pmu)
         limit = getattr(host.mode, "limit_guest_pmu", None)
         if limit is not None:

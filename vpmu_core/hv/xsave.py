@@ -13,6 +13,44 @@ from typing import Any
 from vpmu_core.errors import gp
 
 XCOMP_BV_COMPACTED = 1 << 63
+MSR_IA32_XSS = 0xDA0
+CPUID_D1_EAX_XSAVES = 1 << 3  # CPUID.(EAX=0DH,ECX=1):EAX[3] (SDM Vol. 1 13.2)
+UD_VECTOR = 6
+
+
+class Ia32Xss:
+    """IA32_XSS (0xDA0), the supervisor-state bitmap XSAVES/XRSTORS use (SDM Vol. 1 13.3).
+
+    KVM common code (arch/x86/kvm/x86.c `kvm_set_msr_common`/`kvm_get_msr_common` case
+    MSR_IA32_XSS): the MSR exists for a guest whose CPUID advertises XSAVES (a guest access
+    otherwise #GPs), a write with a bit outside the guest's supported XSS (its CPUID.(0DH,1)
+    ECX/EDX, `vcpu->arch.guest_supported_xss`) #GPs, a read returns the value. Reset 0.
+    Vendor-neutral: the same code serves VMX and SVM guests."""
+
+    __slots__ = ("value", "supported")
+
+    def __init__(self, supported: int) -> None:
+        self.value = 0
+        self.supported = supported
+
+    @classmethod
+    def for_cpuid(cls, table: Any) -> Ia32Xss | None:
+        """The register of a vCPU with this CPUID, or None without XSAVES."""
+        eax, _, ecx, edx = table.get(0xD, 1)
+        if not eax & CPUID_D1_EAX_XSAVES:
+            return None
+        return cls(ecx | edx << 32)
+
+    def has_msr(self, msr: int) -> bool:
+        return msr == MSR_IA32_XSS
+
+    def rdmsr(self, msr: int) -> int:
+        return self.value
+
+    def wrmsr(self, msr: int, value: int) -> None:
+        if value & ~self.supported:
+            raise gp(f"IA32_XSS {value:#x}: unsupported bits {value & ~self.supported:#x}")
+        self.value = value
 
 
 @dataclass

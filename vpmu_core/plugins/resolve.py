@@ -46,7 +46,6 @@ class ResolvedHooks:
     host_perf_event_open: Callable[..., Any]
     host_pmi: Callable[..., Any]
     instruction_retired: Callable[..., Any]
-    instruction_snapshot: Callable[..., Any]
     msr_intercepted: Callable[..., Any]
     rdpmc_intercepted: Callable[..., Any]
     run_loop_enter: Callable[..., Any]

@@ -280,6 +280,7 @@ class ToyModel:
         t.set(0, (TOY_CPUID_LEAF, 0x796F54, 0, 0))
         n, f = (self.gp_n, 1) if guest is None else (guest.gp_counters or 0, guest.fixed_counters or 0)
         t.set(TOY_CPUID_LEAF, (n, f, 48, 0))
+        t.set(0xD, (1 << 3, 0, 0, 0), subleaf=1)  # XSAVES, no supervisor component
         return t
 
     def describe(self) -> dict[str, Any]:
@@ -297,16 +298,12 @@ class ReferenceMode:
         vcpu.direct_count = True
 
     @hookimpl
-    def vpmu_instruction_snapshot(self, vcpu: Any) -> Any:
-        return vcpu.pmu.plan(True)
+    def vpmu_instruction_retired(self, vcpu: Any) -> None:
+        """Counted under the state after the instruction took effect (DESIGN §5): one
+        instruction and no guest cycle, as the ground truth books it."""
+        from vpmu_core.hv.vcpu import EMULATED_INSTRUCTION
 
-    @hookimpl
-    def vpmu_instruction_retired(self, vcpu: Any, token: Any) -> None:
-        from vpmu_core.hv.vcpu import ONE_INSTRUCTION
-
-        if token is None:
-            return
-        ov = vcpu.pmu.accrue_plan(token, ONE_INSTRUCTION, vcpu.cpl)
+        ov = vcpu.pmu.accrue_plan(vcpu.pmu.plan(True), EMULATED_INSTRUCTION, vcpu.cpl)
         for pmc, _ in ov or ():
             if vcpu.pmu.raise_overflow(pmc):
                 vcpu.request_pmi()

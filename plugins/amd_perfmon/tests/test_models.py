@@ -102,4 +102,5 @@ def test_guest_cpuid_hides_svm_and_sets_hypervisor_bit() -> None:
 
 def test_disabled_vpmu_has_no_msrs() -> None:
     pmu = make_model("amd/zen4").make_pmu(GuestPmuConfig(version=0))
-    assert pmu.msr_indexes == [] and pmu.gp == []
+    # only IA32_DEBUGCTL, which every SVM guest has (svm_get_msr), PMU or not
+    assert pmu.msr_indexes == [0x1D9] and pmu.gp == []

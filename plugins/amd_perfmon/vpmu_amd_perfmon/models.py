@@ -41,6 +41,9 @@ class AmdModelData:
     ext_core: bool
     perfmon_v2: bool
     n_counters: int
+    #: SVM LBR virtualization (CPUID 8000_000AH EDX[1]: family 10h and later), which KVM's
+    #: `lbrv` module parameter uses by default where present
+    lbrv: bool = True
 
 
 K8 = AmdModelData(
@@ -54,6 +57,7 @@ K8 = AmdModelData(
     ext_core=False,
     perfmon_v2=False,
     n_counters=4,
+    lbrv=False,  # K8 rev F has SVM without LBR virtualization
 )
 ZEN2 = AmdModelData(
     name="amd/zen2",
@@ -159,7 +163,9 @@ class AmdCpuModel:
             d = self.data
             return AmdPmu(guest=False, n_counters=d.n_counters, ext_core=d.ext_core, perfmon_v2=d.perfmon_v2, zen=zen)
         version, n, ext, v2 = self._guest_shape(self.resolve_guest(guest))
-        return AmdPmu(guest=True, n_counters=n, ext_core=ext, perfmon_v2=v2, zen=zen, version=version)
+        return AmdPmu(
+            guest=True, n_counters=n, ext_core=ext, perfmon_v2=v2, zen=zen, version=version, lbrv=self.data.lbrv
+        )
 
     def make_driver(self) -> AmdPerfDriver:
         return AmdPerfDriver()

@@ -39,6 +39,9 @@ GLOBAL_STATUS = 0xC0000300
 GLOBAL_CTL = 0xC0000301
 GLOBAL_STATUS_CLR = 0xC0000302
 GLOBAL_STATUS_SET = 0xC0000303
+MSR_IA32_DEBUGCTL = 0x1D9
+DEBUGCTL_LBR = 1 << 0
+DEBUGCTL_BTF = 1 << 1
 
 
 class AmdPmu(PmuBase):
@@ -58,6 +61,7 @@ class AmdPmu(PmuBase):
         perfmon_v2: bool,
         zen: bool,
         version: int | None = None,
+        lbrv: bool = False,
     ) -> None:
         self._ready = False
         self._svme = False
@@ -75,6 +79,12 @@ class AmdPmu(PmuBase):
         self._global_ctl = self._counter_bits if perfmon_v2 else 0
         self._global_status = 0
         self._sel_valid = es.GUEST_VALID if guest else es.HW_VALID
+        #: SVM LBR virtualization (CPUID 8000_000AH EDX[1], KVM module parameter `lbrv`)
+        self.lbrv = lbrv
+        self._debugctl = 0
+        if guest:
+            # IA32_DEBUGCTL exists for every SVM guest, PMU or not (svm.c svm_get_msr/svm_set_msr)
+            self._reg(MSR_IA32_DEBUGCTL, lambda: self._debugctl, self._write_debugctl)
         if self.version > 0:
             self._register_msrs()
         self._ready = True
@@ -106,6 +116,14 @@ class AmdPmu(PmuBase):
                 self._reg(K7_EVNTSEL0 + i, self._sel_reader(i), self._sel_writer(i))
                 self._reg(K7_PERFCTR0 + i, self._ctr_reader(i), self._ctr_writer(i))
         # Counters past n have no MSR: PmuBase raises #GP (KVM: `amd_pmc_idx_to_pmc` NULL).
+        if self.guest:
+            # kvm_pmu_is_valid_msr() -> amd_is_valid_msr(): "case MSR_K7_EVNTSEL0 ...
+            # MSR_K7_PERFCTR3: return pmu->version > 0", so KVM's common code does not answer
+            # them with 0 (kvm_get_msr_common); amd_pmu_get_msr/set_msr find no pmc for a
+            # counter past nr_arch_gp_counters and return 1: #GP, both directions.
+            for i in range(n, K7_NUM):
+                for msr in (K7_EVNTSEL0 + i, K7_PERFCTR0 + i):
+                    self._reg(msr, _k7_absent(msr), _k7_absent(msr))
         if self.perfmon_v2:
             self._reg(GLOBAL_STATUS, lambda: self._global_status, self._write_status)
             self._reg(GLOBAL_CTL, lambda: self._global_ctl, self._write_global_ctl)
@@ -134,6 +152,19 @@ class AmdPmu(PmuBase):
         # Full 48-bit writes, upper bits dropped (KVM `pmc_write_counter`: counter &= mask;
         # AMD has no 32-bit sign-extending legacy write, unlike Intel's IA32_PERFCTRx).
         return lambda value: self.write_counter(self.gp[i], value)
+
+    def _write_debugctl(self, value: int) -> None:
+        """svm.c `svm_set_msr()` MSR_IA32_DEBUGCTLMSR: without `lbrv` every write is dropped
+        (kvm_pr_unimpl_wrmsr) and `svm_get_msr()` reads 0 ("lbrv ? dbgctl : 0"); with it BTF
+        is suppressed ("KVM doesn't virtualize BTF"), any bit in DEBUGCTL_RESERVED_BITS
+        (~DEBUGCTLMSR_LBR) #GPs, and LBR is stored. Not modelled: the LBR records that
+        DEBUGCTL.LBR turns on (no AMD LBR facility), BUS_LOCK_DETECT (Zen 5 hosts)."""
+        if not self.lbrv:
+            return
+        value &= ~DEBUGCTL_BTF
+        if value & ~DEBUGCTL_LBR:
+            raise gp(f"DEBUGCTL {value:#x}: reserved bits {value & ~DEBUGCTL_LBR:#x}")
+        self._debugctl = value
 
     def _write_global_ctl(self, value: int) -> None:
         # Reserved bits masked, not #GP (KVM: "data &= ~pmu->global_ctrl_rsvd" for AMD).
@@ -257,12 +288,21 @@ class AmdPmu(PmuBase):
         for p in self.gp:
             out.append(self.eventsel_msr(p) or 0)
             out.append(self.counter_msrs(p)[0])
+        if self.guest:
+            out.append(MSR_IA32_DEBUGCTL)  # vCPU state KVM_GET/SET_MSRS carry (svm_get_msr)
         return out
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()
         d.update(ext_core=self.ext_core, perfmon_v2=self.perfmon_v2, guest=self.guest)
         return d
+
+
+def _k7_absent(msr: int) -> Any:
+    def fault(*_: int) -> int:
+        raise gp(f"MSR {msr:#x}: K7 counter past the guest's count (amd_pmu_get_msr: no pmc)")
+
+    return fault
 
 
 def _host_guest_filter(sel: int, svme: bool) -> tuple[bool, bool]:

@@ -40,6 +40,11 @@ def leaf_a(layout: PmuLayout) -> tuple[int, int, int, int]:
             ecx = (1 << layout.n_fixed) - 1
             if not layout.anythread:
                 edx |= CPUID_A_EDX_ANYTHREAD_DEPRECATED
+    if layout.guest:
+        # KVM (cpuid.c __do_cpuid_func leaf 0xA): "if (kvm_pmu_cap.version)
+        # edx.split.anythread_deprecated = 1", ECX = 0 (no fixed-counter bitmask before the
+        # v5 series, which a v5 guest here models).
+        edx |= CPUID_A_EDX_ANYTHREAD_DEPRECATED
     return (eax, ebx, ecx, edx)
 
 

@@ -44,6 +44,12 @@ MSR_GLOBAL_CTRL = 0x38F
 MSR_GLOBAL_OVF_CTRL = 0x390
 MSR_GLOBAL_STATUS_SET = 0x391
 MSR_GLOBAL_INUSE = 0x392
+MSR_IA32_DEBUGCTL = 0x1D9
+
+# IA32_DEBUGCTL bits KVM drops rather than #GPs when the guest cannot have them (SDM Vol. 3B
+# 17.4.1; vmx.c vmx_is_valid_debugctl(): "invalid & (DEBUGCTLMSR_BTF | DEBUGCTLMSR_LBR)").
+DEBUGCTL_LBR = 1 << 0
+DEBUGCTL_BTF = 1 << 1
 
 # RDPMC ECX encodings (SDM Vol. 2B RDPMC; KVM INTEL_RDPMC_*): bits 31:16 type, 15:0 index.
 RDPMC_FIXED = 1 << 30
@@ -90,6 +96,7 @@ class IntelPmu(PmuBase):
         # (KVM intel_pmu_refresh does the same, fixed bits clear).
         self._global_ctrl = layout.gp_mask if layout.version >= 2 else 0
         self._global_status = 0
+        self._debugctl = 0
         self._perf_caps = layout.perf_caps
         # perf metrics: topdown counts accrued while SLOTS (fixed3) counts, see `accrue`.
         self._td = [0, 0, 0, 0, 0]  # slots, retiring, bad_spec, fe_bound, be_bound
@@ -128,6 +135,10 @@ class IntelPmu(PmuBase):
     # ---- MSR map -------------------------------------------------------------------------
     def _register_msrs(self) -> None:
         lay = self.layout
+        if lay.guest and not (lay.lbr or lay.arch_lbr):
+            # IA32_DEBUGCTL is vCPU state KVM always handles (vmx_set_msr/vmx_get_msr), PMU or
+            # not; with a guest LBR the LBR facility owns it (its own rule, debugctl.py).
+            self._reg(MSR_IA32_DEBUGCTL, lambda: self._debugctl, self._write_debugctl)
         if lay.version == 0:
             return  # no architectural PMU: every PMU MSR #GPs (KVM: pmu->version == 0)
         for i, pmc in enumerate(self.gp):
@@ -218,6 +229,19 @@ class IntelPmu(PmuBase):
         if value & self._global_status_rsvd:
             raise gp(f"GLOBAL_STATUS_SET {value:#x}: reserved bits")
         self._global_status |= value
+
+    def _write_debugctl(self, value: int) -> None:
+        """IA32_DEBUGCTL of a guest without LBR (vmx.c `vmx_get_supported_debugctl()`: LBR and
+        FREEZE_LBRS_ON_PMI only with `intel_pmu_lbr_is_enabled()`, BUS_LOCK_DETECT / RTM_DEBUG
+        only with those guest CPUID features, which these models do not advertise: so nothing
+        is supported). `vmx_is_valid_debugctl()` drops LBR and BTF silently
+        (kvm_pr_unimpl_wrmsr) and #GPs any other bit; `data &= supported` stores 0, so the
+        register reads 0. Host-initiated writes take the same rule here (KVM would also
+        accept LBR/FREEZE_LBRS_ON_PMI from userspace when the host has LBR; not modelled)."""
+        invalid = value & ~(DEBUGCTL_LBR | DEBUGCTL_BTF)
+        if invalid:
+            raise gp(f"DEBUGCTL {value:#x}: unsupported bits {invalid:#x}")
+        self._debugctl = 0
 
     def _write_perf_caps(self, value: int) -> None:
         """Read-only to the guest and on hardware (SDM Vol. 4; KVM: only userspace may set
@@ -393,7 +417,7 @@ class IntelPmu(PmuBase):
 
     def state_msrs(self) -> list[int]:
         # write-only / derived registers are not state (STATUS_SET, OVF_CTRL, INUSE).
-        skip = {MSR_GLOBAL_OVF_CTRL, MSR_GLOBAL_STATUS_SET, MSR_GLOBAL_INUSE}
+        skip = {MSR_GLOBAL_OVF_CTRL, MSR_GLOBAL_STATUS_SET, MSR_GLOBAL_INUSE, MSR_IA32_DEBUGCTL}
         return [m for m in self.msr_indexes if m not in skip]
 
     def describe(self) -> dict[str, object]:

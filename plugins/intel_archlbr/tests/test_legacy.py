@@ -220,6 +220,12 @@ def test_lbr_off_in_the_guest_config_hides_the_facility() -> None:
     host = make_host("intel/icelake", "lbr")
     v = host.create_vm(vcpus=1, pin=[0], pmu=GuestPmuConfig(lbr=False)).vcpus[0]
     assert "lbr" not in v.facilities
+    # DEBUGCTL still exists: LBR is dropped (reads 0), FREEZE_LBRS_ON_PMI #GPs without a
+    # guest LBR (vmx_is_valid_debugctl / vmx_get_supported_debugctl)
+    v.wrmsr(DEBUGCTL, 1)
+    assert v.rdmsr(DEBUGCTL) == 0
     with pytest.raises(GuestFault):
-        v.wrmsr(DEBUGCTL, 1)
+        v.wrmsr(DEBUGCTL, 1 << 11)
+    with pytest.raises(GuestFault):
+        v.rdmsr(0x1C9)  # no LBR_TOS
     assert v.rdmsr(0x345) & 0x3F == 0

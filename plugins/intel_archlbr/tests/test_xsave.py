@@ -107,6 +107,7 @@ def test_xrstors_rejects_reserved_ctl_bits() -> None:
 
 def test_guest_xsaves_area_round_trip() -> None:
     v = recorded()
+    v.wrmsr(0xDA0, XSTATE_LBR)  # IA32_XSS: XSAVES saves only what it enables (RFBM)
     area = v.xsaves(XSTATE_LBR)
     assert isinstance(area, XsaveArea)
     assert area.xstate_bv & XSTATE_LBR and len(area.components[15]) == 808
@@ -129,3 +130,28 @@ def test_xsaves_without_the_lbr_bit_saves_nothing() -> None:
     v = recorded()
     area = v.xsaves(0)
     assert 15 not in area.components
+
+
+def test_ia32_xss_gates_the_lbr_component() -> None:
+    """Issue 11: IA32_XSS exists when the guest CPUID advertises XSAVES (x86.c
+    kvm_set_msr_common); unsupported bits #GP; XSAVES/XRSTORS use RFBM = mask & (XCR0 |
+    IA32_XSS) (SDM Vol. 1 13.2, 13.11), so with XSS = 0 nothing of component 15 moves."""
+    v = recorded()
+    assert v.cpuid(0xD, 1)[0] & (1 << 3) and v.cpuid(0xD, 1)[2] & XSTATE_LBR
+    assert v.rdmsr(0xDA0) == 0
+    with pytest.raises(GuestFault):
+        v.wrmsr(0xDA0, 1 << 14)  # not a supervisor component this guest supports
+    before = arch_records(v)
+    area = v.xsaves(XSTATE_LBR)
+    assert 15 not in area.components and not area.xstate_bv
+    v.wrmsr(0xDA0, XSTATE_LBR)
+    assert v.rdmsr(0xDA0) == XSTATE_LBR
+    area = v.xsaves(XSTATE_LBR)
+    assert area.xstate_bv & XSTATE_LBR
+    v.wrmsr(0xDA0, 0)
+    v.wrmsr(LBR_DEPTH, 32)  # zeroes the records
+    v.xrstors(area, XSTATE_LBR)  # RFBM = 0: nothing restored
+    assert arch_records(v) != before
+    v.wrmsr(0xDA0, XSTATE_LBR)
+    v.xrstors(area, XSTATE_LBR)
+    assert arch_records(v) == before

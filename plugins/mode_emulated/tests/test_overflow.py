@@ -68,15 +68,41 @@ def test_two_overflows_in_one_exit_give_one_pmi(cpu: str) -> None:
 @pytest.mark.parametrize("cpu", MODELS)
 def test_emulated_instruction_wrap_injects_at_that_entry(cpu: str) -> None:
     """An emulated instruction that wraps the counter: detected in pmc_pause_counter at the
-    entry ending the exit, status bit + PMI there (KVM __kvm_perf_overflow(pmc, false))."""
+    entry ending the exit, status bit + PMI there (KVM __kvm_perf_overflow(pmc, false)).
+    The WRMSR of the counter is counted after it took effect (DESIGN §5), so writing the
+    last value before the wrap is what wraps it."""
     g = _armed(cpu)
     g.set_global(0)
-    g.write(0, g.gp(0).mask)  # one instruction from the wrap
     g.sel(0, EventKind.INSTRUCTIONS, intr=True)
-    g.set_global(1)  # enabling write: not counted
+    g.set_global(1)  # enabling write: counted after it took effect (the event exists now)
     assert g.v.pmis == []
-    g.v.cpuid(0, 0)  # an intercepted instruction: counted by KVM, wraps the counter
+    g.write(0, g.gp(0).mask)  # the write retires after it: counter + 1 wraps to 0
     assert g.kpmu().stats["overflows_emulated"] == 1
     assert len(g.v.pmis) == 1
-    assert g.read(0) == 0  # wrapped to 0; this RDMSR reads before it retires itself
-    assert g.read(0) == 1  # ... and the previous RDMSR has been counted since
+    if g.gstatus is not None:
+        assert g.v.rdmsr(g.gstatus) & 1  # the status read itself retires after reading
+    first = 1 if g.gstatus is not None else 0
+    assert g.read(0) == first  # this RDMSR reads before it retires itself
+    assert g.read(0) == first + 1  # ... and the previous RDMSR has been counted since
+
+
+@pytest.mark.parametrize("cpu", MODELS)
+def test_preset_counter_is_wrapped_by_the_enabling_write(cpu: str) -> None:
+    """Issue 11: a counter preset to its last value before the wrap is wrapped by the
+    enabling write itself (kvm_emulate_wrmsr, then kvm_skip_emulated_instruction ->
+    kvm_pmu_instruction_retired under the new GLOBAL_CTRL/selector), so the next RDMSR of
+    GLOBAL_STATUS sees the overflow bit and the counter then reads 1. No PMI: KVM latches
+    pmc->intr when reprogram_counter() creates the perf event, after the overflow check of
+    that same reprogram (__kvm_perf_overflow reads the old pmc->intr)."""
+    g = _armed(cpu)
+    g.set_global(0)
+    g.write(0, g.gp(0).mask)
+    g.sel(0, EventKind.INSTRUCTIONS, intr=True)  # without a global control: the enabling write
+    g.set_global(1)
+    assert g.kpmu().stats["overflows_emulated"] == 1
+    assert g.v.pmis == []
+    if g.gstatus is not None:
+        assert g.v.rdmsr(g.gstatus) & 1
+        assert g.read(0) == 1
+    else:
+        assert g.read(0) == 0

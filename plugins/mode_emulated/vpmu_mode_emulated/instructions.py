@@ -4,15 +4,21 @@
 An intercepted instruction never retires in guest mode, so no hardware counter sees it;
 KVM adds it in software: `emulated_counter++` and a reprogram request for every counter
 that counts it (event matched on the normalized kind, global and local enable, the event
-filter, the CPL against USR/OS). Per DESIGN §5 the set of counters is taken *before* the
-instruction takes effect (`instruction_snapshot`), and the increment is applied during the
-exit, before the KVM_REQ_PMU service of the following VM-entry (KVM skips the instruction
-in the exit handler), so an emulated wrap injects its PMI at that same entry.
+filter, the CPL against USR/OS). The set is taken *after* the instruction took effect, in
+its exit handler: `kvm_emulate_wrmsr()` writes the MSR, then
+`kvm_skip_emulated_instruction()` -> `kvm_pmu_instruction_retired()` ->
+`kvm_pmu_trigger_event()` reads the new GLOBAL_CTRL (`pmu->global_ctrl`), the new selectors
+(`pmc_counting_instructions` is recomputed at the write itself since "KVM: x86/pmu:
+Calculate set of to-be-emulated PMCs at time of WRMSRs", kvm_pmu_request_counter_reprogram
+-> kvm_pmu_recalc_pmc_emulation) and the event filter (`pmc_event_is_allowed`). The
+increment is applied before the KVM_REQ_PMU service of the following VM-entry, so an
+emulated wrap sets its status bit and injects its PMI at that same entry. An instruction
+that #GPs is not skipped, hence not counted (the core does not call the hook).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from vpmu_core.events import EventKind
 
@@ -44,37 +50,13 @@ def incr(kpmu: KvmPmu, pmcs: tuple[KvmPmc, ...]) -> None:
         kpmu.request_reprogram(mask)
 
 
-def snapshot(kpmu: KvmPmu) -> tuple[KvmPmc, ...]:
-    """Before an intercepted instruction: who counts it (stashed for the coming entry)."""
-    token = counting_pmcs(kpmu, EventKind.INSTRUCTIONS, kpmu.vcpu.cpl)
-    kpmu.pending_retire = token
-    return token
-
-
-def retire_pending(kpmu: KvmPmu) -> None:
-    """At the VM-entry ending the exit: count the emulated instruction, if it retired."""
-    token = kpmu.pending_retire
-    if token is not None:
-        kpmu.pending_retire = None
-        incr(kpmu, token)
-
-
-def instruction_faulted(kpmu: KvmPmu) -> None:
-    """The intercepted instruction faulted (#GP): it does not retire, nothing counts it."""
-    kpmu.pending_retire = None
-
-
 def branch_retired(kpmu: KvmPmu) -> None:
     """`kvm_pmu_branch_retired`: KVM emulated a branch (e.g. nested VM-entry/exit or the
     instruction emulator taking a jump); counted under the current state."""
     incr(kpmu, counting_pmcs(kpmu, EventKind.BRANCHES, kpmu.vcpu.cpl))
 
 
-def instruction_retired_now(kpmu: KvmPmu) -> None:
-    """`kvm_pmu_instruction_retired` for an instruction emulated outside the guest MSR
-    paths the core drives (e.g. the emulator skipping an instruction)."""
+def instruction_retired(kpmu: KvmPmu) -> None:
+    """`kvm_pmu_instruction_retired`: KVM skipped an instruction it emulated, under the
+    state as it is now (after the instruction's effect)."""
     incr(kpmu, counting_pmcs(kpmu, EventKind.INSTRUCTIONS, kpmu.vcpu.cpl))
-
-
-def token_names(token: Any) -> list[str]:
-    return [kp.name for kp in token or ()]

@@ -69,9 +69,6 @@ class KvmPmu:
     req_pmu: bool = False
     #: the vCPU was scheduled out since its last load (`vcpu->scheduled_out`)
     scheduled_out: bool = False
-    #: instructions KVM emulated in the current exit, counted at the next entry (a token
-    #: from `instruction_snapshot`: the counters that count it)
-    pending_retire: tuple[KvmPmc, ...] | None = None
     #: guest MSR -> pmc idx whose MSRs it is (for `pmc_in_use`)
     msr_to_idx: dict[int, int] = field(default_factory=dict)
     #: last control signature seen per pmc idx (a control write requests a reprogram only

@@ -23,7 +23,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from vpmu_core.errors import ConfigError, GuestFault
+from vpmu_core.errors import ConfigError
+from vpmu_core.hv.kvm_caps import KVM_7_0, UPGRADE_V5_VERSION, KvmPmuCaps
 from vpmu_core.logs import get_logger
 from vpmu_core.plugins.markers import hookimpl
 
@@ -38,11 +39,12 @@ log = get_logger("vpmu.mode_emulated")
 
 OPTIONS: dict[str, str] = {
     "lazy_release": "release idle perf events at vCPU sched-in (kvm_pmu_cleanup); default true",
+    "upgrade_v5": (
+        "model the unmerged 'KVM: x86/pmu: Upgrade vPMU version to 5' series: guests get the host's "
+        "PMU version (v4/v5: GLOBAL_STATUS_SET, GLOBAL_INUSE, freeze bits) instead of mainline's v2; "
+        "default false"
+    ),
 }
-
-
-#: KVM_MAX_NR_FIXED_COUNTERS for the perf-based vPMU (arch/x86/kvm/pmu.h)
-MAX_FIXED_COUNTERS = 3
 
 
 def _as_bool(name: str, value: Any) -> bool:
@@ -65,6 +67,11 @@ class EmulatedMode:
     def __init__(self, model: Any, options: dict[str, Any]) -> None:
         self.model = model
         self.lazy_release = _as_bool("lazy_release", options.get("lazy_release", True))
+        #: kvm_pmu_cap (kvm_init_pmu_capability): v2 and 3 fixed counters unless the
+        #: documented research option lifts the version cap
+        self.kvm_caps: KvmPmuCaps = KVM_7_0
+        if _as_bool("upgrade_v5", options.get("upgrade_v5", False)):
+            self.kvm_caps = KvmPmuCaps(max_version=UPGRADE_V5_VERSION)
         self.host: Any = None
         #: live vCPUs (their KVM state is watched at host perf reschedules)
         self._vcpus: list[Any] = []
@@ -83,13 +90,11 @@ class EmulatedMode:
         return vcpu.mode_state  # type: ignore[no-any-return]
 
     def limit_guest_pmu(self, cfg: Any) -> Any:
-        """KVM's emulated vPMU backs at most 3 fixed counters (KVM_MAX_NR_FIXED_COUNTERS;
-        `kvm_init_pmu_capability` keeps 3 unless the mediated vPMU is on), and
-        `intel_pmu_refresh` clamps the guest's CPUID.0AH:EDX count to that. Fixed counter 3
-        (topdown slots) has no perf event KVM could create for it."""
-        if cfg.fixed_counters and cfg.fixed_counters > MAX_FIXED_COUNTERS:
-            return cfg.model_copy(update={"fixed_counters": MAX_FIXED_COUNTERS})
-        return cfg
+        """`kvm_pmu_cap` (vpmu_core.hv.kvm_caps, shared with the mediated mode): version 2
+        (`kvm_init_pmu_capability`) and at most 3 fixed counters
+        (KVM_MAX_NR_INTEL_FIXED_COUNTERS; `intel_pmu_refresh` clamps CPUID.0AH:EDX to it).
+        Fixed counter 3 (topdown slots) has no perf event KVM could create for it anyway."""
+        return self.kvm_caps.limit(cfg)
 
     def _api(self, vcpu: Any) -> KvmPerfCalls:
         return self.kpmu(vcpu).api  # type: ignore[no-any-return]
@@ -194,7 +199,6 @@ class EmulatedMode:
     def vpmu_vm_entry(self, vcpu: Any) -> None:
         """vcpu_enter_guest request processing: KVM_REQ_PMU, then (core) KVM_REQ_PMI."""
         kpmu = self.kpmu(vcpu)
-        instructions.retire_pending(kpmu)
         if kpmu.req_pmu:
             kpmu.req_pmu = False
             kpmu.stats["req_pmu_serviced"] += 1
@@ -236,11 +240,7 @@ class EmulatedMode:
         if idx is not None:
             kpmu.pmc_in_use |= 1 << idx
         kpmu.last_changed = 0
-        try:
-            pmu.wrmsr(msr, value)
-        except GuestFault:
-            instructions.instruction_faulted(kpmu)
-            raise
+        pmu.wrmsr(msr, value)
         if msr == pmu.fixed_ctrl_msr():
             # reprogram_fixed_counters: only the fields that changed are marked in use
             for i in bits(kpmu.last_changed):
@@ -257,35 +257,21 @@ class EmulatedMode:
             return v.read(msr)
         if not vcpu.pmu.has_msr(msr):
             return None
-        try:
-            return int(vcpu.pmu.rdmsr(msr))
-        except GuestFault:
-            instructions.instruction_faulted(kpmu)
-            raise
+        return int(vcpu.pmu.rdmsr(msr))
 
     @hookimpl
     def vpmu_guest_rdpmc(self, vcpu: Any, ecx: int) -> int | None:
         """kvm_pmu_rdpmc: the vendor decodes ECX (#GP rules), the backend gives the value."""
-        kpmu = self.kpmu(vcpu)
         vcpu.charge("kvm_emulated_msr_access", vcpu.costs.kvm_emulated_msr_access)
-        try:
-            return int(vcpu.pmu.rdpmc(ecx))
-        except GuestFault:
-            instructions.instruction_faulted(kpmu)
-            raise
+        return int(vcpu.pmu.rdpmc(ecx))
 
     # ---- emulated instruction counting ------------------------------------------------------
     @hookimpl
-    def vpmu_instruction_snapshot(self, vcpu: Any) -> Any:
-        return instructions.snapshot(self.kpmu(vcpu))
-
-    @hookimpl
-    def vpmu_instruction_retired(self, vcpu: Any, token: Any) -> None:
-        """Normally already counted at the entry that ended the exit; count it here only if
-        that entry did not happen."""
-        kpmu = self.kpmu(vcpu)
-        if kpmu.pending_retire is not None and kpmu.pending_retire is token:
-            instructions.retire_pending(kpmu)
+    def vpmu_instruction_retired(self, vcpu: Any) -> None:
+        """kvm_skip_emulated_instruction() -> kvm_pmu_instruction_retired(), inside the exit
+        after the instruction took effect; the increment reaches the counter at the
+        KVM_REQ_PMU service of the next VM-entry."""
+        instructions.instruction_retired(self.kpmu(vcpu))
 
     def branch_retired(self, vcpu: Any) -> None:
         """KVM emulated a branch for the guest (`kvm_pmu_branch_retired`)."""
@@ -293,7 +279,7 @@ class EmulatedMode:
 
     def instruction_retired(self, vcpu: Any) -> None:
         """KVM emulated an instruction outside the MSR/RDPMC/CPUID paths."""
-        instructions.instruction_retired_now(self.kpmu(vcpu))
+        instructions.instruction_retired(self.kpmu(vcpu))
 
     # ---- event filter -----------------------------------------------------------------------
     def filter_changed(self, vcpu: Any) -> None:

@@ -35,8 +35,10 @@ def test_exact_counts_across_thousands_of_exits(cpu, switch_at, host_factory, gu
     assert mode["leak_checks"] > 0 and mode["leaks"] == 0, host.leaks.leaks
 
 
-@pytest.mark.parametrize("cpu", CPUS)
+@pytest.mark.parametrize("cpu", ("intel/skylake", "amd/zen4"))
 def test_counter_access_does_not_exit(cpu, host_factory, guest_driver) -> None:
+    """Guest counts equal the host's (Skylake 4+3, Zen 4 6+0): nothing PMU but the selectors
+    exits (`kvm_need_any_pmc_intercept()` false)."""
     host = host_factory(cpu)
     v = host.create_vm(vcpus=1, pin=[0]).vcpus[0]
     d = guest_driver(v, cpu.split("/")[0])
@@ -113,3 +115,35 @@ def test_emulated_instruction_wraps_counter_and_raises_pmi(cpu, host_factory, gu
     status = v.rdmsr(d.globals["status"])
     assert status & 1
     assert len(v.pmis) == 1 and v.pmis[0].vector == 0xFE
+
+
+@pytest.mark.parametrize("cpu", ("intel/icelake", "intel/sapphirerapids"))
+def test_four_fixed_host_intercepts_rdpmc_and_globals(cpu, host_factory, guest_driver) -> None:
+    """KVM 7.0 gives at most 3 fixed counters (KVM_MAX_NR_INTEL_FIXED_COUNTERS) in the
+    mediated mode too; the host has 4, so kvm_need_any_pmc_intercept() ("check *host* PMU
+    capabilities") intercepts RDPMC and GLOBAL_CTRL/STATUS/OVF_CTRL, while the counters the
+    guest has still pass through (vmx_recalc_pmu_msr_intercepts)."""
+    from vpmu_core import GuestFault
+
+    host = host_factory(cpu)
+    v = host.create_vm(vcpus=1, pin=[0]).vcpus[0]
+    assert len(v.pmu.fixed) == 3 and len(host.cpus[0].pmu.fixed) == 4
+    assert v.cpuid(0xA, 0)[3] & 0x1F == 3
+    with pytest.raises(GuestFault):
+        v.rdmsr(0x309 + 3)  # FIXED_CTR3 is not the guest's
+    d = guest_driver(v, "intel")
+    v.execute(Work(instructions=1000))
+    for msr, exits in ((0x309, 0), (0xC1, 0), (0x38F, 1), (0x38E, 1), (0x390, 1)):
+        before = v.stats.exits["msr_write"] + v.stats.exits["msr_read"]
+        v.rdmsr(msr)
+        if msr != 0x38E:
+            v.wrmsr(msr, 0)
+        after = v.stats.exits["msr_write"] + v.stats.exits["msr_read"]
+        assert after - before == (exits if msr == 0x38E else 2 * exits), hex(msr)
+    before = v.stats.exits["rdpmc"]
+    v.rdpmc(0)
+    assert v.stats.exits["rdpmc"] == before + 1
+    st = v.mode_state
+    assert not st.global_passthrough and not st.rdpmc_passthrough
+    d.global_ctrl(0)
+    assert host.leaks.leaks == []

@@ -5,8 +5,11 @@ instructions KVM emulates or skips (facts kvm-vpmu.md §2.7).
   reserved bits); while the context is loaded the live hardware state is pulled first and
   the result pushed back, so the guest never sees a stale value.
 - Selector and fixed-control writes also reprogram the filtered hardware copy when loaded.
-- Emulated instruction retired (v6 29/44, commit 283a5aa57b22): each counter that counts
-  instructions at the vCPU's CPL under the state before the instruction gets
+- Emulated instruction retired (v6 29/44, commit 283a5aa57b22, `kvm_pmu_incr_counter`
+  for a mediated PMU): called inside the exit after the instruction took effect
+  (`kvm_skip_emulated_instruction()` -> `kvm_pmu_instruction_retired()`), each counter that
+  counts instructions at the vCPU's CPL under the state *after* the instruction (new
+  GLOBAL_CTRL, selectors, counter values, event filter: `kvm_pmu_trigger_event`) gets
   `counter = (counter + 1) & mask`; a wrap to 0 sets its global status bit and, if its PMI
   is enabled, KVM_REQ_PMI. The filter is applied because the hardware copy is the one
   consulted (a denied counter has EN cleared there).
@@ -25,8 +28,8 @@ from vpmu_mode_mediated.switch import Switcher
 _INSTRUCTIONS = int(EventKind.INSTRUCTIONS)
 
 
-def instruction_snapshot(vcpu: Any) -> tuple[int, ...] | None:
-    """Counters that would count an instruction retired now, at the vCPU's CPL."""
+def counting_instructions(vcpu: Any) -> tuple[int, ...] | None:
+    """Counters that count an instruction retired now, at the vCPU's CPL."""
     st: VcpuState | None = vcpu.mode_state
     if st is None or not st.enabled:
         return None
@@ -54,8 +57,10 @@ def _allowed(vcpu: Any, st: VcpuState, idx: int) -> bool:
     return flt.gp_allowed(vcpu.pmu.rdmsr(vcpu.pmu.eventsel_msr(pmc)))
 
 
-def instruction_retired(vcpu: Any, token: tuple[int, ...] | None) -> int:
-    """Increment the counters in `token`; returns how many were incremented."""
+def instruction_retired(vcpu: Any) -> int:
+    """`kvm_pmu_instruction_retired` of a mediated vCPU; returns how many counters it
+    incremented."""
+    token = counting_instructions(vcpu)
     if not token:
         return 0
     st: VcpuState = vcpu.mode_state
@@ -92,8 +97,10 @@ class MsrEmulation:
             if loaded:
                 self.switcher.reprogram_fixed_ctrl(vcpu)
             return True
-        if not loaded:
-            return None  # the core writes vcpu.pmu: the saved state is authoritative
+        if not loaded or msr not in st.state_msrs:
+            # not loaded: the core writes vcpu.pmu, the saved state is authoritative; an MSR
+            # that is no counter/global state (IA32_DEBUGCTL) needs no hardware sync
+            return None
         self.switcher.pull(vcpu)
         vcpu.pmu.wrmsr(msr, value)
         self.switcher.push(vcpu)
@@ -103,7 +110,7 @@ class MsrEmulation:
         st: VcpuState | None = vcpu.mode_state
         if st is None or not st.enabled or st.loaded_cpu is None:
             return None
-        if msr not in st.selector_msrs and msr != st.fixed_ctrl_msr:
+        if msr in st.state_msrs and msr not in st.selector_msrs and msr != st.fixed_ctrl_msr:
             self.switcher.pull(vcpu)
         return None
 

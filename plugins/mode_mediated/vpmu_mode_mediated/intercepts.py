@@ -61,6 +61,7 @@ def compute_intercepts(guest: Any, host: Any, rules: VendorRules) -> VcpuState:
         selector_msrs=selectors,
         fixed_ctrl_msr=guest.fixed_ctrl_msr() if guest.fixed else None,
         guest_globals=guest_globals,
+        state_msrs=frozenset(m for p in guest.pmcs for m in guest.counter_msrs(p)) | frozenset(guest_globals.values()),
     )
 
 

@@ -29,11 +29,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from vpmu_core.hv.kvm_caps import KVM_7_0, UPGRADE_V5_VERSION, KvmPmuCaps
 from vpmu_core.logs import get_logger
 from vpmu_core.plugins.markers import hookimpl
 
 from vpmu_mode_mediated.coexistence import Coexistence
-from vpmu_mode_mediated.emulation import MsrEmulation, instruction_retired, instruction_snapshot
+from vpmu_mode_mediated.emulation import MsrEmulation, instruction_retired
 from vpmu_mode_mediated.global_ctrl import install_guest_view
 from vpmu_mode_mediated.intercepts import compute_intercepts
 from vpmu_mode_mediated.options import MediatedOptions
@@ -56,6 +57,10 @@ class MediatedMode:
         self.coexistence = Coexistence(self.options.host_policy)
         self.pmi = PmiRouter()
         self.msrs = MsrEmulation(self.switcher)
+        #: kvm_pmu_cap: the mediated merge keeps version 2 and KVM_MAX_NR_INTEL_FIXED_COUNTERS
+        self.kvm_caps: KvmPmuCaps = KVM_7_0
+        if self.options.upgrade_v5:
+            self.kvm_caps = KvmPmuCaps(max_version=UPGRADE_V5_VERSION)
         self.host: Any = None
         self.emulated_increments = 0
         self.vcpus: list[Any] = []
@@ -94,6 +99,15 @@ class MediatedMode:
             global_passthrough=st.global_passthrough,
             rdpmc_passthrough=st.rdpmc_passthrough,
         )
+
+    def limit_guest_pmu(self, cfg: Any) -> Any:
+        """`kvm_pmu_cap` (vpmu_core.hv.kvm_caps, shared with the emulated mode): version 2 and
+        at most 3 fixed counters in 7.0, mediated or not (`kvm_init_pmu_capability`,
+        KVM_MAX_NR_INTEL_FIXED_COUNTERS; `intel_pmu_refresh` takes the min). On a host with 4
+        fixed counters (Ice Lake, Sapphire Rapids) the guest then has fewer than the host, so
+        `kvm_need_any_pmc_intercept()` keeps RDPMC and the global registers intercepted
+        (intercepts.py)."""
+        return self.kvm_caps.limit(cfg)
 
     def facility_allowed(self, name: str) -> bool:
         """Whether guests get facility `name` at all (the merged kernel: none)."""
@@ -198,12 +212,8 @@ class MediatedMode:
 
     # ---- emulated instructions -----------------------------------------------------------------
     @hookimpl
-    def vpmu_instruction_snapshot(self, vcpu: Any) -> Any:
-        return instruction_snapshot(vcpu)
-
-    @hookimpl
-    def vpmu_instruction_retired(self, vcpu: Any, token: Any) -> None:
-        self.emulated_increments += instruction_retired(vcpu, token)
+    def vpmu_instruction_retired(self, vcpu: Any) -> None:
+        self.emulated_increments += instruction_retired(vcpu)
 
     # ---- PMIs and host perf ----------------------------------------------------------------------
     @hookimpl

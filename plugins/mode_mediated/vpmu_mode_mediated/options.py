@@ -29,6 +29,11 @@ OPTION_HELP: dict[str, str] = {
         "guests, v6 17/44-18/44) | passthrough (RFC design / issue 5: the facility's record MSRs "
         "pass through and its state is switched at the PMU boundary, Arch LBR by XSAVES/XRSTORS)"
     ),
+    "upgrade_v5": (
+        "model the unmerged 'KVM: x86/pmu: Upgrade vPMU version to 5' series: guests get the host's "
+        "PMU version (v4/v5: GLOBAL_STATUS_SET, GLOBAL_INUSE, freeze bits) instead of mainline's v2 "
+        "(kvm_init_pmu_capability, unchanged by the mediated merge): false (default) | true"
+    ),
 }
 FACILITY_POLICIES = ("off", "passthrough")
 
@@ -52,6 +57,7 @@ class MediatedOptions:
     host_policy: str = "rfc2"
     elide_writes: bool = True
     facilities: str = "off"
+    upgrade_v5: bool = False
 
     @classmethod
     def parse(cls, options: dict[str, Any]) -> MediatedOptions:
@@ -67,4 +73,10 @@ class MediatedOptions:
         fac = str(options.get("facilities", "off"))
         if fac not in FACILITY_POLICIES:
             raise ConfigError("mode_options.facilities", f"unknown policy {fac!r}", ", ".join(FACILITY_POLICIES))
-        return cls(switch_at, policy, _as_bool("elide_writes", options.get("elide_writes", True)), fac)
+        return cls(
+            switch_at,
+            policy,
+            _as_bool("elide_writes", options.get("elide_writes", True)),
+            fac,
+            _as_bool("upgrade_v5", options.get("upgrade_v5", False)),
+        )

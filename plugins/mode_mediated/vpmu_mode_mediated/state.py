@@ -35,6 +35,9 @@ class VcpuState:
     fixed_ctrl_msr: int | None = None
     #: guest MSR role -> index of the global registers the guest has
     guest_globals: dict[str, int] = field(default_factory=dict)
+    #: guest MSRs whose value lives in the loaded hardware (counters, global registers):
+    #: an intercepted access to one of them syncs with the hardware first
+    state_msrs: frozenset[int] = frozenset()
     #: host CPU the context is loaded on (None = put)
     loaded_cpu: int | None = None
     #: selector values programmed in hardware at the last load (eventsel_hw)
