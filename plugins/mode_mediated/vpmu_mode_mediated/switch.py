@@ -167,38 +167,40 @@ class Switcher:
         ledger0 = host.costs_ledger.total(vcpu.name)
         # 1. schedule host events of the core PMU out (RFC v1: !exclude_guest ones to ERROR)
         host.perf.load_guest_context(cpu.index, error_include_guest=self.options.host_policy == "rfc1")
-        # 2. global control off while the registers change
-        hw.wrmsr(self._hw_ctrl, 0)
-        # 3. guest LVTPC: the dedicated vector
-        cs.lvtpc = "vpmi"
-        self._fixed_share(vcpu, 0)
-        # 4. counters and selectors
-        rdpmc = wrmsr = 0
-        elide = self.options.elide_writes
-        for idx in (*st.gp_idx, *st.fixed_idx):
-            g = guest.pmc(idx)
-            h = hw.pmc(idx)
-            value = g.value & g.mask
-            # v6 34/44: skip the counter WRMSR when RDPMC shows hardware already holds it
-            if elide:
-                rdpmc += 1
-            if elide and h.value == value:
-                self.stats.elided_writes += 1
-            else:
-                hw.write_counter(h, value)
-                wrmsr += 1
-                self.stats.counter_writes += 1
-            if not h.is_fixed:
-                sel = eventsel_hw(vcpu, idx)
-                hw.wrmsr(hw.eventsel_msr(h), sel)
-                st.eventsel_hw[idx] = sel
-                wrmsr += 1
-                self.stats.selector_writes += 1
-        # 5. vendor load: status, fixed control, global control
-        wrmsr += self._sync_status(hw, guest.global_status & guest.all_counter_mask)
-        if st.fixed_ctrl_msr is not None:
-            st.fixed_ctrl_hw = fixed_ctrl_hw(vcpu, st.fixed_ctrl_msr)
-            hw.wrmsr(hw.fixed_ctrl_msr(), st.fixed_ctrl_hw)
+        # 2-5 are one atomic register sequence (nothing counts in it): one PMU decode
+        with hw.batched_refresh():
+            # 2. global control off while the registers change
+            hw.wrmsr(self._hw_ctrl, 0)
+            # 3. guest LVTPC: the dedicated vector
+            cs.lvtpc = "vpmi"
+            self._fixed_share(vcpu, 0)
+            # 4. counters and selectors
+            rdpmc = wrmsr = 0
+            elide = self.options.elide_writes
+            for idx in (*st.gp_idx, *st.fixed_idx):
+                g = guest.pmc(idx)
+                h = hw.pmc(idx)
+                value = g.value & g.mask
+                # v6 34/44: skip the counter WRMSR when RDPMC shows hardware already holds it
+                if elide:
+                    rdpmc += 1
+                if elide and h.value == value:
+                    self.stats.elided_writes += 1
+                else:
+                    hw.write_counter(h, value)
+                    wrmsr += 1
+                    self.stats.counter_writes += 1
+                if not h.is_fixed:
+                    sel = eventsel_hw(vcpu, idx)
+                    hw.wrmsr(hw.eventsel_msr(h), sel)
+                    st.eventsel_hw[idx] = sel
+                    wrmsr += 1
+                    self.stats.selector_writes += 1
+            # 5. vendor load: status, fixed control, global control
+            wrmsr += self._sync_status(hw, guest.global_status & guest.all_counter_mask)
+            if st.fixed_ctrl_msr is not None:
+                st.fixed_ctrl_hw = fixed_ctrl_hw(vcpu, st.fixed_ctrl_msr)
+                hw.wrmsr(hw.fixed_ctrl_msr(), st.fixed_ctrl_hw)
         st.loaded_cpu = cpu.index
         st.filter_dirty = False
         cs.loaded = vcpu
@@ -250,39 +252,41 @@ class Switcher:
         guest = vcpu.pmu
         rdpmc = wrmsr = 0
         blind = self._window_cycles(vcpu, cpu)
-        # 1. vendor put
-        if self.rules.atomic_global_ctrl:
-            # VM-exit saved GLOBAL_CTRL into the VMCS and loaded the host value (0)
-            loads = dict(hw.entry_loads)
-            loads[self._hw_ctrl] = 0
-            hw.set_entry_loads(loads)
-        else:
-            if st.global_passthrough:
-                self.set_guest_ctrl(vcpu, hw.rdmsr(self._hw_ctrl))
-            hw.wrmsr(self._hw_ctrl, 0)
-        status = hw.global_status
-        guest.set_global_status(status & guest.all_counter_mask)
-        if status:
-            hw.wrmsr(self._hw_roles["status_clr"], status)
-            wrmsr += 1
-        if st.fixed_ctrl_msr is not None and st.fixed_ctrl_hw:
-            hw.wrmsr(hw.fixed_ctrl_msr(), 0)
-            st.fixed_ctrl_hw = 0
-            wrmsr += 1
-        # 2. counters: save (RDPMC), zero what is non-zero; GP selectors too
-        for idx in (*st.gp_idx, *st.fixed_idx):
-            g = guest.pmc(idx)
-            h = hw.pmc(idx)
-            rdpmc += 1
-            value = h.value
-            guest.backend.write(g, value)
-            if value:
-                hw.write_counter(h, 0)
+        # 1-2 are one atomic register sequence (nothing counts in it): one PMU decode
+        with hw.batched_refresh():
+            # 1. vendor put
+            if self.rules.atomic_global_ctrl:
+                # VM-exit saved GLOBAL_CTRL into the VMCS and loaded the host value (0)
+                loads = dict(hw.entry_loads)
+                loads[self._hw_ctrl] = 0
+                hw.set_entry_loads(loads)
+            else:
+                if st.global_passthrough:
+                    self.set_guest_ctrl(vcpu, hw.rdmsr(self._hw_ctrl))
+                hw.wrmsr(self._hw_ctrl, 0)
+            status = hw.global_status
+            guest.set_global_status(status & guest.all_counter_mask)
+            if status:
+                hw.wrmsr(self._hw_roles["status_clr"], status)
                 wrmsr += 1
-            if st.eventsel_hw.get(idx):
-                hw.wrmsr(hw.eventsel_msr(h), 0)
-                st.eventsel_hw[idx] = 0
+            if st.fixed_ctrl_msr is not None and st.fixed_ctrl_hw:
+                hw.wrmsr(hw.fixed_ctrl_msr(), 0)
+                st.fixed_ctrl_hw = 0
                 wrmsr += 1
+            # 2. counters: save (RDPMC), zero what is non-zero; GP selectors too
+            for idx in (*st.gp_idx, *st.fixed_idx):
+                g = guest.pmc(idx)
+                h = hw.pmc(idx)
+                rdpmc += 1
+                value = h.value
+                guest.backend.write(g, value)
+                if value:
+                    hw.write_counter(h, 0)
+                    wrmsr += 1
+                if st.eventsel_hw.get(idx):
+                    hw.wrmsr(hw.eventsel_msr(h), 0)
+                    st.eventsel_hw[idx] = 0
+                    wrmsr += 1
         self._charge(vcpu, rdpmc, wrmsr)
         self._switch_facilities(vcpu, cpu, loading=False)
         # 3. LVTPC back to NMI
