@@ -7,12 +7,12 @@ event error (counted vs ground truth, %) as bars.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import IO, Any
 
 from vpmu_core.metrics.timeline import Timeline
 
 
-def plot_run(tl: Timeline, report: dict[str, Any], path: str, width: int = 1600, height: int = 900) -> None:
+def plot_run(tl: Timeline, report: dict[str, Any], path: str | IO[bytes], width: int = 1600, height: int = 900) -> None:
     import matplotlib
 
     matplotlib.use("Agg")

@@ -17,7 +17,7 @@ needs nothing and opens in the same UI.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import IO, Any
 
 from vpmu_core.metrics.timeline import Timeline
 
@@ -85,8 +85,12 @@ def trace_events(tl: Timeline, meta: dict[str, Any] | None = None) -> dict[str, 
     }
 
 
+def dump_chrome_json(tl: Timeline, f: IO[str], meta: dict[str, Any] | None = None) -> None:
+    """Write the trace to an open text file (the command writes it atomically)."""
+    json.dump(trace_events(tl, meta), f, sort_keys=True, separators=(",", ":"))
+    f.write("\n")
+
+
 def write_chrome_json(tl: Timeline, path: str, meta: dict[str, Any] | None = None) -> None:
-    data = trace_events(tl, meta)
     with open(path, "w", encoding="utf-8") as f:
-        json.dump(data, f, sort_keys=True, separators=(",", ":"))
-        f.write("\n")
+        dump_chrome_json(tl, f, meta)
