@@ -567,21 +567,78 @@ def _size(text: str) -> tuple[int, int]:
 @click.argument("scenario", required=False)
 @click.option("-o", "--output", required=True, metavar="FILE.png", help="PNG file.")
 @click.option("--size", default="1600x900", show_default=True, metavar="WxH", help="Image size in pixels.")
+@click.option("--x", "x_key", default=None, metavar="KEY", help="Sweep charts: the grid key on the x axis.")
 @_with_common
-def plot(scenario, output, size, cpu, mode, facilities, sets, quiet) -> None:  # type: ignore[no-untyped-def]
-    """Plot SCENARIO: counter ownership timeline and per-event error bars (PNG)."""
-    from vpmu_core.metrics.plot import plot_run
+def plot(scenario, output, size, x_key, cpu, mode, facilities, sets, quiet) -> None:  # type: ignore[no-untyped-def]
+    """Plot SCENARIO: counter ownership timeline and per-event error bars (PNG).
+
+    \b
+    SCENARIO may also be a saved sweep (`vpmu sweep ... --json -o sweep.json`): then the
+    chart is cycles per exit, host lost share and guest mean |error| against the swept
+    parameter (--x KEY, default the first --grid key that varies), one line per mode."""
+    from vpmu_core.cli.output import atomic_write
+    from vpmu_core.metrics.plot import plot_run, plot_sweep
 
     w, h = _size(size)
     _check_output(output)
+    sweep_rows = _read_sweep(scenario) if scenario and scenario.endswith(".json") else None
+    if sweep_rows is not None:
+        with input_errors(scenario or ""):
+            from vpmu_core.metrics.plot import sweep_axis
+
+            sweep_axis(sweep_rows, x_key)  # a bad --x is a usage error before anything is written
+            atomic_write(output, lambda f: plot_sweep(sweep_rows, f, x_key, w, h), binary=True)
+        if not quiet:
+            click.echo(f"wrote {output} ({w}x{h}, {len(sweep_rows)} sweep points)", err=True)
+        return
     scn, source = _load(scenario, cpu, mode, facilities, sets)
     res = _execute(scn, source, quiet, trace=True)
-    from vpmu_core.cli.output import atomic_write
-
     with input_errors(source):
         atomic_write(output, lambda f: plot_run(res.timeline, res.report, f, w, h), binary=True)
     if not quiet:
         click.echo(f"wrote {output} ({w}x{h})", err=True)
+
+
+def _read_sweep(path: str) -> list[dict[str, Any]]:
+    """A sweep saved with `vpmu sweep --json` (a list of rows with `summary` and `grid`)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as e:
+        fail(f"{path}: cannot read: {e.strerror or e}")
+    except (ValueError, UnicodeDecodeError) as e:
+        fail(f"{path}: not a sweep JSON file ({e})")
+    if not (isinstance(data, list) and data and all(isinstance(r, dict) and "summary" in r for r in data)):
+        fail(f"{path}: not a sweep JSON file (expected the rows `vpmu sweep --json` writes)")
+    for r in data:
+        r.setdefault("grid", {})
+    return data
+
+
+@cli.command()
+@_scenario_arg
+@click.option("--cpu", "cpu", metavar="MODEL", help="CPU model (overrides the scenario's).")
+@click.option("--mode", "mode", metavar="MODE[:opt=v,...]", help="Mode (overrides the scenario's).")
+@click.option("--facility", "facilities", multiple=True, metavar="F", help="Add a facility (repeatable).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a scenario field (dotted path).")
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of YAML.")
+def show(scenario, cpu, mode, facilities, sets, as_json) -> None:  # type: ignore[no-untyped-def]
+    """Print SCENARIO as it will run: overrides applied and every default filled in
+    (exit profile and reason weights, costs, guest PMU, perf session fields). Nothing runs."""
+    from vpmu_core.scenario.loader import resolved
+    from vpmu_core.scenario.runner import compose_host
+
+    scn, source = _load(scenario, cpu, mode, facilities, sets)
+    with input_errors(source):
+        host = compose_host(scn, catalog())  # the vendor's cost preset; refuses a bad composition
+    data = resolved(scn, host.costs)
+    for w in scn.warnings():
+        warn(w)
+    if as_json:
+        out(dumps(data))
+        return
+    import yaml
+
+    out(f"# {source}, resolved (vpmu show)\n" + yaml.safe_dump(data, sort_keys=False, width=100))
 
 
 # ---- sweep -----------------------------------------------------------------------------------

@@ -74,13 +74,13 @@ def check_target(path: str, option: str = "-o") -> None:
 
 
 class _HookedFile:
-    """A text file that fires the `write` test hook after its first chunk."""
+    """A file (text or binary) that fires the `write` test hook after its first chunk."""
 
-    def __init__(self, f: IO[str]) -> None:
+    def __init__(self, f: IO[Any]) -> None:
         self._f = f
         self._n = 0
 
-    def write(self, s: str) -> int:
+    def write(self, s: Any) -> int:
         n = self._f.write(s)
         self._n += 1
         if self._n == 1:
@@ -102,7 +102,7 @@ def atomic_write(path: str, write: Callable[[IO[Any]], None], *, binary: bool = 
     if p.exists() and not p.is_file():
         try:
             with open(p, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
-                write(f if binary else _HookedFile(f))  # type: ignore[arg-type]
+                write(_HookedFile(f))  # type: ignore[arg-type]
         except OSError as e:
             _say("I/O error", f"{option} {path}: {_reason(e)}", EXIT_IO)
         return
@@ -110,7 +110,7 @@ def atomic_write(path: str, write: Callable[[IO[Any]], None], *, binary: bool = 
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=str(p.resolve().parent))
         with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
-            write(f if binary else _HookedFile(f))  # type: ignore[arg-type]
+            write(_HookedFile(f))  # type: ignore[arg-type]
             f.flush()
             os.fsync(f.fileno())
         umask = os.umask(0)

@@ -290,3 +290,17 @@ def parse_mode_spec(spec: str) -> tuple[str, dict[str, Any]]:
         except yaml.YAMLError:
             opts[k.strip()] = v
     return name.strip(), opts
+
+
+def resolved(scn: Scenario, costs: Any | None = None) -> dict[str, Any]:
+    """The scenario with every default filled in, as plain data (`vpmu show`): the exit
+    profile (rate, shares, reason weights), the full cost model with the overrides
+    applied (`costs`: the composed host's, which includes the CPU vendor's preset), and
+    each perf session's fields."""
+    from vpmu_core.costs import cost_model
+
+    data = scn.model_dump(mode="json", by_alias=True)
+    data["costs"] = (costs or cost_model("intel", scn.cost_overrides())).model_dump(mode="json")
+    for v, spec in zip(data["vms"], scn.vms, strict=True):
+        v["exits"] = spec.exits.build().model_dump(mode="json")
+    return data

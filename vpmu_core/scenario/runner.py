@@ -432,7 +432,7 @@ def run_scenario(
     if steady_cpe and summary["steady_exits"] < STEADY_MIN_EXITS and abs(cpe - steady_cpe) > 0.1 * steady_cpe:
         r.warnings.append(
             f"cycles per exit has not settled: {cpe:,.0f} over the run, {steady_cpe:,.0f} after warm-up "
-            f"({summary['steady_exits']} exits from {summary['steady_from_ns'] / 1e6:g} ms); "
-            "one-time costs dominate a run this short (raise duration_ns)"
+            f"({summary['steady_exits']} exits from {summary['steady_from_ns'] / 1e6:g} ms): too few exits after "
+            "warm-up for one-time costs to wash out (run longer, or give the guests more work)"
         )
     return RunResult(scn, report, host, timeline, warnings=r.warnings)
