@@ -187,10 +187,17 @@ EVENT_KEYS = {
 }
 SUMMARY_KEYS = {
     "cycles_per_exit",
+    "cycles_per_exit_steady",
     "exits",
     "guest_events",
+    "guest_instructions",
     "guest_max_abs_error_pct",
+    "guest_max_abs_raw_error_pct",
     "guest_mean_abs_error_pct",
+    "guest_mean_abs_raw_error_pct",
+    "host_events",
+    "host_events_refused",
+    "host_refused_pct",
     "host_lost_counts",
     "host_lost_pct",
     "leaks",
@@ -200,6 +207,8 @@ SUMMARY_KEYS = {
     "perf_api_calls",
     "silent_error_total_ns",
     "silent_errors",
+    "steady_exits",
+    "steady_from_ns",
     "total_exits",
 }
 
@@ -445,7 +454,7 @@ def test_sweep_parallel_grid(scn: Path) -> None:
     assert seq.stdout == r.stdout  # parallel == sequential
     assert vpmu("sweep", str(scn), "--grid", "seed=x").returncode == 2
     human = vpmu("sweep", str(scn), "-q")
-    assert human.returncode == 0 and "sweep: 1 points" in human.stdout
+    assert human.returncode == 0 and "sweep: 1 point" in human.stdout
 
 
 def test_plugin_commands_hook(tmp_path: Path) -> None:

@@ -26,13 +26,35 @@ def gp(reason: str = "") -> GuestFault:
     return GuestFault(GP_VECTOR, reason)
 
 
+#: the names the kernel's perf code and the docs use where Linux aliases two errno values
+#: (ENOTSUP == EOPNOTSUPP == 95 and EWOULDBLOCK == EAGAIN; `errno.errorcode` keeps the last alias)
+_ERRNO_NAMES = {_errno.EOPNOTSUPP: "EOPNOTSUPP", _errno.EAGAIN: "EAGAIN"}
+
+
+def errno_name(err: int) -> str:
+    """`errno_name(95)` -> 'EOPNOTSUPP' (the name perf returns and docs/cli.md uses)."""
+    return _ERRNO_NAMES.get(err) or _errno.errorcode.get(err, str(err))
+
+
 class PerfError(OSError):
     """An error returned by the host (or guest) perf API or a KVM ioctl, with `.errno` like
     the syscall."""
 
     def __init__(self, err: int, reason: str = "") -> None:
-        super().__init__(err, f"{_errno.errorcode.get(err, err)}: {reason}")
+        super().__init__(err, f"{errno_name(err)}: {reason}")
         self.reason = reason
+
+
+def allowed_text(allowed: object) -> str:
+    """One spelling for the allowed values in every message: `none` for an empty set (never
+    `(none)`), YAML booleans (`false`, not Python's `False`), lists comma-separated."""
+    if isinstance(allowed, bool):
+        return "true" if allowed else "false"
+    if isinstance(allowed, (list, tuple, set, frozenset)):
+        items = sorted(map(str, allowed)) if isinstance(allowed, (set, frozenset)) else [str(a) for a in allowed]
+        return ", ".join(items) or "none"
+    text = str(allowed).strip()
+    return "none" if text in ("", "(none)", "None", "()", "[]") else text
 
 
 class ConfigError(ValueError):
@@ -41,7 +63,7 @@ class ConfigError(ValueError):
     def __init__(self, field: str, message: str, allowed: object | None = None) -> None:
         text = f"{field}: {message}"
         if allowed is not None:
-            text += f" (allowed: {allowed})"
+            text += f" (allowed: {allowed_text(allowed)})"
         super().__init__(text)
         self.field = field
         self.allowed = allowed

@@ -113,9 +113,21 @@ def dumps(data: Any) -> str:
     return json.dumps(data, sort_keys=True, indent=2) + "\n"
 
 
+def out(text: str) -> None:
+    """The command's output on stdout (errors there: one line, exit 1; see cli/output.py)."""
+    from vpmu_core.cli.output import require_stdout
+
+    require_stdout()
+    click.echo(text, nl=False)
+
+
 def console(stderr: bool = False) -> Any:
     from rich.console import Console
 
+    if not stderr:
+        from vpmu_core.cli.output import require_stdout
+
+        require_stdout()
     c = Console(stderr=stderr, highlight=False, soft_wrap=False)
     if not c.is_terminal and "COLUMNS" not in os.environ:
         c = Console(stderr=stderr, highlight=False, soft_wrap=False, width=160)
@@ -133,6 +145,10 @@ class _Progress:
         self.task: Any = None
 
     def __call__(self, now_ns: int, total_ns: int) -> None:
+        if 2 * now_ns >= total_ns:
+            from vpmu_core.cli.output import signal_hook
+
+            signal_hook("progress")
         if self.quiet:
             return
         if self.bar is None:
@@ -158,7 +174,29 @@ class _Progress:
 
 
 # ---- the group -----------------------------------------------------------------------------
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+
+
+class VpmuGroup(click.Group):
+    """The root group: Ctrl-C is one line and exit 130 (not click's "Aborted!" with a
+    blank line, nor a traceback); a closed or full stdout is one line and exit 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from vpmu_core.cli.output import stdout_errors
+
+        try:
+            with stdout_errors():
+                return super().invoke(ctx)
+        except KeyboardInterrupt:
+            try:
+                sys.stderr.write("vpmu: interrupted\n")
+                sys.stderr.flush()
+            except OSError:
+                pass
+            sys.exit(EXIT_INTERRUPTED)
+
+
+@click.group(cls=VpmuGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", count=True, help="More log output on stderr (-v info, -vv debug).")
 @click.version_option(package_name="vpmu", prog_name="vpmu")
 def cli(verbose: int) -> None:
@@ -188,7 +226,7 @@ def plugins(as_json: bool) -> None:
     """Installed plugins: distribution, version, what each provides, hooks, load errors."""
     rows = _plugin_rows(catalog())
     if as_json:
-        click.echo(dumps(rows), nl=False)
+        out(dumps(rows))
         return
     from rich.table import Table
 
@@ -221,7 +259,7 @@ def models(as_json: bool) -> None:
         ],
     }
     if as_json:
-        click.echo(dumps(data), nl=False)
+        out(dumps(data))
         return
     _spec_table("CPU models", data["cpu_models"], extra="vendor")
     _spec_table("Facilities", data["facilities"])
@@ -237,7 +275,7 @@ def modes(as_json: bool) -> None:
         for n, s in sorted(cat.modes.items())
     ]
     if as_json:
-        click.echo(dumps(data), nl=False)
+        out(dumps(data))
         return
     _spec_table("Modes", data)
 
@@ -280,7 +318,7 @@ def scenarios(as_json: bool) -> None:
             desc = [f"(unreadable: {e})"]
         rows.append({"name": name, "path": path, "description": desc[0] if desc else ""})
     if as_json:
-        click.echo(dumps(rows), nl=False)
+        out(dumps(rows))
         return
     from rich.table import Table
 
@@ -303,6 +341,67 @@ _common = [
 ]
 
 
+FORMATS = ("table", "json", "csv", "tsv")
+
+
+def _format_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(FORMATS),
+        default=None,
+        help="Output format: table (default on stdout), json (default with -o), csv, tsv.",
+    )(fn)
+    return click.option("--json", "as_json", is_flag=True, help="Same as --format json.")(fn)
+
+
+def _resolve_format(fmt: str | None, as_json: bool, output: str | None) -> str:
+    if as_json and fmt not in (None, "json"):
+        fail(f"--json and --format {fmt} contradict each other (allowed: one of them)")
+    fmt = fmt or ("json" if as_json or output else "table")
+    if output and fmt == "table":
+        fail("-o writes json, csv or tsv, not the table (allowed: --format json, csv, tsv)")
+    return fmt
+
+
+def to_delimited(records: list[dict[str, Any]], fmt: str) -> str:
+    """CSV (RFC 4180, comma) or TSV text: a header of the union of keys in first-seen order."""
+    import csv
+    import io
+
+    cols: dict[str, None] = {}
+    for r in records:
+        cols.update(dict.fromkeys(r))
+    buf = io.StringIO()
+    w = csv.DictWriter(
+        buf, fieldnames=list(cols), delimiter="," if fmt == "csv" else "\t", lineterminator="\n", restval=""
+    )
+    w.writeheader()
+    for r in records:
+        w.writerow({k: ("" if v is None else str(v).lower() if isinstance(v, bool) else v) for k, v in r.items()})
+    return buf.getvalue()
+
+
+def _emit(
+    fmt: str,
+    output: str | None,
+    data: Any,
+    records: Callable[[], list[dict[str, Any]]],
+    table: Callable[[], Any],
+) -> None:
+    """Print or write (atomically) the command's output in the chosen format."""
+    if fmt == "table":
+        console().print(table())
+        return
+    text = dumps(data) if fmt == "json" else to_delimited(records(), fmt)
+    if output:
+        from vpmu_core.cli.output import write_text
+
+        write_text(output, text)
+    else:
+        out(text)
+
+
 def _with_common(fn: Callable[..., Any]) -> Callable[..., Any]:
     for opt in reversed(_common):
         fn = opt(fn)
@@ -316,42 +415,67 @@ def _load(scenario: str | None, cpu: str | None, mode: str | None, facilities: t
         return load(scenario, sets=sets, cpu=cpu, mode=mode, facilities=facilities, catalog=catalog())
 
 
+_WARNED: set[str] = set()
+
+
+def warn(message: str) -> None:
+    """A warning on stderr, once per message per process."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        click.echo(f"vpmu: warning: {message}", err=True)
+
+
 def _execute(scn: Any, source: str, quiet: bool, trace: bool = False, label: str | None = None) -> Any:
     from vpmu_core.scenario.runner import run_scenario
 
     bar = _Progress(label or scn.name or source, quiet)
     try:
         with input_errors(source):
-            return run_scenario(scn, catalog=catalog(), trace=trace, progress=bar)
+            res = run_scenario(scn, catalog=catalog(), trace=trace, progress=bar)
     finally:
         bar.close()
+    for w in res.warnings:
+        warn(w)
+    return res
 
 
 def _check_output(path: str) -> None:
-    parent = Path(path).resolve().parent
-    if not parent.is_dir():
-        fail(f"-o {path}: directory {parent} does not exist")
+    from vpmu_core.cli.output import check_target
+
+    check_target(path)
 
 
 @cli.command()
 @_scenario_arg
 @_with_common
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (stable schema, sorted keys).")
-@click.option("-o", "--output", metavar="FILE", help="Write the JSON report to FILE instead of stdout.")
-def run(scenario, cpu, mode, facilities, sets, quiet, as_json, output) -> None:  # type: ignore[no-untyped-def]
-    """Run SCENARIO (a file or a name; default: the built-in `default`) and report."""
+@_format_option
+@click.option("-o", "--output", metavar="FILE", help="Write the report (--format, default json) to FILE, not stdout.")
+def run(scenario, cpu, mode, facilities, sets, quiet, as_json, fmt, output) -> None:  # type: ignore[no-untyped-def]
+    """Run SCENARIO (a file or a name; default: the built-in `default`) and report.
+
+    \b
+    The event tables, like `perf stat`:
+      counted         the count read(2) returns (what the guest or host user believes)
+      (running)       time running / time enabled (multiplexing share)
+      scaled          counted x enabled / running: perf stat's multiplexing estimate
+      truth           what the event should have counted while enabled (ground truth)
+      error           scaled vs truth, % (plain multiplexing is not an error)
+      raw error       counted vs truth, %
+    Hypervisor overhead, per vCPU:
+      host cycles     host cycles KVM and perf spent for the vCPU (exits, MSR emulation,
+                      perf event create/reprogram, context switches of the PMU)
+      cycles/exit     host cycles / VM-exits (all: one-time costs included; steady: without
+                      the perf event creations of the first guest perf_event_open)
+      cycles/guest s  host cycles per second of guest execution
+    --format csv/tsv: one row per perf event (the report's `events`)."""
+    fmt = _resolve_format(fmt, as_json, output)
     if output:
         _check_output(output)
     scn, source = _load(scenario, cpu, mode, facilities, sets)
     res = _execute(scn, source, quiet)
-    if output:
-        Path(output).write_text(dumps(res.report), encoding="utf-8")
-    elif as_json:
-        click.echo(dumps(res.report), nl=False)
-    else:
-        from vpmu_core.metrics.render import render_report
+    from vpmu_core.metrics.render import event_records, render_report
 
-        console().print(render_report(res.report))
+    _emit(fmt, output, res.report, lambda: event_records(res.report), lambda: render_report(res.report))
 
 
 def split_modes(text: str) -> list[str]:
@@ -375,25 +499,38 @@ def split_modes(text: str) -> list[str]:
 @click.option("--facility", "facilities", multiple=True, metavar="F", help="Add a facility (repeatable).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a scenario field.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-@click.option("--json", "as_json", is_flag=True, help="JSON: {mode label: summary}.")
-def compare(scenario, modes_, cpu, facilities, sets, quiet, as_json) -> None:  # type: ignore[no-untyped-def]
-    """Run SCENARIO once per mode (identical workload and seed) and compare side by side."""
-    specs = split_modes(modes_)
+@_format_option
+@click.option("-o", "--output", metavar="FILE", help="Write the output (--format, default json) to FILE.")
+def compare(scenario, modes_, cpu, facilities, sets, quiet, as_json, fmt, output) -> None:  # type: ignore[no-untyped-def]
+    """Run SCENARIO once per mode (identical workload and seed) and compare side by side.
+
+    \b
+    Rows: guest progress (guest instructions retired: overhead eats guest time, so modes
+    see different work and exit counts in the same duration), guest mean/max |error|
+    (perf-stat scaled value vs truth; raw: the unscaled count), silent errors, host lost
+    share (refused host events count as losing all they would have counted), VM-exits,
+    host cycles, cycles per exit (all, and steady state without one-time event creation),
+    cycles per guest second, leaks, exits by reason, perf API calls.
+    --json: {mode label: {composition, summary}}; --format csv/tsv: one row per mode."""
+    from vpmu_core.metrics.render import compare_records, mode_label, render_compare
+
+    fmt = _resolve_format(fmt, as_json, output)
+    if output:
+        _check_output(output)
+    specs = list(dict.fromkeys(split_modes(modes_)))  # the same mode twice runs once
     if not specs:
         fail("--modes: no mode given")
     loaded = [(m, *_load(scenario, cpu, m, facilities, sets)) for m in specs]
-    results = []
-    for label, scn, source in loaded:
-        res = _execute(scn, source, quiet, label=f"{scenario} [{label}]")
-        results.append((label, res.report))
-    if as_json:
-        click.echo(
-            dumps({label: {"composition": r["composition"], "summary": r["summary"]} for label, r in results}), nl=False
-        )
-        return
-    from vpmu_core.metrics.render import render_compare
-
-    console().print(render_compare(scenario, results))
+    results: list[tuple[str, dict[str, Any]]] = []
+    for spec, scn, source in loaded:
+        res = _execute(scn, source, quiet, label=f"{scenario} [{spec}]")
+        results.append((mode_label(res.report["composition"]), res.report))
+    if len({label for label, _ in results}) < len(results):  # two specs, one composition
+        results = [(spec, r) for spec, (_, r) in zip(specs, results, strict=True)]
+    data = {label: {"composition": r["composition"], "summary": r["summary"]} for label, r in results}
+    _emit(
+        fmt, output, data, lambda: compare_records(results), lambda: render_compare(scenario, results, console().width)
+    )
 
 
 @cli.command()
@@ -403,17 +540,15 @@ def compare(scenario, modes_, cpu, facilities, sets, quiet, as_json) -> None:  #
 def trace(scenario, output, cpu, mode, facilities, sets, quiet) -> None:  # type: ignore[no-untyped-def]
     """Write a trace of SCENARIO that Perfetto UI opens: counter ownership per physical
     counter, VM-entries/exits, PMIs, host event states (Chrome JSON trace format)."""
-    from vpmu_core.metrics.trace import write_chrome_json
+    from vpmu_core.cli.output import atomic_write
+    from vpmu_core.metrics.trace import dump_chrome_json
 
     _check_output(output)
     scn, source = _load(scenario, cpu, mode, facilities, sets)
     res = _execute(scn, source, quiet, trace=True)
     c = res.report["composition"]
-    write_chrome_json(
-        res.timeline,
-        output,
-        {"scenario": scn.name, "cpu": c["cpu"], "mode": c["mode"], "seed": str(c["seed"])},
-    )
+    meta = {"scenario": scn.name, "cpu": c["cpu"], "mode": c["mode"], "seed": str(c["seed"])}
+    atomic_write(output, lambda f: dump_chrome_json(res.timeline, f, meta))
     if not quiet:
         click.echo(f"wrote {output} ({len(res.timeline.slices)} slices, {len(res.timeline.tracks())} tracks)", err=True)
 
@@ -432,70 +567,186 @@ def _size(text: str) -> tuple[int, int]:
 @click.argument("scenario", required=False)
 @click.option("-o", "--output", required=True, metavar="FILE.png", help="PNG file.")
 @click.option("--size", default="1600x900", show_default=True, metavar="WxH", help="Image size in pixels.")
+@click.option("--x", "x_key", default=None, metavar="KEY", help="Sweep charts: the grid key on the x axis.")
 @_with_common
-def plot(scenario, output, size, cpu, mode, facilities, sets, quiet) -> None:  # type: ignore[no-untyped-def]
-    """Plot SCENARIO: counter ownership timeline and per-event error bars (PNG)."""
-    from vpmu_core.metrics.plot import plot_run
+def plot(scenario, output, size, x_key, cpu, mode, facilities, sets, quiet) -> None:  # type: ignore[no-untyped-def]
+    """Plot SCENARIO: counter ownership timeline and per-event error bars (PNG).
+
+    \b
+    SCENARIO may also be a saved sweep (`vpmu sweep ... --json -o sweep.json`): then the
+    chart is cycles per exit, host lost share and guest mean |error| against the swept
+    parameter (--x KEY, default the first --grid key that varies), one line per mode."""
+    from vpmu_core.cli.output import atomic_write
+    from vpmu_core.metrics.plot import plot_run, plot_sweep
 
     w, h = _size(size)
     _check_output(output)
+    sweep_rows = _read_sweep(scenario) if scenario and scenario.endswith(".json") else None
+    if sweep_rows is not None:
+        with input_errors(scenario or ""):
+            from vpmu_core.metrics.plot import sweep_axis
+
+            sweep_axis(sweep_rows, x_key)  # a bad --x is a usage error before anything is written
+            atomic_write(output, lambda f: plot_sweep(sweep_rows, f, x_key, w, h), binary=True)
+        if not quiet:
+            click.echo(f"wrote {output} ({w}x{h}, {len(sweep_rows)} sweep points)", err=True)
+        return
     scn, source = _load(scenario, cpu, mode, facilities, sets)
     res = _execute(scn, source, quiet, trace=True)
     with input_errors(source):
-        plot_run(res.timeline, res.report, output, w, h)
+        atomic_write(output, lambda f: plot_run(res.timeline, res.report, f, w, h), binary=True)
     if not quiet:
         click.echo(f"wrote {output} ({w}x{h})", err=True)
 
 
+def _read_sweep(path: str) -> list[dict[str, Any]]:
+    """A sweep saved with `vpmu sweep --json` (a list of rows with `summary` and `grid`)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as e:
+        fail(f"{path}: cannot read: {e.strerror or e}")
+    except (ValueError, UnicodeDecodeError) as e:
+        fail(f"{path}: not a sweep JSON file ({e})")
+    if not (isinstance(data, list) and data and all(isinstance(r, dict) and "summary" in r for r in data)):
+        fail(f"{path}: not a sweep JSON file (expected the rows `vpmu sweep --json` writes)")
+    for r in data:
+        r.setdefault("grid", {})
+    return data
+
+
+@cli.command()
+@_scenario_arg
+@click.option("--cpu", "cpu", metavar="MODEL", help="CPU model (overrides the scenario's).")
+@click.option("--mode", "mode", metavar="MODE[:opt=v,...]", help="Mode (overrides the scenario's).")
+@click.option("--facility", "facilities", multiple=True, metavar="F", help="Add a facility (repeatable).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a scenario field (dotted path).")
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of YAML.")
+def show(scenario, cpu, mode, facilities, sets, as_json) -> None:  # type: ignore[no-untyped-def]
+    """Print SCENARIO as it will run: overrides applied and every default filled in
+    (exit profile and reason weights, costs, guest PMU, perf session fields). Nothing runs."""
+    from vpmu_core.scenario.loader import resolved
+    from vpmu_core.scenario.runner import compose_host
+
+    scn, source = _load(scenario, cpu, mode, facilities, sets)
+    with input_errors(source):
+        host = compose_host(scn, catalog())  # the vendor's cost preset; refuses a bad composition
+    data = resolved(scn, host.costs)
+    for w in scn.warnings():
+        warn(w)
+    if as_json:
+        out(dumps(data))
+        return
+    import yaml
+
+    out(f"# {source}, resolved (vpmu show)\n" + yaml.safe_dump(data, sort_keys=False, width=100))
+
+
 # ---- sweep -----------------------------------------------------------------------------------
-def _sweep_job(job: tuple[str, str | None, tuple[str, ...]]) -> dict[str, Any]:
-    """One sweep point, run in a worker process: (scenario, mode or None, sets) -> result row."""
+SweepPoint = tuple[str, str | None, tuple[str, ...], tuple[str, ...]]
+
+
+def _grid_value(text: str) -> Any:
+    from vpmu_core.scenario.loader import parse_assignment
+
+    try:
+        return parse_assignment(text)[1]
+    except ConfigError:
+        return text
+
+
+def _sweep_job(job: SweepPoint) -> dict[str, Any]:
+    """One sweep point, run in a worker process: (scenario, mode or None, fixed sets, grid
+    sets) -> result row. An input error comes back as `{"error": ...}` (with the file name)
+    rather than as an exception, so it crosses dask's pickling unchanged."""
     from vpmu_core.scenario.loader import load
     from vpmu_core.scenario.runner import run_scenario
 
-    scenario, mode, sets = job
+    scenario, mode, fixed, grid = job
     cat = catalog()
-    scn, _ = load(scenario, sets=sets, mode=mode, catalog=cat)
-    res = run_scenario(scn, catalog=cat)
+    source = scenario
+    try:
+        scn, source = load(scenario, sets=fixed + grid, mode=mode, catalog=cat)
+        res = run_scenario(scn, catalog=cat)
+    except ConfigError as e:  # ScenarioError already names its file
+        text = str(e)
+        return {"error": text if text.startswith(f"{source}:") else f"{source}: {text}"}
     return {
         "scenario": scenario,
         "mode": mode or scn.mode,
-        "set": list(sets),
+        "set": list(fixed + grid),
+        "grid": {k: _grid_value(g) for g in grid for k in [g.split("=", 1)[0]]},
         "composition": res.report["composition"],
         "summary": res.report["summary"],
+        "warnings": list(res.warnings),
     }
 
 
 def _sweep_distributed(points: list[Any], scheduler: str | None, workers: int, quiet: bool) -> list[dict[str, Any]]:
-    """Run the points on dask.distributed: an existing scheduler or a LocalCluster."""
+    """Run the points on dask.distributed: an existing scheduler or a LocalCluster.
+
+    The local workers start with SIGINT ignored, so a Ctrl-C in the terminal (which the
+    whole process group receives) interrupts only this process, which then shuts the
+    cluster down quietly (no worker tracebacks)."""
     import logging
+    import signal
 
     from distributed import Client, LocalCluster, as_completed
 
-    logging.getLogger("distributed").setLevel(logging.ERROR)
+    from vpmu_core.cli.output import signal_hook
+
+    for name in ("distributed", "tornado", "asyncio"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    cluster = None
     if scheduler is not None:
         client = Client(scheduler)
-        cluster = None
     else:
-        cluster = LocalCluster(
-            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.ERROR
-        )
-        client = Client(cluster)
+        old = signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited by the worker processes
+        try:
+            cluster = LocalCluster(
+                n_workers=workers,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                silence_logs=logging.CRITICAL,
+            )
+            client = Client(cluster)
+        finally:
+            signal.signal(signal.SIGINT, old)
     try:
         futs = client.map(_sweep_job, points, pure=False)
         show = not quiet and console(stderr=True).is_terminal
+        prog: Any = None
         if show:
             from rich.progress import Progress
 
-            with Progress(console=console(stderr=True), transient=True) as prog:
-                task = prog.add_task("sweep", total=len(futs))
-                for _ in as_completed(futs):
+            prog = Progress(console=console(stderr=True), transient=True)
+            prog.start()
+        try:
+            task = prog.add_task("sweep", total=len(futs)) if prog else None
+            for _ in as_completed(futs):
+                signal_hook("sweep-point", group=True)
+                if prog:
                     prog.advance(task)
+        finally:
+            if prog:
+                prog.stop()
         return list(client.gather(futs))
+    except KeyboardInterrupt:
+        for f in futs if "futs" in locals() else ():
+            f.cancel()
+        raise
     finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
+        import contextlib
+        import io
+
+        # closing while workers are mid-task logs and warns: keep stderr to the one line
+        with contextlib.redirect_stderr(io.StringIO()):
+            try:
+                client.close(timeout=10)
+                if cluster is not None:
+                    cluster.close(timeout=10)
+            except Exception:  # noqa: BLE001 - shutting down; nothing useful to report
+                log.debug("sweep.shutdown_failed", exc_info=True)
 
 
 def _expand_grid(grid: tuple[str, ...]) -> list[tuple[str, ...]]:
@@ -523,53 +774,55 @@ def _expand_grid(grid: tuple[str, ...]) -> list[tuple[str, ...]]:
     help="A running dask.distributed scheduler (tcp://host:8786); default: a local cluster of --jobs workers.",
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-@click.option("--json", "as_json", is_flag=True, help="JSON: one row per point, in sweep order.")
-def sweep(scenarios_, modes_, grid, sets, jobs, scheduler, quiet, as_json) -> None:  # type: ignore[no-untyped-def]
+@_format_option
+@click.option("-o", "--output", metavar="FILE", help="Write the output (--format, default json) to FILE.")
+def sweep(scenarios_, modes_, grid, sets, jobs, scheduler, quiet, as_json, fmt, output) -> None:  # type: ignore[no-untyped-def]
     """Run SCENARIOs x modes x --grid values in parallel on dask.distributed and tabulate.
 
     Every point is validated first (nothing runs on bad input). The engine is a local
     dask cluster by default (one single-threaded worker process per job) or an existing
     cluster given with --scheduler; `-j 1` runs in this process. Results come back in
-    sweep order, so the output does not depend on which worker finished first."""
+    sweep order, so the output does not depend on which worker finished first.
+
+    \b
+    Output: a table, --json (one row per point: scenario, mode, set, grid as key -> value,
+    composition, summary), or --format csv/tsv (one row per point, summary keys as
+    columns). `vpmu plot SWEEP.json -o chart.png` charts a saved --json sweep."""
     from vpmu_core.scenario.loader import load
 
+    fmt = _resolve_format(fmt, as_json, output)
+    if output:
+        _check_output(output)
     mode_list: list[str | None] = list(split_modes(modes_)) if modes_ else [None]
-    points = [(s, m, tuple(sets) + g) for s in scenarios_ for m in mode_list for g in _expand_grid(grid)]
-    for s, m, st in points:  # validate every point first: nothing runs on bad input
+    points: list[SweepPoint] = [
+        (s, m, tuple(sets), g) for s in scenarios_ for m in mode_list for g in _expand_grid(grid)
+    ]
+    for s, m, fx, g in points:  # validate every point first: nothing runs on bad input
         with input_errors():
-            load(s, sets=st, mode=m, catalog=catalog())
+            load(s, sets=fx + g, mode=m, catalog=catalog())
     n = jobs or os.cpu_count() or 1
     with input_errors():
         if scheduler is None and (n == 1 or len(points) == 1):
-            rows = [_sweep_job(p) for p in points]
+            rows = []
+            for p in points:
+                rows.append(_sweep_job(p))
+                if "error" in rows[-1]:
+                    break
         else:
             rows = _sweep_distributed(points, scheduler, min(n, len(points)), quiet)
-    if as_json:
-        click.echo(dumps(rows), nl=False)
-        return
-    from rich.table import Table
-
-    t = Table(title=f"vpmu sweep: {len(rows)} points", title_justify="left", header_style="bold")
-    for c in ("scenario", "mode", "set"):
-        t.add_column(c, no_wrap=True)
-    for c in ("guest |err| mean", "silent", "host lost", "exits", "cyc/exit", "leaks", "open errors"):
-        t.add_column(c, justify="right")
     for r in rows:
-        s = r["summary"]
-        opts = ",".join(f"{k}={v}" for k, v in sorted(r["composition"]["mode_options"].items()))
-        t.add_row(
-            r["scenario"],
-            r["composition"]["mode"] + (f":{opts}" if opts else ""),
-            " ".join(r["set"]) or "-",
-            f"{s['guest_mean_abs_error_pct']:.2f}%",
-            f"{s['silent_errors']}",
-            f"{s['host_lost_pct']:.2f}%",
-            f"{s['total_exits']:,}",
-            f"{s['cycles_per_exit']:,.1f}",
-            f"{s['leaks']}",
-            f"{s['open_errors']}",
-        )
-    console().print(t)
+        if "error" in r:
+            fail(r["error"])
+    kinds: dict[str, list[str]] = {}
+    for r in rows:
+        for w in r.pop("warnings", []):
+            kinds.setdefault(w.split(":", 1)[0], []).append(w)
+    for ws in kinds.values():  # one line per kind of warning, however many points had it
+        unique = list(dict.fromkeys(ws))
+        warn(unique[0] + (f" (and {len(unique) - 1} more like it)" if len(unique) > 1 else ""))
+    from vpmu_core.metrics.render import render_sweep, sweep_records
+
+    _emit(fmt, output, rows, lambda: sweep_records(rows), lambda: render_sweep(rows, console().width))
 
 
 # ---- plugin commands, entry point ------------------------------------------------------------------

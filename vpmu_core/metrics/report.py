@@ -76,6 +76,7 @@ def build_report(host: Host) -> dict[str, Any]:
             "cause": iv.cause,
         }
         for iv in host.silent.intervals
+        if iv.duration(now) > 0  # opened and closed at the same instant: noise, not an error
     ]
     host_loss = []
     for row in events:
@@ -107,6 +108,7 @@ def build_report(host: Host) -> dict[str, Any]:
                 "fastpath_exits": st.fastpath_exits,
                 "userspace_exits": st.userspace_exits,
                 "guest_cycles": st.guest_cycles,
+                "guest_instructions": host.truth.total(v.name, EventKind.INSTRUCTIONS, guest=True),
                 "overhead_cycles": dict(sorted(cyc.items())),
                 "calls": dict(sorted(host.costs_ledger.calls[v.name].items())),
                 "total_overhead_cycles": total_cycles,

@@ -2,8 +2,10 @@
 (ui.perfetto.dev) and chrome://tracing open.
 
 Format: {"traceEvents": [...], "displayTimeUnit": "ns", "otherData": {...}}. Each track is
-a thread (`tid`) in one of four processes (`pid`): 1 host PMU counters, 2 guest PMU
-counters, 3 vCPUs, 4 host perf event states, 5 scenario actions; names come from "M"
+a thread (`tid`) in one of the processes (`pid`): 1 host PMU counters (owner over time,
+the guest's while the mediated vPMU has its context loaded), 2 guest PMU counters, 3
+vCPUs, 4 host perf event states, 5 scenario actions, 6 the task on each host CPU; 7 holds
+'C' (counter) events, one track per guest counter with its value over time; names come from "M"
 (metadata) events `process_name` / `thread_name`, order from `thread_sort_index`. Slices
 are "X" (complete) events with `ts`/`dur` in microseconds (fractions keep nanoseconds);
 PMIs and scenario actions are "i" (instant) events. Key order and number formatting are
@@ -17,7 +19,7 @@ needs nothing and opens in the same UI.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import IO, Any
 
 from vpmu_core.metrics.timeline import Timeline
 
@@ -27,7 +29,10 @@ PROCESSES = {
     "vcpu": (3, "vCPUs: guest mode / VM-exits, PMIs"),
     "event": (4, "host perf events: state"),
     "action": (5, "scenario actions"),
+    "task": (6, "host CPUs: the task running (vCPU, host thread)"),
 }
+#: the process of the counter-value ('C') tracks, one per guest counter
+COUNTER_VALUES = (7, "guest counter values (as the guest reads them)")
 
 
 def _us(ns: int) -> float | int:
@@ -76,6 +81,19 @@ def trace_events(tl: Timeline, meta: dict[str, Any] | None = None) -> dict[str, 
         if it.args:
             ev["args"] = dict(sorted(it.args.items()))
         body.append((it.t_ns, pid, tid, ev))
+    if tl.counter_samples:
+        cpid, cname = COUNTER_VALUES
+        events.append({"ph": "M", "pid": cpid, "tid": 0, "name": "process_name", "args": {"name": cname}})
+        events.append({"ph": "M", "pid": cpid, "tid": 0, "name": "process_sort_index", "args": {"sort_index": cpid}})
+        for track, t_ns, value in tl.counter_samples:
+            body.append(
+                (
+                    t_ns,
+                    cpid,
+                    0,
+                    {"ph": "C", "pid": cpid, "tid": 0, "name": track, "ts": _us(t_ns), "args": {"value": value}},
+                )
+            )
     body.sort(key=lambda b: (b[0], b[1], b[2]))
     events.extend(b[3] for b in body)
     return {
@@ -85,8 +103,12 @@ def trace_events(tl: Timeline, meta: dict[str, Any] | None = None) -> dict[str, 
     }
 
 
+def dump_chrome_json(tl: Timeline, f: IO[str], meta: dict[str, Any] | None = None) -> None:
+    """Write the trace to an open text file (the command writes it atomically)."""
+    json.dump(trace_events(tl, meta), f, sort_keys=True, separators=(",", ":"))
+    f.write("\n")
+
+
 def write_chrome_json(tl: Timeline, path: str, meta: dict[str, Any] | None = None) -> None:
-    data = trace_events(tl, meta)
     with open(path, "w", encoding="utf-8") as f:
-        json.dump(data, f, sort_keys=True, separators=(",", ":"))
-        f.write("\n")
+        dump_chrome_json(tl, f, meta)

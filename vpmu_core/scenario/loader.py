@@ -52,8 +52,16 @@ def available_scenarios(catalog: Any | None = None) -> dict[str, str]:
 def resolve(ref: str, catalog: Any | None = None) -> Path:
     """A scenario reference: an existing file path, else a shipped or registered name."""
     p = Path(ref)
+    if not ref.strip():
+        raise ScenarioError(
+            "scenario", f"empty name (allowed: a file path or {', '.join(sorted(available_scenarios(catalog)))})"
+        )
     if p.suffix in SUFFIXES or "/" in ref or p.exists():
-        if not p.is_file():
+        if p.is_dir():
+            raise ScenarioError(ref, f"is a directory, not a scenario file (expected {', '.join(SUFFIXES)})")
+        if p.exists() and not p.is_file():
+            raise ScenarioError(ref, "is not a regular file (a device or a pipe), not a scenario file")
+        if not p.exists():
             raise ScenarioError(ref, "no such scenario file")
         return p
     names = available_scenarios(catalog)
@@ -65,15 +73,23 @@ def resolve(ref: str, catalog: Any | None = None) -> Path:
 def read_data(path: Path) -> dict[str, Any]:
     """Parse a YAML or TOML file into plain data (no validation yet)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except OSError as e:
         raise ScenarioError(str(path), f"cannot read: {e.strerror or e}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ScenarioError(
+            str(path), f"not a text file (byte {raw[e.start]:#04x} at offset {e.start} is not UTF-8): not a scenario"
+        ) from None
+    if "\x00" in text:
+        raise ScenarioError(str(path), f"not a text file (NUL byte at offset {text.index(chr(0))}): not a scenario")
     try:
         if path.suffix == ".toml":
             data = tomllib.loads(text)
         else:
             data = yaml.safe_load(text)
-    except (yaml.YAMLError, tomllib.TOMLDecodeError) as e:
+    except (yaml.YAMLError, tomllib.TOMLDecodeError, ValueError, RecursionError) as e:
         raise ScenarioError(str(path), f"not valid {'TOML' if path.suffix == '.toml' else 'YAML'}: {e}") from None
     if data is None:
         data = {}
@@ -231,10 +247,14 @@ def load(
     path = resolve(str(ref) if ref is not None else "default", catalog)
     data = copy.deepcopy(read_data(path))
     source = str(path)
-    if cpu:
+    if cpu is not None:
+        if not cpu.strip():
+            raise ScenarioError("--cpu", f"empty CPU model (allowed: {_names(catalog, 'cpu_models')})")
         data["cpu"] = cpu
-    if mode:
+    if mode is not None:
         name, opts = parse_mode_spec(mode)
+        if not name:
+            raise ScenarioError("--mode", f"empty mode {mode!r} (allowed: {_names(catalog, 'modes')})")
         keep = dict(data.get("mode_options") or {}) if data.get("mode") == name else {}
         data["mode"] = name
         data["mode_options"] = {**keep, **opts}
@@ -252,6 +272,11 @@ def load(
     return validate(data, source), source
 
 
+def _names(catalog: Any | None, kind: str) -> str:
+    names = sorted(getattr(catalog, kind, None) or {})
+    return ", ".join(names) or "none installed"
+
+
 def parse_mode_spec(spec: str) -> tuple[str, dict[str, Any]]:
     """`mediated:switch_at=exit,foo=1` -> ('mediated', {'switch_at': 'exit', 'foo': 1})."""
     name, _, rest = spec.partition(":")
@@ -265,3 +290,17 @@ def parse_mode_spec(spec: str) -> tuple[str, dict[str, Any]]:
         except yaml.YAMLError:
             opts[k.strip()] = v
     return name.strip(), opts
+
+
+def resolved(scn: Scenario, costs: Any | None = None) -> dict[str, Any]:
+    """The scenario with every default filled in, as plain data (`vpmu show`): the exit
+    profile (rate, shares, reason weights), the full cost model with the overrides
+    applied (`costs`: the composed host's, which includes the CPU vendor's preset), and
+    each perf session's fields."""
+    from vpmu_core.costs import cost_model
+
+    data = scn.model_dump(mode="json", by_alias=True)
+    data["costs"] = (costs or cost_model("intel", scn.cost_overrides())).model_dump(mode="json")
+    for v, spec in zip(data["vms"], scn.vms, strict=True):
+        v["exits"] = spec.exits.build().model_dump(mode="json")
+    return data

@@ -14,17 +14,24 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from vpmu_core.errors import GuestFault, PerfError
+from vpmu_core.errors import ConfigError, GuestFault, PerfError
 from vpmu_core.hv.config import GuestPmuConfig
 from vpmu_core.logs import get_logger
 from vpmu_core.perf.attr import PerfEventAttr
-from vpmu_core.scenario.schema import GuestPerfSession, HostPerfSession, Scenario
+from vpmu_core.scenario.schema import FREQ_HZ_MAX, FREQ_HZ_MIN, GuestPerfSession, HostPerfSession, Scenario
 
 log = get_logger("vpmu.scenario")
 
 #: action kinds, in the order they run at the same time
 STOP, START, WORK = 0, 1, 2
 STEPS = 100
+#: cycles per exit "steady state" starts after this share of the run (and after the last
+#: guest perf session opened), so one-time costs (KVM creating its perf events when the
+#: guest first enables its counters) are left out
+WARMUP_SHARE = 10
+#: fewer exits than this after warm-up, and a whole-run figure more than 10% off the steady
+#: one: the run is too short for cycles per exit to settle (a warning says so)
+STEADY_MIN_EXITS = 1000
 
 
 @dataclass
@@ -33,6 +40,9 @@ class RunResult:
     report: dict[str, Any]
     host: Any
     timeline: Any | None = None
+    #: things the scenario asked for that did not happen as written (the command prints
+    #: them on stderr once; they are not part of the report)
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass(order=True)
@@ -46,11 +56,10 @@ class _Action:
 
 def compose_host(scn: Scenario, catalog: Any | None = None) -> Any:
     """`vpmu.compose()` from the scenario's composition fields (raises ConfigError)."""
-    from vpmu_core.errors import ConfigError
     from vpmu_core.plugins.compose import compose
 
     try:
-        return _compose(compose, scn, catalog)
+        host = _compose(compose, scn, catalog)
     except ConfigError:
         raise
     except (ValueError, TypeError) as e:  # a factory refusing an option value
@@ -59,6 +68,13 @@ def compose_host(scn: Scenario, catalog: Any | None = None) -> Any:
             f"{type(e).__name__}: {e} (cpu {scn.cpu} model_options={scn.model_options}, "
             f"mode {scn.mode} mode_options={scn.mode_options}, facility_options={scn.facility_options})",
         ) from None
+    freq = getattr(host, "freq_hz", None)
+    if not isinstance(freq, int) or not FREQ_HZ_MIN <= freq <= FREQ_HZ_MAX:
+        # a model computing a clock of 0 or less would divide by zero or never advance
+        raise ConfigError(
+            "model_options.freq_hz", f"{scn.cpu} runs at {freq!r} Hz", f"{FREQ_HZ_MIN:_}..{FREQ_HZ_MAX:_}"
+        )
+    return host
 
 
 def _compose(compose: Any, scn: Scenario, catalog: Any | None) -> Any:
@@ -75,6 +91,16 @@ def _compose(compose: Any, scn: Scenario, catalog: Any | None) -> Any:
         mux_interval_ns=scn.mux_interval_ns,
         catalog_=catalog,
     )
+
+
+def _in_vm(err: ConfigError, index: int) -> ConfigError:
+    """A VM-level ConfigError (`pmu.lbr: ...`) with its scenario path (`vms[0].pmu.lbr: ...`)."""
+    text = str(err)
+    prefix = f"{err.field}: "
+    message = text[len(prefix) :] if text.startswith(prefix) else text
+    out = ConfigError(f"vms[{index}].{err.field}", message)
+    out.allowed = err.allowed
+    return out
 
 
 def _attr(ev: int | str, s: HostPerfSession | GuestPerfSession, pinned: bool, **extra: Any) -> PerfEventAttr:
@@ -103,6 +129,9 @@ class _Run:
         self.tasks: dict[str, Any] = {}
         self.vms: dict[str, Any] = {}
         self.sessions: dict[str, list[Any]] = {}
+        self.warnings: list[str] = scn.warnings()
+        #: overhead snapshot at the end of warm-up: time, host cycles, exits (all vCPUs)
+        self.steady: tuple[int, int, int] | None = None
 
     def at(self, t_ns: int, kind: int, what: str, fn: Callable[[], None]) -> None:
         self.actions.append(_Action(t_ns, kind, len(self.actions), what, fn))
@@ -131,11 +160,11 @@ class _Run:
             task = host.spawn_task(t.name, cpu=t.cpu)
             self.tasks[t.name] = task
             self._queue(t, f"task {t.name}", task.execute)
-        for v in scn.vms:
+        for vi, v in enumerate(scn.vms):
             if v.start_ns == 0:
-                self._create_vm(v)
+                self._create_vm(vi, v)
             else:
-                self.at(v.start_ns, START, f"create vm {v.name}", lambda v=v: self._create_vm(v, timed=True))
+                self.at(v.start_ns, START, f"create vm {v.name}", lambda vi=vi, v=v: self._create_vm(vi, v, timed=True))
             for w in v.work:
                 targets = range(v.vcpus) if w.vcpu == "all" else [w.vcpu]
                 for i in targets:
@@ -163,7 +192,7 @@ class _Run:
             if s.stop_ns is not None:
                 self.at(s.stop_ns, STOP, f"host perf {s.name} stop", lambda s=s: self._stop("host", s))
 
-    def _create_vm(self, v: Any, timed: bool = False) -> None:
+    def _create_vm(self, vi: int, v: Any, timed: bool = False) -> None:
         """KVM_CREATE_VM + vCPUs (+ the event filter). A VM created later that KVM refuses
         (e.g. the mediated vPMU's EBUSY while a host event counts the guest) is recorded in
         `open_errors` and its actions are skipped; at time 0 a refusal fails the run."""
@@ -175,11 +204,14 @@ class _Run:
                 exits=v.exits.build(),
                 name=v.name,
             )
+        except ConfigError as e:
+            raise _in_vm(e, vi) from None
         except PerfError as err:
             if not timed:
                 raise
             self._open_error(v.name, "kvm", "KVM_CREATE_VCPU", f"vm {v.name}", err)
             return
+        self._clamped(vi, v, vm)
         self.vms[v.name] = vm
         if v.event_filter is not None:
             f = v.event_filter
@@ -209,6 +241,18 @@ class _Run:
                 vm.vcpus[i].queue(work)
 
         return sink
+
+    def _clamped(self, index: int, spec: Any, vm: Any) -> None:
+        """KVM clamps a guest PMU above the host's (kvm_pmu_refresh); say so once."""
+        got = vm.pmu_config
+        for name in ("version", "gp_counters", "fixed_counters"):
+            want = getattr(spec.pmu, name)
+            have = getattr(got, name, None)
+            if want is not None and have is not None and have < want:
+                self.warnings.append(
+                    f"vms[{index}].pmu.{name}: {want} is more than {self.scn.cpu} under mode {self.scn.mode} "
+                    f"gives a guest; clamped to {have} (as KVM's kvm_pmu_refresh does)"
+                )
 
     def _guest_wrmsr(self, vm: Any, m: Any) -> None:
         targets = vm.vcpus if m.vcpu == "all" else [vm.vcpus[m.vcpu]]
@@ -321,6 +365,8 @@ class _Run:
         step = max(1, dur // STEPS)
         times = sorted({a.t_ns for a in self.actions if a.t_ns <= dur} | set(range(step, dur, step)) | {dur})
         pending = sorted(a for a in self.actions if a.t_ns <= dur)
+        opens = [s.start_ns for v in self.scn.vms for s in v.perf if s.start_ns < dur]
+        warmup = max(dur // WARMUP_SHARE, *opens, 0)
         k = 0
         for t in [0, *times]:
             host.sync(host.ns_to_cycles(t))
@@ -329,19 +375,49 @@ class _Run:
                 k += 1
                 log.debug("scenario.action", t_ns=t, what=a.what)
                 a.fn()
+            if self.steady is None and t >= warmup and t < dur:
+                self.steady = (t, *self._overhead_now())
             if progress is not None:
                 progress(t, dur)
 
+    def _overhead_now(self) -> tuple[int, int]:
+        cycles = exits = 0
+        for vm in self.vms.values():
+            for v in vm.vcpus:
+                cycles += self.host.costs_ledger.total(v.name)
+                exits += v.stats.total_exits
+        return cycles, exits
 
-def summarize(report: dict[str, Any]) -> dict[str, Any]:
-    """Headline numbers for `vpmu compare` and the report's `summary` section."""
+    def steady_state(self) -> dict[str, Any]:
+        """Overhead after warm-up (see WARMUP_SHARE), for `summary`."""
+        if self.steady is None:
+            return {"from_ns": self.scn.duration_ns, "exits": 0, "overhead_cycles": 0}
+        t0, c0, e0 = self.steady
+        c1, e1 = self._overhead_now()
+        return {"from_ns": t0, "exits": e1 - e0, "overhead_cycles": c1 - c0}
+
+
+def _mean_max(values: list[float]) -> tuple[float, float]:
+    return (round(sum(values) / len(values), 4), round(max(values), 4)) if values else (0.0, 0.0)
+
+
+def summarize(report: dict[str, Any], steady: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Headline numbers for `vpmu compare` and the report's `summary` section.
+
+    Guest error is the perf-stat scaled value against the truth (`scaled_error_pct`: plain
+    multiplexing is an estimate, not a silent error); the raw count's error is kept under
+    `..._raw_...`. Host events a mode refused count in `host_refused_events`, beside the
+    loss of the events that did open. `steady`: overhead after warm-up (the runner's)."""
     guest = [e for e in report["events"] if e["scope"].startswith("guest:")]
-    errs = [abs(e["error_pct"]) for e in guest if e["error_pct"] is not None]
+    raw_mean, raw_max = _mean_max([abs(e["error_pct"]) for e in guest if e["error_pct"] is not None])
+    sc_mean, sc_max = _mean_max([abs(e["scaled_error_pct"]) for e in guest if e["scaled_error_pct"] is not None])
     host_loss = report["host_loss"]
     lost = sum(max(0, h["lost"]) for h in host_loss)
     truth = sum(h["truth"] for h in host_loss)
+    host_events = sum(1 for e in report["events"] if e["scope"] == "host")
+    refused = sum(1 for e in report.get("open_errors", []) if e["scope"] == "host")
     exits: dict[str, int] = {}
-    overhead_cycles = guest_cycles = total_exits = 0
+    overhead_cycles = guest_cycles = total_exits = guest_instructions = 0
     for name, o in report["overhead"].items():
         if name == "host":
             continue
@@ -349,23 +425,34 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
             exits[r] = exits.get(r, 0) + n
         overhead_cycles += o["total_overhead_cycles"]
         guest_cycles += o["guest_cycles"]
+        guest_instructions += o.get("guest_instructions", 0)
         total_exits += o["total_exits"]
     freq = report.get("freq_hz") or 0
     perf_calls = {}
     for scope, st in report["perf_api"].items():
         perf_calls[scope] = sum(st.values())
+    st = steady or {"from_ns": 0, "exits": total_exits, "overhead_cycles": overhead_cycles}
     return {
         "guest_events": len(guest),
-        "guest_mean_abs_error_pct": round(sum(errs) / len(errs), 4) if errs else 0.0,
-        "guest_max_abs_error_pct": round(max(errs), 4) if errs else 0.0,
+        "guest_instructions": guest_instructions,
+        "guest_mean_abs_error_pct": sc_mean,
+        "guest_max_abs_error_pct": sc_max,
+        "guest_mean_abs_raw_error_pct": raw_mean,
+        "guest_max_abs_raw_error_pct": raw_max,
         "silent_errors": len(report["silent_errors"]),
         "silent_error_total_ns": report["silent_error_total_ns"],
+        "host_events": host_events,
+        "host_events_refused": refused,
+        "host_refused_pct": round(refused * 100.0 / (host_events + refused), 4) if refused else 0.0,
         "host_lost_counts": lost,
         "host_lost_pct": round(lost * 100.0 / truth, 4) if truth else 0.0,
         "exits": dict(sorted(exits.items())),
         "total_exits": total_exits,
         "overhead_cycles": overhead_cycles,
         "cycles_per_exit": round(overhead_cycles / total_exits, 2) if total_exits else 0.0,
+        "cycles_per_exit_steady": round(st["overhead_cycles"] / st["exits"], 2) if st["exits"] else 0.0,
+        "steady_from_ns": st["from_ns"],
+        "steady_exits": st["exits"],
         "overhead_cycles_per_guest_second": round(overhead_cycles * freq / guest_cycles, 1)
         if guest_cycles and freq
         else 0.0,
@@ -400,5 +487,12 @@ def run_scenario(
     report["freq_hz"] = host.freq_hz
     report["open_errors"] = r.open_errors
     report["guest_faults"] = r.guest_faults
-    report["summary"] = summarize(report)
-    return RunResult(scn, report, host, timeline)
+    report["summary"] = summary = summarize(report, r.steady_state())
+    cpe, steady_cpe = summary["cycles_per_exit"], summary["cycles_per_exit_steady"]
+    if steady_cpe and summary["steady_exits"] < STEADY_MIN_EXITS and abs(cpe - steady_cpe) > 0.1 * steady_cpe:
+        r.warnings.append(
+            f"cycles per exit has not settled: {cpe:,.0f} over the run, {steady_cpe:,.0f} after warm-up "
+            f"({summary['steady_exits']} exits from {summary['steady_from_ns'] / 1e6:g} ms): too few exits after "
+            "warm-up for one-time costs to wash out (run longer, or give the guests more work)"
+        )
+    return RunResult(scn, report, host, timeline, warnings=r.warnings)

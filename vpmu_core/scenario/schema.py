@@ -17,10 +17,49 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
 from vpmu_core.costs import CostModel
-from vpmu_core.engine.exits import ExitProfile
+from vpmu_core.engine.exits import DEFAULT_REASONS, FASTPATH_REASONS, ExitProfile
 from vpmu_core.perf.attr import BRANCH_SAMPLE_TYPES, GENERIC_HW_EVENTS
 
 PERF_CLASSES = ("cpu_pinned", "task_pinned", "cpu_flexible", "task_flexible")
+
+#: KVM_MAX_VCPUS on x86 (arch/x86/include/asm/kvm_host.h): the most vCPUs one VM can have
+MAX_VCPUS_PER_VM = 1024
+#: the most vCPUs of all VMs of a scenario: memory is the limit (about 150 KB and 25 ms of
+#: set-up per vCPU; 4096 vCPUs need about 0.6 GB)
+MAX_VCPUS_TOTAL = 4096
+#: bounds of a model's `freq_hz` option (core clock): 1 MHz .. 20 GHz
+FREQ_HZ_MIN, FREQ_HZ_MAX = 1_000_000, 20_000_000_000
+#: exit reasons a background exit profile may name (`exits.reasons`), KVM's names for the
+#: VMX/SVM basic exit reasons the model handles (arch/x86/kvm/vmx/vmx.c kvm_vmx_exit_handlers);
+#: the fastpath ones (engine/exits.py FASTPATH_REASONS) are among them
+EXIT_REASONS = tuple(
+    sorted(
+        set(DEFAULT_REASONS)
+        | set(FASTPATH_REASONS)
+        | {
+            "apic_access",
+            "apic_write",
+            "cr_access",
+            "dr_access",
+            "ept_misconfig",
+            "eoi_induced",
+            "exception_nmi",
+            "interrupt_window",
+            "invlpg",
+            "msr_read",
+            "nmi_window",
+            "pause_instruction",
+            "rdpmc",
+            "rdtsc",
+            "rdtscp",
+            "vmcall",
+            "wbinvd",
+            "xsetbv",
+        }
+    )
+)
+#: facilities that give a guest an LBR (`pmu.lbr: true` needs one of them)
+LBR_FACILITIES = ("lbr", "arch_lbr")
 
 NonNegInt = Annotated[int, Field(ge=0)]
 
@@ -33,7 +72,8 @@ def _cost_overrides_model() -> type[BaseModel]:
     """CostModel with every field optional: a scenario overrides single fields."""
     fields: dict[str, Any] = {}
     for name, f in CostModel.model_fields.items():
-        fields[name] = (f.annotation | None, Field(None, description=f.description))
+        # a negative cost would make overhead (and time) run backwards
+        fields[name] = (f.annotation | None, Field(None, ge=0, description=f.description))
     return create_model(
         "CostOverrides", __config__=ConfigDict(extra="forbid"), __doc__="Cost model overrides (host cycles).", **fields
     )
@@ -206,7 +246,17 @@ class ExitSpec(_Strict):
     rate_per_s: float | None = Field(None, ge=0)
     fastpath_share: float | None = Field(None, ge=0, le=1)
     userspace_share: float | None = Field(None, ge=0, le=1)
-    reasons: dict[str, float] | None = None
+    reasons: dict[str, Annotated[float, Field(ge=0)]] | None = Field(
+        None, description="reason -> weight; reasons: " + ", ".join(EXIT_REASONS)
+    )
+
+    @field_validator("reasons")
+    @classmethod
+    def _reasons(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        unknown = sorted(set(v or {}) - set(EXIT_REASONS))
+        if unknown:
+            raise ValueError(f"unknown exit reason(s) {unknown} (allowed: {', '.join(EXIT_REASONS)})")
+        return v
 
     def build(self) -> ExitProfile:
         return ExitProfile(**self.model_dump(exclude_none=True))
@@ -219,7 +269,7 @@ class ExitSpec(_Strict):
 
 class VmSpec(_Strict):
     name: str = Field(min_length=1)
-    vcpus: int = Field(1, ge=1)
+    vcpus: int = Field(1, ge=1, le=MAX_VCPUS_PER_VM, description=f"at most {MAX_VCPUS_PER_VM} (KVM_MAX_VCPUS)")
     pin: list[NonNegInt] | None = Field(None, description="host CPU of each vCPU")
     pmu: GuestPmuSpec = Field(default_factory=GuestPmuSpec)
     exits: ExitSpec = Field(default_factory=ExitSpec)
@@ -254,6 +304,10 @@ class VmSpec(_Strict):
         for w in self.work:
             if w.vcpu != "all" and w.vcpu >= self.vcpus:
                 raise ValueError(f"work: vcpu {w.vcpu} does not exist (allowed: 0..{self.vcpus - 1}, all)")
+        names = [s.name for s in self.perf]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"perf: duplicate session names {dup} (each guest perf session needs its own name)")
         for s in self.perf:
             idx = [s.vcpu] if isinstance(s.vcpu, int) else s.vcpu if isinstance(s.vcpu, list) else []
             for i in idx:
@@ -296,6 +350,26 @@ class Scenario(_Strict):
         dup = sorted({n for n in vm_names if vm_names.count(n) > 1})
         if dup:
             raise ValueError(f"vms: duplicate VM names {dup}")
+        perf_names = [s.name for s in self.host.perf]
+        dup = sorted({n for n in perf_names if perf_names.count(n) > 1})
+        if dup:
+            raise ValueError(f"host.perf: duplicate session names {dup} (each host perf session needs its own name)")
+        total = sum(v.vcpus for v in self.vms)
+        if total > MAX_VCPUS_TOTAL:
+            raise ValueError(f"vms: {total} vCPUs in all (allowed: at most {MAX_VCPUS_TOTAL}, memory is the limit)")
+        if "freq_hz" in self.model_options:
+            f = self.model_options["freq_hz"]
+            if isinstance(f, bool) or not isinstance(f, int) or not FREQ_HZ_MIN <= f <= FREQ_HZ_MAX:
+                raise ValueError(
+                    f"model_options.freq_hz: {f!r} is not a clock in Hz (allowed: integers {FREQ_HZ_MIN:_}..{FREQ_HZ_MAX:_})"
+                )
+        lbr_facility = any(f in LBR_FACILITIES for f in self.facilities)
+        for i, v in enumerate(self.vms):
+            if v.pmu.lbr and not lbr_facility:
+                raise ValueError(
+                    f"vms[{i}].pmu.lbr: true needs an LBR facility, the scenario has "
+                    f"{', '.join(self.facilities) or 'none'} (add one of: {', '.join(LBR_FACILITIES)})"
+                )
         cpu_range = f"0..{self.cpus - 1}"
         for t in self.host.tasks:
             if t.cpu is not None and t.cpu >= self.cpus:
@@ -315,6 +389,31 @@ class Scenario(_Strict):
                     f"host.perf {s.name!r}: unknown task {s.task!r} (allowed: {', '.join(sorted(targets)) or 'none'})"
                 )
         return self
+
+    def warnings(self) -> list[str]:
+        """What the scenario asks for that will not happen (stderr warnings, not errors: a
+        `--set duration_ns=...` that cuts a shipped scenario short is legitimate)."""
+        out: list[str] = []
+        end = self.duration_ns
+
+        def late(path: str, what: str, t: int) -> None:
+            if t > end:
+                out.append(
+                    f"{path}: {what} starts at {t:_} ns, after the run ends (duration_ns {end:_}): it never runs"
+                )
+
+        for i, s in enumerate(self.host.perf):
+            late(f"host.perf[{i}].start_ns", f"host perf session {s.name!r}", s.start_ns)
+        for i, t in enumerate(self.host.tasks):
+            late(f"host.tasks[{i}].at_ns", f"host task {t.name!r}", t.at_ns)
+        for vi, v in enumerate(self.vms):
+            for i, s in enumerate(v.perf):
+                late(f"vms[{vi}].perf[{i}].start_ns", f"guest perf session {s.name!r}", s.start_ns)
+            for i, w in enumerate(v.work):
+                late(f"vms[{vi}].work[{i}].at_ns", "guest work", w.at_ns)
+            for i, m in enumerate(v.msrs):
+                late(f"vms[{vi}].msrs[{i}].at_ns", f"guest wrmsr {m.msr:#x}", m.at_ns)
+        return out
 
     def cost_overrides(self) -> dict[str, Any]:
         return self.costs.model_dump(exclude_none=True)
