@@ -18,6 +18,8 @@ class TestToyVendor(VendorConformance):
     plugin_name = "toy"
     plugin_module = toy
     expected_failures = NOT_INSTALLED
+    legacy_counter_writes = "sign_extend"
+    guest_capability_bits = {toy.CAPS: toy.CAP_FULL_WIDTH}
 
 
 class TestReferenceMode(ModeConformance):

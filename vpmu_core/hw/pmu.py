@@ -332,12 +332,14 @@ class PmuBase:
 
     host_initiated = False
 
-    def restore_snapshot(self, state: dict[int, int]) -> None:
+    def restore_snapshot(self, state: dict[int, int] | dict[str, int]) -> None:
         """Host-initiated writes (KVM_SET_MSRS) of a snapshot; vendors allow read-only
-        registers here while `host_initiated` is True."""
+        registers here while `host_initiated` is True. Keys may be MSR indexes or their
+        decimal strings (a migration state serialized as JSON)."""
         self.host_initiated = True
         try:
-            for msr, value in state.items():
+            for key, value in state.items():
+                msr = int(key)  # a state that went through JSON has string keys
                 if self.has_msr(msr):
                     try:
                         self.wrmsr(msr, value)
