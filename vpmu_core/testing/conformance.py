@@ -609,8 +609,15 @@ class ModeConformance(_Kit):
             checker = LeakChecker(host)
             host.perf_event_open(PerfEventAttr(config="cycles", exclude_guest=True), pid=-1, cpu=0)
             vm = host.create_vm(vcpus=1, pin=[0])
-            vm.guest_perf.perf_event_open(PerfEventAttr(config="instructions", pinned=True), cpu=0)
-            vm.vcpus[0].execute(Work(instructions=5_000_000))
+            ev = vm.guest_perf.perf_event_open(PerfEventAttr(config="instructions", pinned=True), cpu=0)
+            v = vm.vcpus[0]
+            checker.plant(v, 0x1B00_0000, skip={ev.idx})
+            task = host.spawn_task("between", cpu=0)
+            for _ in range(2):  # load, run, put (a host task takes the CPU), twice
+                v.execute(Work(instructions=2_500_000))
+                task.execute(Work(instructions=1_000_000))
+                host.advance(ns=5_000_000)
+            assert checker.checks >= 4, "the vCPU should have been loaded and put"
             assert host.leaks.leaks == [], host.leaks.leaks
             assert checker.leaks == [], checker.leaks
 
