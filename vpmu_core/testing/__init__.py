@@ -13,7 +13,8 @@ import sys
 from vpmu_core.testing.leakcheck import LeakChecker
 from vpmu_core.testing.ports import PhysicalPort, StubCpu
 
-if "pytest" in sys.modules:  # under pytest without plugin autoload (pitfall P14)
-    sys.modules["pytest"].register_assert_rewrite("vpmu_core.testing.conformance")
+_pytest = sys.modules.get("pytest")
+if _pytest is not None:  # under pytest without plugin autoload (pitfall P14)
+    _pytest.register_assert_rewrite("vpmu_core.testing.conformance")
 
 __all__ = ["LeakChecker", "PhysicalPort", "StubCpu"]
