@@ -5,12 +5,13 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-PLUGIN_DIRS := $(patsubst %/pyproject.toml,%,$(sort $(wildcard plugins/*/pyproject.toml)))
+# plugins/ (shipped) and examples/ (third-party style, e.g. mode_xen_lazy), one distribution each
+PLUGIN_DIRS := $(patsubst %/pyproject.toml,%,$(sort $(wildcard plugins/*/pyproject.toml)) $(sort $(wildcard examples/*/pyproject.toml)))
 STAMP  := $(VENV)/.installed
 
 .PHONY: install run test lint bench goldens clean
 
-$(STAMP): pyproject.toml $(wildcard plugins/*/pyproject.toml)
+$(STAMP): pyproject.toml $(wildcard plugins/*/pyproject.toml) $(wildcard examples/*/pyproject.toml)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]' $(foreach p,$(PLUGIN_DIRS),-e '$(p)[test]')
 	touch $(STAMP)
@@ -31,8 +32,8 @@ test: install lint
 	exit $$status
 
 lint: install
-	$(BIN)/ruff check vpmu_core tests benchmarks plugins
-	$(BIN)/ruff format --check vpmu_core tests benchmarks plugins
+	$(BIN)/ruff check vpmu_core tests benchmarks plugins examples
+	$(BIN)/ruff format --check vpmu_core tests benchmarks plugins examples
 
 ## goldens: rewrite the golden-report corpus (tests/golden/) after a reviewed behaviour change
 goldens: install
@@ -43,4 +44,4 @@ bench: install
 	$(BIN)/python benchmarks/bench_goals.py
 
 clean:
-	rm -rf $(VENV) *.egg-info plugins/*/*.egg-info
+	rm -rf $(VENV) *.egg-info plugins/*/*.egg-info examples/*/*.egg-info

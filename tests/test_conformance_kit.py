@@ -18,6 +18,8 @@ class TestToyVendor(VendorConformance):
     plugin_name = "toy"
     plugin_module = toy
     expected_failures = NOT_INSTALLED
+    legacy_counter_writes = "sign_extend"
+    guest_capability_bits = {toy.CAPS: toy.CAP_FULL_WIDTH}
 
 
 class TestReferenceMode(ModeConformance):
@@ -63,3 +65,26 @@ def test_kit_catches_a_broken_vendor(pytester):
     outcomes = result.parseoutcomes()
     assert outcomes.get("failed", 0) >= 3
     result.stdout.fnmatch_lines(["*test_reserved_selector_bits_follow_policy*"])
+
+
+def test_testing_package_imports_without_pytest() -> None:
+    """`toy`, `PhysicalPort`, `StubCpu` and `LeakChecker` are usable outside pytest; only the
+    conformance classes need it (they load as the pytest11 plugin)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['pytest'] = None\n"
+        "from vpmu_core.testing import LeakChecker, PhysicalPort, StubCpu, toy\n"
+        "import vpmu_core.testing.ports\n"
+        "m = toy.ToyModel({}); p = m.make_pmu(None)\n"
+        "assert PhysicalPort(m, p).cpuid(toy.TOY_CPUID_LEAF)[0] == 4\n"
+        "assert StubCpu(0, None).now_ns() == 0 and LeakChecker\n"
+        "try:\n"
+        "    import vpmu_core.testing.conformance\n"
+        "except ImportError:\n"
+        "    print('conformance needs pytest')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "conformance needs pytest"

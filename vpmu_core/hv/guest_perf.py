@@ -8,8 +8,10 @@ guest PMI handler reloads sampling periods and unmasks the LVTPC, as Linux does
 
 from __future__ import annotations
 
+import errno
 from typing import TYPE_CHECKING, Any
 
+from vpmu_core.errors import GuestFault, PerfError
 from vpmu_core.hv.lapic import LVT_MASKED, X2APIC_LVTPC
 from vpmu_core.perf.attr import PerfEventAttr
 from vpmu_core.perf.core import PerfSubsystem
@@ -48,6 +50,8 @@ class GuestPerf:
         self.perf.tracer = vm.host.tracer
         self.events: list[PerfEvent] = []
         self._lapic_ready: set[int] = set()
+        #: errors the guest kernel hit (a #GP in its perf driver), for the report
+        self.errors: list[dict[str, Any]] = []
 
     def perf_event_open(
         self, attr: PerfEventAttr, pid: int = -1, cpu: int = 0, group: PerfEvent | None = None
@@ -55,9 +59,41 @@ class GuestPerf:
         """perf_event_open(2) in the guest: per-vCPU events (pid must be -1)."""
         if 0 <= cpu < len(self.cpus):
             self._init_vcpu(self.vm.vcpus[cpu])
-        ev = self.perf.perf_event_open(attr, pid, cpu, group, owner="guest")
+        known = set(map(id, self.perf.events))
+        try:
+            ev = self.perf.perf_event_open(attr, pid, cpu, group, owner="guest")
+        except GuestFault as f:
+            # the guest driver touched an MSR this guest does not have: in the guest kernel
+            # that is an "unchecked MSR access error", and the syscall fails; drop the
+            # half-opened event without touching its registers again
+            for e in [e for e in self.perf.events if id(e) not in known]:
+                self._drop(e)
+            vcpu = self.vm.vcpus[cpu] if 0 <= cpu < len(self.cpus) else None
+            self.errors.append(
+                {
+                    "vcpu": vcpu.name if vcpu is not None else None,
+                    "call": "perf_event_open",
+                    "event": attr.label(),
+                    "errno": "EIO",
+                    "fault": f"vector {f.vector}: {f.reason}",
+                    "time_ns": vcpu.now_ns() if vcpu is not None else 0,
+                }
+            )
+            raise PerfError(errno.EIO, f"guest kernel: unchecked MSR access ({f.reason})") from None
         self.events.append(ev)
         return ev
+
+    def _drop(self, ev: PerfEvent) -> None:
+        """Forget an event whose programming faulted (its state is unknown)."""
+        perf = self.perf
+        for ctx in perf.ctx:
+            if ev in ctx.active:
+                ctx.active.remove(ev)
+            if ev in ctx.groups:
+                ctx.groups.remove(ev)
+        if ev in perf.events:
+            perf.events.remove(ev)
+        ev.closed = True
 
     def _truth_for(self, ev: PerfEvent) -> int:
         a = ev.attr

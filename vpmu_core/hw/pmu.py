@@ -13,6 +13,7 @@ vendor implements those differences behind that flag, citing the KVM source.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -41,8 +42,20 @@ class CounterBackend:
 _DEFAULT_BACKEND = CounterBackend()
 
 
-class PmuBase:
-    """Base of every vendor PMU register model. See module docstring."""
+class PmuBase(ABC):
+    """Base of every vendor PMU register model. See module docstring.
+
+    Mandatory (abstract: a vendor class missing one fails at construction with TypeError):
+    `_decode`, `rdpmc`, `eventsel_msr`, `counter_msrs`, `control_msrs`, `rdpmc_ecx`,
+    `raise_overflow`. Optional, with the default said in each docstring: `global_msrs`,
+    `fixed_ctrl_msr`, `hw_eventsel`, `global_status`, `set_global_status`,
+    `local_enable_of`, `describe`, `state_msrs`.
+
+    What modes read (accessors, never vendor layouts): `pmcs` (GP then fixed `Pmc`s),
+    `pmc(idx)`, `all_counter_mask`, `msr_indexes`, `has_msr(msr)`, `entry_loads` (physical
+    PMU: the MSR values VM-entry loads), `guest_mode`, `virtualization_enabled`,
+    `plan(guest)` / `counting(guest)` (what counts right now), `global_status`.
+    """
 
     vendor: str = "unknown"
     #: True where VM-entry/VM-exit switch the global control atomically (Intel VMCS
@@ -145,8 +158,10 @@ class PmuBase:
         self._headroom = 0
         writer(value)
 
+    @abstractmethod
     def rdpmc(self, ecx: int) -> int:
-        raise gp("rdpmc not supported by this model")
+        """RDPMC: the counter `ecx` selects (`rdpmc_ecx(pmc)` gives the ECX of a counter);
+        raise `gp(...)` for an index the PMU does not have."""
 
     # ---- counter values through the backend ---------------------------------------------
     def read_counter(self, pmc: Pmc) -> int:
@@ -162,6 +177,7 @@ class PmuBase:
             fn(pmc)
 
     # ---- decoding and plans -----------------------------------------------------------
+    @abstractmethod
     def _decode(self) -> None:
         """Vendor: refresh every Pmc's normalized fields from the control registers."""
         raise NotImplementedError
@@ -294,26 +310,31 @@ class PmuBase:
         return overflows
 
     # ---- roles the modes use (vendor implements) -----------------------------------------
+    @abstractmethod
     def eventsel_msr(self, pmc: Pmc) -> int | None:
         """The selector MSR of a GP counter (None for fixed counters)."""
         raise NotImplementedError
 
+    @abstractmethod
     def counter_msrs(self, pmc: Pmc) -> tuple[int, ...]:
         """Every MSR index that reads/writes this counter; the first is the full-width one."""
         raise NotImplementedError
 
+    @abstractmethod
     def control_msrs(self) -> tuple[int, ...]:
         """Selector-like MSRs a mediated vPMU always intercepts (filtering)."""
         raise NotImplementedError
 
     def global_msrs(self) -> dict[str, int]:
-        """Role -> MSR for the global registers this PMU has: any of "ctrl", "status",
+        """Optional (default: none). Role -> MSR for the global registers this PMU has: any of "ctrl", "status",
         "status_clr" (write-1-to-clear), "status_set", "inuse"."""
         return {}
 
     def fixed_ctrl_msr(self) -> int | None:
+        """The fixed-counter control MSR (optional; default None: no fixed counters)."""
         return None
 
+    @abstractmethod
     def rdpmc_ecx(self, pmc: Pmc) -> int:
         """The RDPMC ECX that reads this counter."""
         raise NotImplementedError
@@ -323,16 +344,19 @@ class PmuBase:
         AMD forces GuestOnly). Identity by default."""
         return value
 
+    @abstractmethod
     def raise_overflow(self, pmc: Pmc) -> bool:
         """Record an overflow of `pmc` (status bit where the PMU has one); True = raise a PMI."""
         raise NotImplementedError
 
     @property
     def global_status(self) -> int:
+        """The overflow status bits (optional; default 0: no status register)."""
         return 0
 
     def set_global_status(self, value: int) -> None:
-        """Host-side (not guest-visible) write of the whole status, for context switches."""
+        """Optional. Host-side (not guest-visible) write of the whole status, for context switches."""
+        return None
 
     def local_enable_of(self, pmc: Pmc) -> bool:
         return pmc.local_en
@@ -354,12 +378,14 @@ class PmuBase:
 
     host_initiated = False
 
-    def restore_snapshot(self, state: dict[int, int]) -> None:
+    def restore_snapshot(self, state: dict[int, int] | dict[str, int]) -> None:
         """Host-initiated writes (KVM_SET_MSRS) of a snapshot; vendors allow read-only
-        registers here while `host_initiated` is True."""
+        registers here while `host_initiated` is True. Keys may be MSR indexes or their
+        decimal strings (a migration state serialized as JSON)."""
         self.host_initiated = True
         try:
-            for msr, value in state.items():
+            for key, value in state.items():
+                msr = int(key)  # a state that went through JSON has string keys
                 if self.has_msr(msr):
                     try:
                         self.wrmsr(msr, value)

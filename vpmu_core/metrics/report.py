@@ -137,7 +137,10 @@ def build_report(host: Host) -> dict[str, Any]:
         if vm._guest_perf is not None:
             perf_api[f"guest:{vm.name}"] = vm._guest_perf.perf.stats.as_dict()
     mode_stats = getattr(host.mode, "report", None)
-    return {
+    guest_errors = [
+        {"vm": vm.name, **e} for vm in host.vms if vm._guest_perf is not None for e in vm._guest_perf.errors
+    ]
+    out = {
         "schema": REPORT_SCHEMA_VERSION,
         "composition": host.composition,
         "duration_ns": now,
@@ -156,3 +159,6 @@ def build_report(host: Host) -> dict[str, Any]:
         },
         "states": {str(e.id): e.state.name for e in host.user_events if e.state != EventState.OFF},
     }
+    if guest_errors:  # only when a guest kernel hit one (reports without errors are unchanged)
+        out["guest_kernel_errors"] = guest_errors
+    return out

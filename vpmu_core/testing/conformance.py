@@ -19,14 +19,46 @@ from typing import Any, ClassVar
 
 import pytest
 
-from vpmu_core.errors import GuestFault
+from vpmu_core.errors import GuestFault, PerfError
 from vpmu_core.events import EventKind, Work
 from vpmu_core.hv.config import GuestPmuConfig
+from vpmu_core.hv.vcpu import KVM_COMMON_PMU_MSRS
+from vpmu_core.hw.pmc import sign_extend
 from vpmu_core.perf.attr import PerfEventAttr
 from vpmu_core.plugins.discovery import build_catalog
 from vpmu_core.plugins.markers import ENTRY_POINT_GROUP
+from vpmu_core.testing.leakcheck import LeakChecker
+from vpmu_core.testing.ports import PhysicalPort, StubCpu
 
 UNKNOWN_MSR = 0x0BAD_C0DE
+__all__ = ["ModeConformance", "PhysicalPort", "StubCpu", "VendorConformance", "load_plugin"]
+
+#: the generic perf event names (`PerfEventAttr(type="hardware", config=...)`), Linux's
+#: PERF_COUNT_HW_*; a driver answers ENOENT for the ones its hardware has no encoding for
+GENERIC_EVENTS = (
+    "cycles",
+    "instructions",
+    "cache-references",
+    "cache-misses",
+    "branches",
+    "branch-misses",
+    "bus-cycles",
+    "stalled-cycles-frontend",
+    "stalled-cycles-backend",
+    "ref-cycles",
+)
+#: a span with every event kind non-zero and different, so a counter that counts the wrong
+#: kind reads a wrong number
+_KIND_SPAN = dict(
+    instructions=40_003,
+    cycles=50_021,
+    ref_cycles=45_007,
+    llc_references=3_001,
+    llc_misses=1_009,
+    branches=7_013,
+    branch_misses=503,
+    topdown_slots=200_087,
+)
 
 
 def load_plugin(name: str) -> Any:
@@ -35,44 +67,6 @@ def load_plugin(name: str) -> Any:
     if not eps:
         pytest.fail(f"no entry point {name!r} in group {ENTRY_POINT_GROUP!r}: is the plugin installed?")
     return eps[0].load()
-
-
-class PhysicalPort:
-    """A PMU as a driver port, for checks without an engine (CPUID from `table`, by default
-    the host's)."""
-
-    def __init__(self, model: Any, pmu: Any, table: Any = None) -> None:
-        self.model, self.pmu = model, pmu
-        self.table = model.cpuid_table(None) if table is None else table
-
-    def rdmsr(self, msr: int) -> int:
-        return self.pmu.rdmsr(msr)
-
-    def wrmsr(self, msr: int, value: int) -> None:
-        self.pmu.wrmsr(msr, value)
-
-    def rdpmc(self, ecx: int) -> int:
-        return self.pmu.rdpmc(ecx)
-
-    def cpuid(self, leaf: int, subleaf: int = 0) -> tuple[int, int, int, int]:
-        return self.table.get(leaf, subleaf)
-
-    def set_entry_loads(self, loads: dict[int, int]) -> None:
-        self.pmu.set_entry_loads(loads)
-
-
-class StubCpu:
-    """The `PerfCpu` a `PerfSubsystem` needs, without an engine: an index, a port, no task
-    and a clock the test sets (`ns`)."""
-
-    def __init__(self, index: int, port: Any) -> None:
-        self.index = index
-        self.port = port
-        self.current_task: Any = None
-        self.ns = 0
-
-    def now_ns(self) -> int:
-        return self.ns
 
 
 class _Kit:
@@ -102,6 +96,19 @@ class VendorConformance(_Kit):
     reserved_policy: ClassVar[str] = "gp"
     #: models to check (default: every model the plugin registers)
     models: ClassVar[tuple[str, ...] | None] = None
+    #: model name -> raw event configs tried besides the generic events, to reach counters
+    #: no generic event uses (e.g. Intel fixed counter 3, topdown slots: 0x0400)
+    raw_events: ClassVar[dict[str, tuple[int, ...]]] = {}
+    #: how writes through a counter's legacy alias (`counter_msrs(pmc)[1:]`) behave:
+    #: "sign_extend" (Intel IA32_PMCx: bit 31 extended to the counter width) or "full"
+    #: (AMD K7 PERFCTRx: the same register). Must be declared when a counter has aliases.
+    legacy_counter_writes: ClassVar[str | None] = None
+    #: selector bits a guest must never set although the host has them (e.g. Intel
+    #: AnyThread, bit 21: KVM's pmu->reserved_bits), beyond what the host rejects
+    guest_reserved_selector_bits: ClassVar[int] = 0
+    #: capability MSR -> the bits a guest may ever see there (e.g. Intel PERF_CAPABILITIES
+    #: 0x345: LBR format and full-width writes); every other bit is host-only
+    guest_capability_bits: ClassVar[dict[int, int]] = {}
 
     @pytest.fixture
     def catalog(self, plugin: Any) -> Any:
@@ -110,6 +117,22 @@ class VendorConformance(_Kit):
     def _models(self, catalog: Any) -> list[Any]:
         names = self.models or tuple(sorted(catalog.cpu_models))
         return [catalog.cpu_models[n].factory({}) for n in names]
+
+    @staticmethod
+    def _guest_configs(model: Any) -> list[GuestPmuConfig]:
+        """Non-default guest configurations every vendor must honour (clamped as it likes)."""
+        caps = model.caps
+        out = [
+            GuestPmuConfig(gp_counters=1),
+            GuestPmuConfig(gp_counters=max(1, caps.gp_counters - 1), fixed_counters=0),
+        ]
+        if caps.version > 1:
+            out.append(GuestPmuConfig(version=caps.version - 1))
+        return out
+
+    @staticmethod
+    def _indexes(pmu: Any, mask: int) -> list[int]:
+        return [i for i in range(64) if mask >> i & 1 and pmu.pmc(i) is not None]
 
     # ---- packaging ------------------------------------------------------------------------
     def test_plugin_is_discoverable(self) -> None:
@@ -133,6 +156,8 @@ class VendorConformance(_Kit):
 
     # ---- model consistency ------------------------------------------------------------------
     def test_cpuid_matches_pmu_layout(self, catalog: Any) -> None:
+        """Host and default guest: the PMU has what CPUID enumerates, read through the
+        driver from each one's own CPUID table."""
         for model in self._models(catalog):
             pmu = model.make_pmu(None)
             assert len(pmu.gp) == model.caps.gp_counters, model.name
@@ -141,12 +166,28 @@ class VendorConformance(_Kit):
             gpmu = model.make_pmu(guest)
             assert len(gpmu.gp) == guest.gp_counters, model.name
             assert len(gpmu.fixed) == (guest.fixed_counters or 0), model.name
-            driver = model.make_driver()
-            port = PhysicalPort(model, pmu)
-            mask = driver.counter_mask(port)
+            mask = model.make_driver().counter_mask(PhysicalPort(model, pmu))
             assert mask == pmu.all_counter_mask, (
                 f"{model.name}: driver sees {mask:#x}, PMU has {pmu.all_counter_mask:#x}"
             )
+            gmask = model.make_driver().counter_mask(PhysicalPort(model, gpmu, model.cpuid_table(guest)))
+            assert gmask == gpmu.all_counter_mask, (
+                f"{model.name}: the guest's CPUID enumerates {gmask:#x}, its PMU has {gpmu.all_counter_mask:#x}"
+            )
+
+    def test_guest_cpuid_matches_non_default_configs(self, catalog: Any) -> None:
+        """The guest CPUID (CPUID.0AH or the vendor's leaves) follows the guest config, not
+        the host: a guest driver enumerating it finds exactly the guest PMU's counters."""
+        for model in self._models(catalog):
+            for cfg in self._guest_configs(model):
+                g = model.resolve_guest(cfg)
+                gpmu = model.make_pmu(g)
+                assert len(gpmu.gp) == g.gp_counters, (model.name, cfg)
+                assert len(gpmu.fixed) == (g.fixed_counters or 0), (model.name, cfg)
+                mask = model.make_driver().counter_mask(PhysicalPort(model, gpmu, model.cpuid_table(g)))
+                assert mask == gpmu.all_counter_mask, (
+                    f"{model.name} {cfg}: guest CPUID enumerates {mask:#x}, the guest PMU has {gpmu.all_counter_mask:#x}"
+                )
 
     def test_guest_config_is_clamped_to_host(self, catalog: Any) -> None:
         for model in self._models(catalog):
@@ -174,15 +215,119 @@ class VendorConformance(_Kit):
                 pmu.wrmsr(sel, (1 << 64) - 1)
                 assert pmu.rdmsr(sel) != (1 << 64) - 1
 
+    @staticmethod
+    def _probe_bits(pmu: Any, msr: int) -> tuple[int, int]:
+        """Write each bit alone: (bits accepted, bits accepted and kept)."""
+        accepted = kept = 0
+        for b in range(64):
+            try:
+                pmu.wrmsr(msr, 1 << b)
+            except GuestFault:
+                continue
+            accepted |= 1 << b
+            if pmu.rdmsr(msr) >> b & 1:
+                kept |= 1 << b
+            pmu.wrmsr(msr, 0)
+        return accepted, kept
+
+    def _control_registers(self, pmu: Any) -> dict[str, int]:
+        regs = {f"selector{i}": pmu.eventsel_msr(p) for i, p in enumerate(pmu.gp)}
+        fc = pmu.fixed_ctrl_msr()
+        if fc is not None and pmu.fixed:
+            regs["fixed_ctrl"] = fc
+        ctrl = pmu.global_msrs().get("ctrl")
+        if ctrl is not None:
+            regs["global_ctrl"] = ctrl
+        return {k: v for k, v in regs.items() if v is not None}
+
+    def test_reserved_bits_tried_one_at_a_time(self, catalog: Any) -> None:
+        """Every bit of every selector, the fixed control and the global control, alone:
+        under the "gp" policy a bit is either #GP or kept (never silently dropped; "drop"
+        vendors, AMD, drop reserved bits of every PMU MSR: kvm_pmu_set_msr); a guest
+        keeps no bit the host would not keep, nor one the vendor declares guest-reserved."""
+        for model in self._models(catalog):
+            host = model.make_pmu(None)
+            guest = model.make_pmu(model.resolve_guest(GuestPmuConfig()))
+            host_regs = self._control_registers(host)
+            for role, msr in self._control_registers(guest).items():
+                accepted, kept = self._probe_bits(guest, msr)
+                if self.reserved_policy == "gp":
+                    dropped = accepted & ~kept
+                    assert not dropped, f"{model.name} guest {role}: bits {dropped:#x} accepted but dropped (no #GP)"
+                if role in host_regs:
+                    h_accepted, h_kept = self._probe_bits(host, host_regs[role])
+                    extra = kept & ~h_kept
+                    assert not extra, f"{model.name} guest {role}: keeps bits {extra:#x} the host rejects"
+                if role.startswith("selector"):
+                    bad = kept & self.guest_reserved_selector_bits
+                    assert not bad, f"{model.name} guest {role}: accepts guest-reserved bits {bad:#x}"
+
+    def test_read_only_registers_stay_read_only(self, catalog: Any) -> None:
+        """GLOBAL_STATUS (role "status") cannot be written by the guest or the host kernel:
+        the write #GPs or is ignored, the value stays."""
+        for model in self._models(catalog):
+            for pmu in (model.make_pmu(None), model.make_pmu(model.resolve_guest(GuestPmuConfig()))):
+                msr = pmu.global_msrs().get("status")
+                if msr is None or not pmu.gp:
+                    continue
+                pmu.raise_overflow(pmu.gp[0])
+                before = pmu.rdmsr(msr)
+                assert before, f"{model.name}: an overflow sets no GLOBAL_STATUS bit"
+                for value in (0, before ^ 0b10, pmu.all_counter_mask):
+                    try:
+                        pmu.wrmsr(msr, value)
+                    except GuestFault:
+                        pass
+                    assert pmu.rdmsr(msr) == before, f"{model.name}: GLOBAL_STATUS written to {value:#x}"
+
+    def test_legacy_counter_writes_sign_extend(self, catalog: Any) -> None:
+        """Writes through a counter's legacy alias behave as declared: Intel IA32_PMCx
+        sign-extends bit 31 to the counter width; AMD's K7 aliases write the full value."""
+        for model in self._models(catalog):
+            for pmu in (model.make_pmu(None), model.make_pmu(model.resolve_guest(GuestPmuConfig()))):
+                for pmc in pmu.pmcs:
+                    msrs = pmu.counter_msrs(pmc)
+                    if len(msrs) < 2:
+                        continue
+                    assert self.legacy_counter_writes in ("sign_extend", "full"), (
+                        "counters have aliases: declare legacy_counter_writes = 'sign_extend' or 'full'"
+                    )
+                    for alias in msrs[1:]:
+                        for value in (0x8000_1234, 0x1234):
+                            pmu.wrmsr(alias, value)
+                            want = (
+                                sign_extend(value, 32, pmc.width)
+                                if self.legacy_counter_writes == "sign_extend"
+                                else value & pmc.mask
+                            )
+                            got = pmu.rdmsr(msrs[0])
+                            assert got == want, f"{model.name} {alias:#x} <- {value:#x}: reads {got:#x}, want {want:#x}"
+
+    def test_guest_capability_msrs_hide_host_only_bits(self, catalog: Any) -> None:
+        """A guest's capability MSRs (`guest_capability_bits`) show no host-only bit and
+        nothing the host itself lacks, in the default and the non-default configs."""
+        for model in self._models(catalog):
+            host = model.make_pmu(None)
+            for cfg in (GuestPmuConfig(), *self._guest_configs(model)):
+                guest = model.make_pmu(model.resolve_guest(cfg))
+                for msr, allowed in self.guest_capability_bits.items():
+                    if not guest.has_msr(msr):
+                        continue
+                    value = guest.rdmsr(msr)
+                    assert not value & ~allowed, f"{model.name} {cfg}: guest MSR {msr:#x} shows {value & ~allowed:#x}"
+                    if host.has_msr(msr):
+                        assert not value & ~host.rdmsr(msr), f"{model.name}: guest {msr:#x} shows what the host lacks"
+
     def test_counters_beyond_the_guest_count_are_gp(self, catalog: Any) -> None:
         for model in self._models(catalog):
             if model.caps.gp_counters < 2:
                 continue
             host = model.make_pmu(None)
             small = model.make_pmu(model.resolve_guest(GuestPmuConfig(gp_counters=1)))
-            for msr in host.counter_msrs(host.gp[1]):
-                if small.has_msr(msr):
-                    continue  # an alias the vendor keeps (documented by the vendor)
+            own = {m for p in small.pmcs for m in small.counter_msrs(p)}
+            for msr in host.counter_msrs(host.gp[len(small.gp)] if len(small.gp) < len(host.gp) else host.gp[1]):
+                if len(small.gp) >= len(host.gp) or msr in own:
+                    continue  # the vendor gives this guest every counter, or the MSR is one of its own
                 with pytest.raises(GuestFault):
                     small.rdmsr(msr)
                 with pytest.raises(GuestFault):
@@ -207,6 +352,74 @@ class VendorConformance(_Kit):
             assert self._count(model, PerfEventAttr(config="branches"), spans) == 688, model.name
             assert self._count(model, PerfEventAttr(config="instructions", exclude_user=True), spans) == 12_345
             assert self._count(model, PerfEventAttr(config="instructions", exclude_kernel=True), spans) == 1_000
+
+    def test_every_counter_counts_its_event_exactly(self, catalog: Any) -> None:
+        """Every counter index the PMU has, fixed ones included, counts each event the
+        driver may put on it exactly (generic events, then `raw_events`)."""
+        spans = [Work(**_KIND_SPAN, cpl=0), Work(**{k: v // 3 for k, v in _KIND_SPAN.items()}, cpl=3)]
+        for model in self._models(catalog):
+            attrs = [PerfEventAttr(config=n) for n in GENERIC_EVENTS]
+            attrs += [PerfEventAttr(type="raw", config=c) for c in self.raw_events.get(model.name, ())]
+            covered = 0
+            for attr in attrs:
+                try:
+                    hw0 = model.make_driver().hw_event(attr, PhysicalPort(model, model.make_pmu(None)))
+                except PerfError:
+                    continue
+                if hw0.kind is None:
+                    continue
+                want = sum(w.counts[hw0.kind] for w in spans)
+                for idx in self._indexes(model.make_pmu(None), hw0.mask):
+                    pmu = model.make_pmu(None)
+                    port = PhysicalPort(model, pmu)
+                    driver = model.make_driver()
+                    hw = driver.hw_event(attr, port)
+                    driver.start(port, hw, idx, 0)
+                    for w in spans:
+                        pmu.accrue(w.counts, w.cpl, False)
+                    got = driver.stop(port, hw, idx)
+                    assert got == want, f"{model.name} {attr.label()} on counter {idx:#x}: {got}, want {want}"
+                    covered |= 1 << idx
+            missing = model.make_pmu(None).all_counter_mask & ~covered
+            assert not missing, f"{model.name}: no event reaches counters {missing:#x} (add raw_events)"
+
+    def test_rdpmc_reads_every_counter(self, catalog: Any) -> None:
+        """RDPMC with `rdpmc_ecx(pmc)` reads that counter and no other (host and guest)."""
+        for model in self._models(catalog):
+            for pmu in (model.make_pmu(None), model.make_pmu(model.resolve_guest(GuestPmuConfig()))):
+                want = {}
+                for n, pmc in enumerate(pmu.pmcs):
+                    want[pmc.idx] = (0x1234_5601 + 0x101 * n) & pmc.mask
+                    pmu.wrmsr(pmu.counter_msrs(pmc)[0], want[pmc.idx])
+                for pmc in pmu.pmcs:
+                    got = pmu.rdpmc(pmu.rdpmc_ecx(pmc))
+                    assert got == want[pmc.idx], f"{model.name} RDPMC of counter {pmc.idx:#x}: {got:#x}"
+
+    def test_exclude_guest_and_exclude_host_are_honoured(self, catalog: Any) -> None:
+        """Through the driver's entry-load split on the physical PMU: exclude_guest counts
+        only host-mode work, exclude_host only guest-mode work, neither counts both."""
+        host_w = Work(instructions=30_011, cpl=0)
+        guest_w = Work(instructions=20_003, cpl=0)
+        h, g = 2 * host_w.instructions, guest_w.instructions
+        cases = (({}, h + g), ({"exclude_guest": True}, h), ({"exclude_host": True}, g))
+        for model in self._models(catalog):
+            for kw, want in cases:
+                attr = PerfEventAttr(config="instructions", **kw)
+                hw0 = model.make_driver().hw_event(attr, PhysicalPort(model, model.make_pmu(None)))
+                for idx in self._indexes(model.make_pmu(None), hw0.mask):
+                    pmu = model.make_pmu(None)
+                    pmu.virtualization_enabled = True  # KVM has VMs (AMD: EFER.SVME)
+                    port = PhysicalPort(model, pmu)
+                    driver = model.make_driver()
+                    hw = driver.hw_event(attr, port)
+                    driver.start(port, hw, idx, 0)
+                    pmu.accrue(host_w.counts, 0, False)
+                    pmu.set_guest_mode(True)
+                    pmu.accrue(guest_w.counts, 0, True)
+                    pmu.set_guest_mode(False)
+                    pmu.accrue(host_w.counts, 0, False)
+                    got = driver.stop(port, hw, idx)
+                    assert got == want, f"{model.name} {attr.label()} {kw} on counter {idx:#x}: {got}, want {want}"
 
     def test_driver_overflow_raises_pmi(self, catalog: Any) -> None:
         for model in self._models(catalog):
@@ -237,7 +450,8 @@ class VendorConformance(_Kit):
 
 
 class ModeConformance(_Kit):
-    """Checks every mode plugin passes, with every model of the named vendor plugins."""
+    """Checks every mode plugin passes, with every model of the named vendor plugins, for
+    the default guest PMU and a subset of it."""
 
     mode_name: ClassVar[str] = ""
     mode_options: ClassVar[dict[str, Any]] = {}
@@ -246,6 +460,9 @@ class ModeConformance(_Kit):
     #: (name, module) pairs used instead of `vendor_plugins` (vendors not installed)
     vendor_modules: ClassVar[tuple[tuple[str, Any], ...]] = ()
     models: ClassVar[tuple[str, ...] | None] = None
+    #: background VM-exits per second of guest execution in the counting checks; every exit
+    #: runs the hypervisor's host-mode work (instructions and cycles, no branches)
+    exit_rate: ClassVar[int] = 100_000
 
     @pytest.fixture
     def plugins(self, plugin: Any) -> list[tuple[str, Any]]:
@@ -276,6 +493,28 @@ class ModeConformance(_Kit):
             ok.append(n)
         return ok
 
+    @staticmethod
+    def _guest_configs(host: Any) -> list[tuple[str, GuestPmuConfig]]:
+        """The default guest PMU and a subset (3 GP counters, at most 1 fixed)."""
+        caps = host.model.caps
+        subset = GuestPmuConfig(
+            gp_counters=min(3, caps.gp_counters),
+            fixed_counters=min(1, caps.fixed_counters) if caps.fixed_counters else 0,
+        )
+        return [("default", GuestPmuConfig()), ("subset", subset)]
+
+    def _cases(self, plugins: list[tuple[str, Any]], catalog: Any) -> list[tuple[str, str, GuestPmuConfig]]:
+        out = []
+        for cpu in self._model_names(catalog):
+            for label, cfg in self._guest_configs(self._compose(plugins, cpu)):
+                out.append((cpu, label, cfg))
+        return out
+
+    def _exits(self, rate: int | None = None) -> Any:
+        from vpmu_core.engine.exits import ExitProfile
+
+        return ExitProfile(rate_per_s=self.exit_rate if rate is None else rate, fastpath_share=0.5)
+
     def test_mode_is_registered(self, catalog: Any) -> None:
         assert self.mode_name in catalog.modes
         rec = catalog.plugin(self.plugin_name)
@@ -297,28 +536,209 @@ class ModeConformance(_Kit):
     def test_guest_perf_counts_match_truth_without_contention(
         self, plugins: list[tuple[str, Any]], catalog: Any
     ) -> None:
-        from vpmu_core.engine.exits import ExitProfile
-
         for cpu in self._model_names(catalog):
             host = self._compose(plugins, cpu)
-            vm = host.create_vm(vcpus=1, pin=[0], exits=ExitProfile(rate_per_s=50_000, fastpath_share=0.5))
+            vm = host.create_vm(vcpus=1, pin=[0], exits=self._exits(50_000))
             gp = vm.guest_perf
-            ev_b = gp.perf_event_open(PerfEventAttr(config="branches", pinned=True), cpu=0)
+            evs = {k: gp.perf_event_open(PerfEventAttr(config=k, pinned=True), cpu=0) for k in _COUNTED}
             v = vm.vcpus[0]
             v.execute(Work(instructions=20_000_000, branches=2_000_000))
-            ev_b.disable()
+            for ev in evs.values():
+                _stop_and_check(gp.perf, ev, cpu)
             assert v.stats.total_exits > 100, "the exit process should interleave exits"
-            assert ev_b.read().value == 2_000_000, cpu
-            assert gp.perf.truth_of(ev_b) == 2_000_000
+            assert evs["branches"].read().value == 2_000_000, cpu
+            assert gp.perf.truth_of(evs["branches"]) == 2_000_000
+
+    def test_guest_counts_exact_with_host_work_in_exits(self, plugins: list[tuple[str, Any]], catalog: Any) -> None:
+        """Instructions, cycles and branches equal ground truth exactly at a high exit rate,
+        every exit doing host-mode work the guest's counters must not see (kernel and user
+        spans; default and subset guest PMU)."""
+        for cpu, label, cfg in self._cases(plugins, catalog):
+            host = self._compose(plugins, cpu)
+            vm = host.create_vm(vcpus=1, pin=[0], pmu=cfg, exits=self._exits())
+            gp = vm.guest_perf
+            evs = {k: gp.perf_event_open(PerfEventAttr(config=k, pinned=True), cpu=0) for k in _COUNTED}
+            v = vm.vcpus[0]
+            v.execute(Work(instructions=6_000_000, cycles=9_000_000, branches=600_000, cpl=0))
+            v.execute(Work(instructions=4_000_000, cycles=5_000_000, branches=300_000, cpl=3))
+            assert v.stats.total_exits > 300, "the exit process should interleave many exits"
+            assert sum(v.stats.overhead_cycles.values()) > 0, "exits should run host-mode work"
+            for ev in evs.values():
+                _stop_and_check(gp.perf, ev, f"{cpu} {label} guest PMU")
+            assert evs["branches"].read().value == gp.perf.truth_of(evs["branches"]) == 900_000
+
+    def test_first_read_never_shows_a_host_value(self, plugins: list[tuple[str, Any]], catalog: Any) -> None:
+        """With a distinctive host count in the hardware, every guest counter read (RDMSR of
+        each alias, RDPMC) before the guest's first write shows 0."""
+        for cpu, label, cfg in self._cases(plugins, catalog):
+            host = self._compose(plugins, cpu)
+            _host_counts(host)
+            v = host.create_vm(vcpus=1, pin=[0], pmu=cfg, exits=self._exits(0)).vcpus[0]
+            for pmc in v.pmu.pmcs:
+                for msr in v.pmu.counter_msrs(pmc):
+                    got = v.rdmsr(msr)
+                    assert got == 0, f"{cpu} {label}: guest counter MSR {msr:#x} reads {got:#x} before any write"
+                got = v.rdpmc(v.pmu.rdpmc_ecx(pmc))
+                assert got == 0, f"{cpu} {label}: guest RDPMC of counter {pmc.idx:#x} reads {got:#x}"
+
+    def test_reads_never_return_a_host_count(self, plugins: list[tuple[str, Any]], catalog: Any) -> None:
+        """The guest plants values in its (disabled) counters; the host counts distinctive
+        work on the same CPU while the vCPU is scheduled out; the guest reads back exactly
+        its own values, by RDMSR and RDPMC."""
+        for cpu, label, cfg in self._cases(plugins, catalog):
+            host = self._compose(plugins, cpu)
+            vm = host.create_vm(vcpus=1, pin=[0], pmu=cfg, exits=self._exits(0))
+            v = vm.vcpus[0]
+            planted = LeakChecker(host).plant(v, 0x2A5A_0000)
+            task = _host_counts(host)
+            v.queue(Work(instructions=2_000_000, branches=1_000))
+            task.execute(Work(instructions=779_377, cycles=1_234_567, branches=31_337))
+            host.advance(ns=20_000_000)
+            for pmc in v.pmu.pmcs:
+                msr = v.pmu.counter_msrs(pmc)[0]
+                got = v.rdmsr(msr)
+                assert got == planted[pmc.idx], (
+                    f"{cpu} {label}: guest {msr:#x} reads {got:#x}, wrote {planted[pmc.idx]:#x}"
+                )
+                got = v.rdpmc(v.pmu.rdpmc_ecx(pmc))
+                assert got == planted[pmc.idx], f"{cpu} {label}: guest RDPMC {pmc.idx:#x} reads {got:#x}"
 
     def test_no_leaks(self, plugins: list[tuple[str, Any]], catalog: Any) -> None:
         for cpu in self._model_names(catalog):
             host = self._compose(plugins, cpu)
+            checker = LeakChecker(host)
             host.perf_event_open(PerfEventAttr(config="cycles", exclude_guest=True), pid=-1, cpu=0)
             vm = host.create_vm(vcpus=1, pin=[0])
-            vm.guest_perf.perf_event_open(PerfEventAttr(config="instructions", pinned=True), cpu=0)
-            vm.vcpus[0].execute(Work(instructions=5_000_000))
+            ev = vm.guest_perf.perf_event_open(PerfEventAttr(config="instructions", pinned=True), cpu=0)
+            v = vm.vcpus[0]
+            checker.plant(v, 0x1B00_0000, skip={ev.idx})
+            task = host.spawn_task("between", cpu=0)
+            for _ in range(2):  # load, run, put (a host task takes the CPU), twice
+                v.execute(Work(instructions=2_500_000))
+                task.execute(Work(instructions=1_000_000))
+                host.advance(ns=5_000_000)
+            assert checker.checks >= 4, "the vCPU should have been loaded and put"
             assert host.leaks.leaks == [], host.leaks.leaks
+            assert checker.leaks == [], checker.leaks
+
+    def test_vcpu_rescheduled_counts_exact_and_nothing_leaks(
+        self, plugins: list[tuple[str, Any]], catalog: Any
+    ) -> None:
+        """Two vCPUs (two VMs) and a host task time-share one CPU: every guest and host count
+        is exact, and the core's own leak check (not the mode's) finds nothing at any put or
+        load: no guest selector left counting host work, no guest value left in hardware,
+        no other guest's value visible at entry."""
+        for cpu, label, cfg in self._cases(plugins, catalog):
+            host = self._compose(plugins, cpu)
+            checker = LeakChecker(host)
+            task = host.spawn_task("host-work", cpu=0)
+            hev = host.perf_event_open(PerfEventAttr(config="instructions", exclude_guest=True), pid=task.pid)
+            guests = []
+            for n in range(2):
+                vm = host.create_vm(vcpus=1, pin=[0], pmu=cfg, exits=self._exits(20_000))
+                gp = vm.guest_perf
+                evs = [gp.perf_event_open(PerfEventAttr(config=k, pinned=True), cpu=0) for k in _COUNTED]
+                v = vm.vcpus[0]
+                used = {e.idx for e in evs}
+                checker.plant(v, 0x3C00_0000 + 0x0100_0000 * n, skip=used)
+                guests.append((vm, v, evs))
+            for n, (_, v, _) in enumerate(guests):
+                v.queue(Work(instructions=9_000_000 + 1_000_000 * n, branches=700_000, cpl=0))
+            task.execute(Work(instructions=12_000_000, branches=300_000))
+            host.advance(ns=60_000_000)
+            assert checker.checks > 8, "the vCPUs should have been put and loaded many times"
+            assert checker.leaks == [], f"{cpu} {label}: {checker.leaks[:3]}"
+            assert hev.read().value == host.perf.truth_of(hev), f"{cpu} {label}: host task count"
+            for vm, v, evs in guests:
+                for ev in evs:
+                    _stop_and_check(vm.guest_perf.perf, ev, f"{cpu} {label} {v.name}")
+                for idx, value in checker.planted[v.name].items():
+                    msr = v.pmu.counter_msrs(v.pmu.pmc(idx))[0]
+                    assert v.rdmsr(msr) == value, f"{cpu} {label} {v.name}: planted counter {idx:#x} changed"
+
+    def test_guest_pmis_one_per_sample(self, plugins: list[tuple[str, Any]], catalog: Any) -> None:
+        """A guest sampling event with period P over T events takes floor(T/P) samples (+-1)
+        and every sample is one virtual PMI in `vcpu.pmis`."""
+        period = 500_000
+        for cpu, label, cfg in self._cases(plugins, catalog):
+            host = self._compose(plugins, cpu)
+            vm = host.create_vm(vcpus=1, pin=[0], pmu=cfg, exits=self._exits(20_000))
+            ev = vm.guest_perf.perf_event_open(PerfEventAttr(config="instructions", sample_period=period), cpu=0)
+            v = vm.vcpus[0]
+            v.execute(Work(instructions=10_000_000, branches=100_000))
+            counted = vm.guest_perf.perf.truth_of(ev)
+            assert abs(ev.samples - counted // period) <= 1, f"{cpu} {label}: {ev.samples} samples over {counted}"
+            assert len(v.pmis) == ev.samples, f"{cpu} {label}: {len(v.pmis)} PMIs for {ev.samples} samples"
+
+    def test_emulated_instructions_counted_exactly_once(self, plugins: list[tuple[str, Any]], catalog: Any) -> None:
+        """Instructions the hypervisor emulates (CPUID always exits) retire once each: with
+        no other guest work an instructions counter equals ground truth exactly."""
+        for cpu, label, cfg in self._cases(plugins, catalog):
+            host = self._compose(plugins, cpu)
+            vm = host.create_vm(vcpus=1, pin=[0], pmu=cfg, exits=self._exits(0))
+            gp = vm.guest_perf
+            ev = gp.perf_event_open(PerfEventAttr(config="instructions", pinned=True), cpu=0)
+            v = vm.vcpus[0]
+            t0 = gp.perf.truth_of(ev)
+            for _ in range(50):
+                v.cpuid(0, 0)
+            assert gp.perf.truth_of(ev) - t0 == 50
+            _stop_and_check(gp.perf, ev, f"{cpu} {label}")
+
+    def test_migration_round_trip(self, plugins: list[tuple[str, Any]], catalog: Any) -> None:
+        """A counting guest saved on one host and restored on another keeps its counter
+        values and goes on counting exactly there."""
+        for cpu, label, cfg in self._cases(plugins, catalog):
+            src = self._compose(plugins, cpu)
+            v = src.create_vm(vcpus=1, pin=[0], pmu=cfg, exits=self._exits(20_000)).vcpus[0]
+            driver = src.model.make_driver()
+            hw = driver.hw_event(PerfEventAttr(config="branches"), v)
+            idx = self._first_counter(v, hw.mask)
+            msr = v.pmu.counter_msrs(v.pmu.pmc(idx))[0]
+            driver.start(v, hw, idx, 0x1000)
+            v.execute(Work(instructions=3_000_000, branches=250_000))
+            state = json.loads(json.dumps(v.save_state()))
+            before = _state_msr(state, msr)
+            assert before == 0x1000 + 250_000, f"{cpu} {label}: source counted {before - 0x1000}"
+            dst = self._compose(plugins, cpu, seed=1)
+            w = dst.create_vm(vcpus=1, pin=[0], pmu=cfg, exits=self._exits(20_000)).vcpus[0]
+            w.restore_state(state)
+            w.execute(Work(instructions=2_000_000, branches=125_000))
+            after = _state_msr(w.save_state(), msr)
+            assert after == before + 125_000, f"{cpu} {label}: {after - before} branches counted after restore"
+
+    @staticmethod
+    def _first_counter(v: Any, mask: int) -> int:
+        return next(i for i in range(64) if mask >> i & 1 and v.pmu.pmc(i) is not None)
+
+    def test_guest_pmu_subset_is_enforced(self, plugins: list[tuple[str, Any]], catalog: Any) -> None:
+        """A subset guest PMU is what the guest gets: its driver enumerates exactly the
+        guest's counters from CPUID (through the mode's exits) and every host counter beyond
+        them #GPs."""
+        for cpu, label, cfg in self._cases(plugins, catalog):
+            host = self._compose(plugins, cpu)
+            v = host.create_vm(vcpus=1, pin=[0], pmu=cfg, exits=self._exits(0)).vcpus[0]
+            mask = host.model.make_driver().counter_mask(v)
+            assert mask == v.pmu.all_counter_mask, (
+                f"{cpu} {label}: guest CPUID {mask:#x}, PMU {v.pmu.all_counter_mask:#x}"
+            )
+            phys = host.cpus[0].pmu
+            for pmc in phys.pmcs:
+                if mask >> pmc.idx & 1:
+                    continue
+                for msr in phys.counter_msrs(pmc):
+                    if v.pmu.has_msr(msr):
+                        continue  # an alias the vendor keeps for the guest
+                    if msr in KVM_COMMON_PMU_MSRS:
+                        # KVM's common code answers the legacy PMU MSRs nobody claims:
+                        # reads 0, writes dropped (kvm_get_msr_common / kvm_set_msr_common)
+                        v.wrmsr(msr, 0x1234)
+                        assert v.rdmsr(msr) == 0, f"{cpu} {label}: {msr:#x} beyond the guest's counters"
+                        continue
+                    with pytest.raises(GuestFault):
+                        v.rdmsr(msr)
+                    with pytest.raises(GuestFault):
+                        v.wrmsr(msr, 0)
 
     def test_same_seed_same_report(self, plugins: list[tuple[str, Any]], catalog: Any) -> None:
         cpu = self._model_names(catalog)[0]
@@ -339,4 +759,37 @@ class ModeConformance(_Kit):
             ev = vm.guest_perf.perf_event_open(PerfEventAttr(config="cycles", pinned=True), cpu=0)
             vm.vcpus[0].execute(Work(instructions=1_000_000, cycles=3_000_000))
             assert ev.hw.kind == EventKind.CYCLES
-            assert ev.read().value >= 3_000_000, cpu
+            assert vm.guest_perf.perf.truth_of(ev) >= 3_000_000
+            _stop_and_check(vm.guest_perf.perf, ev, cpu)
+
+
+#: the events the counting checks open (host-mode exit work has no branches, so a check of
+#: branches alone would miss a counter that also counts the hypervisor)
+_COUNTED = ("instructions", "cycles", "branches")
+
+
+def _stop_and_check(perf: Any, ev: Any, where: str) -> None:
+    """Disable `ev` and check its count against ground truth. Exact up to the disable's own
+    instructions: the driver's stop sequence retires guest instructions that are in the
+    truth window (it closes after the stop) while the counter may already be off, so the
+    count lies between the truth before the disable and the truth after it."""
+    before = perf.truth_of(ev)
+    ev.disable()
+    got, after = ev.read().value, perf.truth_of(ev)
+    assert before <= got <= after, f"{where}: {ev.attr.label()} reads {got}, ground truth {before}..{after}"
+
+
+def _host_counts(host: Any) -> Any:
+    """Leave distinctive host counts in the hardware of CPU 0: host perf events (left
+    open, exclude_guest) and a host task that ran 779,377 instructions."""
+    for k in _COUNTED:
+        host.perf_event_open(PerfEventAttr(config=k, exclude_guest=True), pid=-1, cpu=0)
+    task = host.spawn_task("host-counts", cpu=0)
+    task.execute(Work(instructions=779_377, cycles=1_234_567, branches=31_337))
+    host.advance(ns=1_000_000)
+    return task
+
+
+def _state_msr(state: dict[str, Any], msr: int) -> int:
+    """A PMU register of a `save_state()` (docs/migration-state.md: lower-case hex keys)."""
+    return int(state["pmu"][f"{msr:#x}"])

@@ -6,9 +6,12 @@ or pass a vendor plugin and this module together to test a vendor against the re
 
 * ``toy/basic``: 4 GP counters (48 bit) + 1 fixed instructions counter, a global control.
   MSRs: EVTSEL i 0x100+i (event 7:0 = EventKind value, USR 16, OS 17, INT 20, EN 22,
-  everything else reserved -> #GP), CTR i 0x200+i, FIXED0 0x210, FIXED_CTRL 0x310 (OS 0,
-  USR 1, PMI 3), GLOBAL_CTRL 0x300 (reset: all enabled), GLOBAL_STATUS 0x301 (read-only),
-  STATUS_CLR 0x302. Event 0x05 (branches) is constrained to counters 0-1.
+  everything else reserved -> #GP), CTR i 0x200+i (full width), LEGACY_CTR i 0x220+i (the
+  same counter; a write sign-extends bit 31, as Intel's IA32_PMCx), FIXED0 0x210,
+  FIXED_CTRL 0x310 (OS 0, USR 1, PMI 3), GLOBAL_CTRL 0x300 (reset: all enabled),
+  GLOBAL_STATUS 0x301 (read-only), STATUS_CLR 0x302, CAPS 0x320 (read-only: bit 0 full-width
+  writes; bit 8 a host-only capability a guest never sees). Event 0x05 (branches) is
+  constrained to counters 0-1.
 * ``reference`` mode: every PMU access is intercepted and emulated on the vCPU's own PMU,
   which counts guest work directly: the ideal vPMU, against which real modes are measured.
 """
@@ -21,10 +24,11 @@ from typing import Any
 from vpmu_core.errors import ConfigError, PerfError, gp
 from vpmu_core.events import EventKind
 from vpmu_core.hv.config import GuestPmuConfig
+from vpmu_core.hv.vcpu import EMULATED_INSTRUCTION
 from vpmu_core.hw.cpuid import CpuidTable
 from vpmu_core.hw.model import PmuCapabilities
 from vpmu_core.hw.msr import Register
-from vpmu_core.hw.pmc import FIXED_BASE, Pmc
+from vpmu_core.hw.pmc import FIXED_BASE, Pmc, sign_extend
 from vpmu_core.hw.pmu import PmuBase
 from vpmu_core.perf.attr import PerfEventAttr
 from vpmu_core.perf.driver import HwEvent, RegisterPort
@@ -32,6 +36,8 @@ from vpmu_core.plugins.markers import hookimpl
 from vpmu_core.plugins.records import CpuModelSpec, ModeSpec
 
 EVTSEL, CTR, FIXED0, FIXED_CTRL, GCTRL, GSTATUS, GSTATUS_CLR = 0x100, 0x200, 0x210, 0x310, 0x300, 0x301, 0x302
+LEGACY_CTR, CAPS = 0x220, 0x320
+CAP_FULL_WIDTH, CAP_HOST_ONLY = 1 << 0, 1 << 8
 USR, OS, INT, EN = 1 << 16, 1 << 17, 1 << 20, 1 << 22
 EVTSEL_VALID = 0xFF | USR | OS | INT | EN
 TOY_CPUID_LEAF = 0x4000_0100  # eax = n gp, ebx = n fixed, ecx = width
@@ -58,14 +64,25 @@ class ToyPmu(PmuBase):
         self.add_register(
             GSTATUS_CLR, Register("GLOBAL_STATUS_CLR", writable=valid, reads_as=0, write_1_to_clear=self.gstatus)
         )
+        # read-only for the guest; KVM_SET_MSRS may write what the PMU supports (as KVM does
+        # for PERF_CAPABILITIES), so a migration state restores
+        caps = self._caps()
+        self.add_register(CAPS, Register("CAPS", reset=caps, writable=caps, read_only=True, host_writable=True))
         for i, p in enumerate(self.gp):
             self._reg(EVTSEL + i, lambda i=i: self.evtsel[i], lambda v, i=i: self._w_evtsel(i, v))
             self._reg(CTR + i, lambda p=p: self.read_counter(p), lambda v, p=p: self.write_counter(p, v))
+            self._reg(LEGACY_CTR + i, lambda p=p: self.read_counter(p), lambda v, p=p: self._w_legacy(p, v))
         for p in self.fixed:
             self._reg(FIXED0, lambda p=p: self.read_counter(p), lambda v, p=p: self.write_counter(p, v))
         if fixed_n:
             self._reg(FIXED_CTRL, lambda: self.fixed_ctrl, self._w_fixed_ctrl)
         self.refresh(0)
+
+    def _caps(self) -> int:
+        return CAP_FULL_WIDTH if self.guest else CAP_FULL_WIDTH | CAP_HOST_ONLY
+
+    def _w_legacy(self, p: Pmc, v: int) -> None:
+        self.write_counter(p, sign_extend(v, 32, p.width))
 
     def _valid_global(self) -> int:
         return ((1 << len(self.gp)) - 1) | (((1 << len(self.fixed)) - 1) << FIXED_BASE)
@@ -115,7 +132,7 @@ class ToyPmu(PmuBase):
         return None if pmc.is_fixed else EVTSEL + pmc.idx
 
     def counter_msrs(self, pmc: Pmc) -> tuple[int, ...]:
-        return (FIXED0,) if pmc.is_fixed else (CTR + pmc.idx,)
+        return (FIXED0,) if pmc.is_fixed else (CTR + pmc.idx, LEGACY_CTR + pmc.idx)
 
     def control_msrs(self) -> tuple[int, ...]:
         return tuple(EVTSEL + i for i in range(len(self.gp))) + ((FIXED_CTRL,) if self.fixed else ())
@@ -246,6 +263,9 @@ class ToyDriver:
 
 class ToyModel:
     name = "toy/basic"
+    #: the register model and driver classes (a test may subclass them: mutation tests)
+    pmu_class: type[ToyPmu] = ToyPmu
+    driver_class: type[ToyDriver] = ToyDriver
     vendor = "toy"
     freq_hz = 3_000_000_000
     cost_preset = "intel"
@@ -269,11 +289,11 @@ class ToyModel:
 
     def make_pmu(self, guest: GuestPmuConfig | None = None) -> ToyPmu:
         if guest is None:
-            return ToyPmu(self.gp_n, 1, guest=False)
-        return ToyPmu(guest.gp_counters or 0, guest.fixed_counters or 0, guest=True)
+            return self.pmu_class(self.gp_n, 1, guest=False)
+        return self.pmu_class(guest.gp_counters or 0, guest.fixed_counters or 0, guest=True)
 
     def make_driver(self) -> ToyDriver:
-        return ToyDriver()
+        return self.driver_class()
 
     def cpuid_table(self, guest: GuestPmuConfig | None = None) -> CpuidTable:
         t = CpuidTable()
@@ -301,8 +321,6 @@ class ReferenceMode:
     def vpmu_instruction_retired(self, vcpu: Any) -> None:
         """Counted under the state after the instruction took effect (DESIGN §5): one
         instruction and no guest cycle, as the ground truth books it."""
-        from vpmu_core.hv.vcpu import EMULATED_INSTRUCTION
-
         ov = vcpu.pmu.accrue_plan(vcpu.pmu.plan(True), EMULATED_INSTRUCTION, vcpu.cpl)
         for pmc, _ in ov or ():
             if vcpu.pmu.raise_overflow(pmc):

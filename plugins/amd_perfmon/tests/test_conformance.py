@@ -11,3 +11,5 @@ class TestAmdPerfmon(VendorConformance):
     plugin_name = "amd_perfmon"
     #: KVM svm/pmu.c drops reserved selector bits silently instead of injecting #GP
     reserved_policy: ClassVar[str] = "drop"
+    #: the K7 PERFCTR0-3 aliases are the same 48-bit registers (no sign extension)
+    legacy_counter_writes: ClassVar[str | None] = "full"

@@ -10,8 +10,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from vpmu_core.plugins.markers import hookimpl
-from vpmu_core.plugins.records import CpuModelSpec
+from vpmu_core.api import CpuModelSpec, hookimpl
 
 __version__ = "0.1.0"
 

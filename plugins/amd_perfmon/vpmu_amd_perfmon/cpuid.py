@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from vpmu_core.hw.cpuid import CpuidTable, Regs
+from vpmu_core.api import CpuidTable, Regs
 
 # "AuthenticAMD" as EBX, EDX, ECX of leaf 0 / 0x80000000
 _VENDOR = (0x68747541, 0x69746E65, 0x444D4163)  # "Auth", "enti", "cAMD"

@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import errno
 
-from vpmu_core.errors import PerfError
-from vpmu_core.logs import get_logger
-from vpmu_core.perf.attr import PerfEventAttr
-from vpmu_core.perf.driver import HwEvent, RegisterPort
+from vpmu_core.api import HwEvent, PerfError, PerfEventAttr, RegisterPort, get_logger
 
 from vpmu_amd_perfmon import eventsel as es
 from vpmu_amd_perfmon.cpuid import PmuEnumeration, enumerate_pmu

@@ -9,7 +9,7 @@ what perf asks for), so both agree on what an encoding counts.
 
 from __future__ import annotations
 
-from vpmu_core.events import EventKind
+from vpmu_core.api import EventKind
 
 EVENT_LO = 0xFF  # EventSelect[7:0]
 UMASK = 0xFF << 8

@@ -11,11 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from vpmu_core.errors import ConfigError
-from vpmu_core.hv.config import GuestPmuConfig
-from vpmu_core.hw.cpuid import CpuidTable
-from vpmu_core.hw.model import PmuCapabilities
-from vpmu_core.logs import get_logger
+from vpmu_core.api import ConfigError, CpuidTable, GuestPmuConfig, PmuCapabilities, get_logger
 
 from vpmu_amd_perfmon import cpuid as amd_cpuid
 from vpmu_amd_perfmon.driver import AmdPerfDriver

@@ -18,10 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vpmu_core.errors import gp
-from vpmu_core.hw.pmc import Pmc
-from vpmu_core.hw.pmu import PmuBase
-from vpmu_core.logs import get_logger
+from vpmu_core.api import Pmc, PmuBase, get_logger, gp
 
 from vpmu_amd_perfmon import eventsel as es
 

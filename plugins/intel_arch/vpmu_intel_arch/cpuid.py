@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vpmu_core.hw.cpuid import CpuidTable
+from vpmu_core.api import CpuidTable
 from vpmu_intel_arch.layout import PmuLayout
 
 # "GenuineIntel" in EBX, EDX, ECX (SDM Vol. 2A CPUID leaf 0).

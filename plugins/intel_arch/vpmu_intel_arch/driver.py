@@ -12,12 +12,7 @@ import errno
 from dataclasses import dataclass
 from typing import Any
 
-from vpmu_core.errors import PerfError
-from vpmu_core.events import EventKind
-from vpmu_core.hw.pmc import FIXED_BASE
-from vpmu_core.logs import get_logger
-from vpmu_core.perf.attr import PerfEventAttr
-from vpmu_core.perf.driver import HwEvent, RegisterPort
+from vpmu_core.api import FIXED_BASE, EventKind, HwEvent, PerfError, PerfEventAttr, RegisterPort, get_logger
 from vpmu_intel_arch.cpuid import CPUID1_ECX_PDCM, CPUID7_EDX_ARCH_LBR
 from vpmu_intel_arch.events import (
     ARCH_EVENT_MASK,

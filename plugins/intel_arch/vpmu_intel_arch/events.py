@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vpmu_core.events import EventKind
-from vpmu_core.hw.pmc import FIXED_BASE
+from vpmu_core.api import FIXED_BASE, EventKind
 
 # IA32_PERFEVTSELx fields (SDM Vol. 3B 20.2.1.1 Figure 20-1; Linux asm/perf_event.h
 # ARCH_PERFMON_EVENTSEL_*).

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from vpmu_core.events import EventKind
+from vpmu_core.api import EventKind
 
 # IA32_PERF_CAPABILITIES bits (SDM Vol. 4 Table 2-2; Linux msr-index.h PERF_CAP_*).
 PERF_CAP_LBR_FMT = 0x3F

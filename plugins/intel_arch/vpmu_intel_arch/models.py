@@ -10,10 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from vpmu_core.errors import ConfigError
-from vpmu_core.hv.config import GuestPmuConfig
-from vpmu_core.hw.cpuid import CpuidTable
-from vpmu_core.hw.model import PmuCapabilities
+from vpmu_core.api import ConfigError, CpuidTable, GuestPmuConfig, PmuCapabilities
 from vpmu_intel_arch.cpuid import build_cpuid
 from vpmu_intel_arch.driver import IntelPerfDriver
 from vpmu_intel_arch.events import ARCH_EVENTS, ICL_CONSTRAINTS, SKL_CONSTRAINTS, SPR_CONSTRAINTS, Constraint

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from vpmu_core.plugins.markers import hookimpl
-from vpmu_core.plugins.records import CpuModelSpec
+from vpmu_core.api import CpuModelSpec, hookimpl
 from vpmu_intel_arch.models import make_icelake, make_sapphirerapids, make_skylake
 
 

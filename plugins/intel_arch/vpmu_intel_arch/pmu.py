@@ -13,10 +13,7 @@ PMU (it would count the sibling thread, which a per-CPU span does not describe).
 
 from __future__ import annotations
 
-from vpmu_core.errors import gp
-from vpmu_core.events import EventKind
-from vpmu_core.hw.pmc import FIXED_BASE, Pmc, sign_extend
-from vpmu_core.hw.pmu import Overflow, PmuBase
+from vpmu_core.api import FIXED_BASE, EventKind, Overflow, Pmc, PmuBase, gp, sign_extend
 from vpmu_intel_arch.events import (
     ARCH_EVENT_MASK,
     EVTSEL_ANY,

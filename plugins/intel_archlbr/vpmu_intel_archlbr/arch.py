@@ -22,9 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vpmu_core.errors import ConfigError, gp
-from vpmu_core.hw.cpuid import EAX, ECX, EDX, CpuidTable
-from vpmu_core.logs import get_logger
+from vpmu_core.api import EAX, ECX, EDX, ConfigError, CpuidTable, get_logger, gp
 from vpmu_intel_archlbr import policy
 from vpmu_intel_archlbr.binding import FacilityHooks, hash_seed
 from vpmu_intel_archlbr.debugctl import MSR_IA32_DEBUGCTL

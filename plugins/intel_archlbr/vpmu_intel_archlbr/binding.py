@@ -12,8 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vpmu_core.engine.host import derive_seed
-from vpmu_core.plugins.markers import hookimpl
+from vpmu_core.api import derive_seed, hookimpl
 
 
 def hash_seed(*parts: object) -> int:

@@ -10,7 +10,7 @@ Rapids) DEBUGCTL.LBR writes are discarded and read 0 (Arch LBR spec, facts §3.1
 
 from __future__ import annotations
 
-from vpmu_core.errors import gp
+from vpmu_core.api import gp
 
 MSR_IA32_DEBUGCTL = 0x1D9
 

@@ -23,9 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vpmu_core.errors import ConfigError, gp
-from vpmu_core.hw.cpuid import CpuidTable
-from vpmu_core.logs import get_logger
+from vpmu_core.api import ConfigError, CpuidTable, get_logger, gp
 from vpmu_intel_archlbr.binding import FacilityHooks, hash_seed
 from vpmu_intel_archlbr.debugctl import MSR_IA32_DEBUGCTL
 from vpmu_intel_archlbr.recording import Branch, BranchType, Entry, canonical

@@ -10,8 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from vpmu_core.plugins.markers import hookimpl
-from vpmu_core.plugins.records import FacilitySpec
+from vpmu_core.api import FacilitySpec, hookimpl
 from vpmu_intel_archlbr.arch import ArchLbr
 from vpmu_intel_archlbr.legacy import LegacyLbr
 from vpmu_intel_archlbr.policy import DEPTH_RULES

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-from vpmu_core.errors import ConfigError
+from vpmu_core.api import ConfigError
 
 DepthRule = Literal["host_only", "any"]
 DEPTH_RULES: tuple[str, ...] = get_args(DepthRule)

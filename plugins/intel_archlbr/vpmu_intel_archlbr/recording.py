@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 
-from vpmu_core.events import EventKind
+from vpmu_core.api import EventKind
 
 _M64 = (1 << 64) - 1
 _CYC = int(EventKind.CYCLES)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vpmu_core.errors import gp
+from vpmu_core.api import gp
 from vpmu_intel_archlbr import switching
 from vpmu_intel_archlbr.debugctl import DEBUGCTL_LBR, MSR_IA32_DEBUGCTL, DebugCtl
 from vpmu_intel_archlbr.recording import Branch, BranchStream, BranchType, Entry, LbrRing, is_canonical

@@ -28,7 +28,7 @@ import math
 from collections.abc import Callable
 from typing import Any, Literal
 
-from vpmu_core.logs import get_logger
+from vpmu_core.api import get_logger
 
 log = get_logger("vpmu.lbr")
 

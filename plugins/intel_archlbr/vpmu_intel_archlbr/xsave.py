@@ -25,7 +25,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
-from vpmu_core.errors import gp
+from vpmu_core.api import gp
 from vpmu_intel_archlbr.recording import ZERO_ENTRY, Entry
 
 XFEATURE_LBR = 15

@@ -12,8 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from vpmu_core.plugins.markers import hookimpl
-from vpmu_core.plugins.records import ModeSpec
+from vpmu_core.api import ModeSpec, hookimpl
 
 __version__ = "0.1.0"
 

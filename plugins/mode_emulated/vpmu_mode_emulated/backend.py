@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from vpmu_core.hw.pmc import Pmc
-from vpmu_core.hw.pmu import CounterBackend
+from vpmu_core.api import CounterBackend, Pmc
 
 if TYPE_CHECKING:
     from vpmu_mode_emulated.kvm_pmc import KvmPmc, KvmPmu

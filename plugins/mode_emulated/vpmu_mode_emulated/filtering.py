@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vpmu_core.hw.pmc import FIXED_BASE, Pmc
+from vpmu_core.api import FIXED_BASE, Pmc
 
 
 def filter_allows(vcpu: Any, pmc: Pmc) -> bool:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from vpmu_core.events import EventKind
+from vpmu_core.api import EventKind
 
 from vpmu_mode_emulated.filtering import pmc_event_is_allowed
 

@@ -12,8 +12,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from vpmu_core.hw.pmc import FIXED_BASE, Pmc
-from vpmu_core.perf.event import PerfEvent
+from vpmu_core.api import FIXED_BASE, PerfEvent, Pmc
 
 if TYPE_CHECKING:
     from vpmu_mode_emulated.vlbr import Vlbr

@@ -23,10 +23,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from vpmu_core.errors import ConfigError
-from vpmu_core.hv.kvm_caps import KVM_7_0, UPGRADE_V5_VERSION, KvmPmuCaps
-from vpmu_core.logs import get_logger
-from vpmu_core.plugins.markers import hookimpl
+from vpmu_core.api import KVM_7_0, UPGRADE_V5_VERSION, ConfigError, KvmPmuCaps, get_logger, hookimpl
 
 from vpmu_mode_emulated import instructions, silent
 from vpmu_mode_emulated.backend import EmulatedBackend, pmc_read_counter

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from vpmu_core.logs import get_logger
+from vpmu_core.api import get_logger
 
 if TYPE_CHECKING:
-    from vpmu_core.perf.event import PerfEvent
+    from vpmu_core.api import PerfEvent
 
     from vpmu_mode_emulated.kvm_pmc import KvmPmc, KvmPmu
 

@@ -13,10 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vpmu_core.logs import get_logger
-from vpmu_core.perf.attr import PerfEventAttr
-from vpmu_core.perf.driver import HwEvent
-from vpmu_core.perf.event import OverflowHandler, PerfEvent
+from vpmu_core.api import HwEvent, OverflowHandler, PerfEvent, PerfEventAttr, get_logger
 
 log = get_logger("vpmu.mode_emulated")
 

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from vpmu_core.errors import PerfError
-from vpmu_core.logs import get_logger
-from vpmu_core.perf.attr import PerfEventAttr
+from vpmu_core.api import PerfError, PerfEventAttr, get_logger
 
 from vpmu_mode_emulated.backend import get_sample_period, pmc_read_counter
 from vpmu_mode_emulated.filtering import pmc_event_is_allowed

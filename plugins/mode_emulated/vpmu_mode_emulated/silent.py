@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from vpmu_core.perf.attr import EventState
+from vpmu_core.api import EventState
 
 from vpmu_mode_emulated.filtering import filter_allows
 

@@ -22,15 +22,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from vpmu_core.errors import PerfError
-from vpmu_core.logs import get_logger
-from vpmu_core.perf.attr import EventState, PerfEventAttr
-from vpmu_core.perf.driver import HwEvent
+from vpmu_core.api import EventState, HwEvent, PerfError, PerfEventAttr, get_logger
 
 from vpmu_mode_emulated.silent import event_cause
 
 if TYPE_CHECKING:
-    from vpmu_core.perf.event import PerfEvent
+    from vpmu_core.api import PerfEvent
 
     from vpmu_mode_emulated.kvm_pmc import KvmPmu
     from vpmu_mode_emulated.perf_api import KvmPerfCalls

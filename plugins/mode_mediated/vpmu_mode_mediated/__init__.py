@@ -11,8 +11,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from vpmu_core.plugins.markers import hookimpl
-from vpmu_core.plugins.records import ModeSpec
+from vpmu_core.api import ModeSpec, hookimpl
 
 from vpmu_mode_mediated.mode import MediatedMode
 from vpmu_mode_mediated.options import OPTION_HELP

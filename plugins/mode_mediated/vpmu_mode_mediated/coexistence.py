@@ -16,8 +16,7 @@ from __future__ import annotations
 import errno
 from typing import Any
 
-from vpmu_core.errors import PerfError
-from vpmu_core.logs import get_logger
+from vpmu_core.api import PerfError, get_logger
 
 from vpmu_mode_mediated.state import VmState
 

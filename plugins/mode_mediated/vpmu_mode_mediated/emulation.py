@@ -19,8 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vpmu_core.events import EventKind
-from vpmu_core.hw.pmc import FIXED_BASE
+from vpmu_core.api import FIXED_BASE, EventKind
 
 from vpmu_mode_mediated.state import VcpuState
 from vpmu_mode_mediated.switch import Switcher

@@ -29,9 +29,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vpmu_core.hv.kvm_caps import KVM_7_0, UPGRADE_V5_VERSION, KvmPmuCaps
-from vpmu_core.logs import get_logger
-from vpmu_core.plugins.markers import hookimpl
+from vpmu_core.api import KVM_7_0, UPGRADE_V5_VERSION, KvmPmuCaps, get_logger, hookimpl
 
 from vpmu_mode_mediated.coexistence import Coexistence
 from vpmu_mode_mediated.emulation import MsrEmulation, instruction_retired

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from vpmu_core.errors import ConfigError
+from vpmu_core.api import ConfigError
 
 #: option name -> help text (shown by `vpmu modes`)
 OPTION_HELP: dict[str, str] = {

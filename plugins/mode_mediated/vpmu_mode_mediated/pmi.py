@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vpmu_core.logs import get_logger
+from vpmu_core.api import get_logger
 
 from vpmu_mode_mediated.state import CpuState
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from vpmu_core.errors import ConfigError
+from vpmu_core.api import ConfigError
 
 #: VMREAD of the guest PERF_GLOBAL_CTRL field after every VM-exit on VMX. Commit
 #: d3ba32d1ff2a: caching it would shave "~15-20 cycles per exit" (S); the upper bound.

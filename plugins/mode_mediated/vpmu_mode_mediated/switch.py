@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vpmu_core.logs import get_logger
+from vpmu_core.api import get_logger
 
 from vpmu_mode_mediated.filtering import eventsel_hw, fixed_ctrl_hw
 from vpmu_mode_mediated.options import MediatedOptions

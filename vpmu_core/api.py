@@ -1,0 +1,110 @@
+"""The plugin API: the one module vendor, facility and mode plugins import from.
+
+Everything a plugin needs is here; everything else in `vpmu_core` is internal and may move.
+Users composing hosts use `vpmu_core` itself (DESIGN §5); plugin authors use this module
+and docs/writing-plugins.md.
+
+Records and hooks
+    `hookimpl` (the marker; another project's marker registers nothing), `CpuModelSpec`,
+    `FacilitySpec`, `ModeSpec` (what the registration hooks register).
+
+Vendor side
+    `PmuBase` (subclass it; its abstract methods are mandatory, see its docstring),
+    `CounterBackend`, `Overflow`, `Pmc`, `FIXED_BASE` (fixed counter i has index 32+i),
+    `sign_extend`, `Register` (declarative MSRs), `CpuidTable` (+ `EAX`..`EDX`, `Regs`),
+    `PmuCapabilities`, `CpuModel` (the protocol a model factory returns), `HwEvent`,
+    `PerfDriver`, `RegisterPort`, `GENERIC_HW_EVENTS` (the generic perf event names a
+    scenario may name; drivers may answer more, e.g. AMD's "stalled-cycles-frontend" and
+    "-backend", and answer ENOENT for the ones their hardware lacks), `PerfEventAttr`,
+    `EventState`, `GuestPmuConfig`, `Facility`, `FacilityState`.
+KVM rules both modes share
+    `KvmPmuCaps`, `KVM_7_0` (what KVM 7.0 gives a guest: version 2, at most 3 fixed counters),
+    `UPGRADE_V5_VERSION` (the unmerged "Upgrade vPMU version to 5" series, a mode option).
+
+Counting
+    `EventKind` (what a span counts; index into `Work.counts`), `N_KINDS`, `Work`,
+    `EMULATED_INSTRUCTION` (an instruction the hypervisor emulated: 1 instruction, 0 guest
+    cycles, as ground truth counts it: what `vpmu_instruction_retired` accrues),
+    `ONE_INSTRUCTION` (an instruction the hardware executes: 1 instruction, 1 cycle),
+    `KVM_COMMON_PMU_MSRS` (legacy PMU MSRs KVM's common code answers when no vPMU claims
+    them).
+
+Errors and utilities
+    `GuestFault` / `gp(reason)` (the only way a guest sees #GP), `ConfigError` (bad user
+    input: factories and option parsers), `PerfError` (errno of the perf API), `get_logger`
+    (key=value on the stdlib logger, silent until an application configures logging), `derive_seed` (a stable
+    sub-seed for anything random a plugin does: same seed, same report), `PerfEvent`,
+    `OverflowHandler` (host perf events a mode creates).
+
+What a mode is given at run time is documented in docs/writing-plugins.md ("The mode <->
+physical PMU contract"): `vcpu.pmu`, `vcpu.cpu.pmu`, `vcpu.host.perf`, `vcpu.charge`, ...
+"""
+
+from __future__ import annotations
+
+from vpmu_core.engine.host import derive_seed
+from vpmu_core.errors import ConfigError, GuestFault, PerfError, gp
+from vpmu_core.events import N_KINDS, EventKind, Work
+from vpmu_core.hv.config import GuestPmuConfig
+from vpmu_core.hv.kvm_caps import KVM_7_0, UPGRADE_V5_VERSION, KvmPmuCaps
+from vpmu_core.hv.vcpu import EMULATED_INSTRUCTION, KVM_COMMON_PMU_MSRS, ONE_INSTRUCTION
+from vpmu_core.hw.cpuid import EAX, EBX, ECX, EDX, CpuidTable, Regs
+from vpmu_core.hw.facility import Facility, FacilityState
+from vpmu_core.hw.model import CpuModel, PmuCapabilities
+from vpmu_core.hw.msr import Register
+from vpmu_core.hw.pmc import FIXED_BASE, Pmc, sign_extend
+from vpmu_core.hw.pmu import CounterBackend, Overflow, PmuBase
+from vpmu_core.logs import get_logger
+from vpmu_core.perf.attr import GENERIC_HW_EVENTS, EventState, PerfEventAttr
+from vpmu_core.perf.driver import HwEvent, PerfDriver, RegisterPort
+from vpmu_core.perf.event import OverflowHandler, PerfEvent
+from vpmu_core.plugins.markers import hookimpl
+from vpmu_core.plugins.records import CpuModelSpec, FacilitySpec, ModeSpec
+
+__all__ = [
+    "EAX",
+    "EBX",
+    "ECX",
+    "EDX",
+    "EMULATED_INSTRUCTION",
+    "FIXED_BASE",
+    "GENERIC_HW_EVENTS",
+    "KVM_COMMON_PMU_MSRS",
+    "N_KINDS",
+    "ONE_INSTRUCTION",
+    "ConfigError",
+    "CounterBackend",
+    "CpuModel",
+    "CpuModelSpec",
+    "CpuidTable",
+    "EventKind",
+    "EventState",
+    "Facility",
+    "FacilitySpec",
+    "FacilityState",
+    "GuestFault",
+    "GuestPmuConfig",
+    "KVM_7_0",
+    "KvmPmuCaps",
+    "UPGRADE_V5_VERSION",
+    "HwEvent",
+    "ModeSpec",
+    "Overflow",
+    "OverflowHandler",
+    "PerfDriver",
+    "PerfError",
+    "PerfEvent",
+    "PerfEventAttr",
+    "Pmc",
+    "PmuBase",
+    "PmuCapabilities",
+    "Register",
+    "RegisterPort",
+    "Regs",
+    "Work",
+    "derive_seed",
+    "get_logger",
+    "gp",
+    "hookimpl",
+    "sign_extend",
+]
