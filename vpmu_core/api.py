@@ -42,7 +42,6 @@ physical PMU contract"): `vcpu.pmu`, `vcpu.cpu.pmu`, `vcpu.host.perf`, `vcpu.cha
 
 from __future__ import annotations
 
-from vpmu_core.engine.host import derive_seed
 from vpmu_core.errors import ConfigError, GuestFault, PerfError, gp
 from vpmu_core.events import N_KINDS, EventKind, Work
 from vpmu_core.hv.config import GuestPmuConfig
@@ -60,6 +59,7 @@ from vpmu_core.perf.driver import HwEvent, PerfDriver, RegisterPort
 from vpmu_core.perf.event import OverflowHandler, PerfEvent
 from vpmu_core.plugins.markers import hookimpl
 from vpmu_core.plugins.records import CpuModelSpec, FacilitySpec, ModeSpec
+from vpmu_core.seeds import derive_seed
 
 __all__ = [
     "EAX",

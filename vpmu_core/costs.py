@@ -8,8 +8,6 @@ Scenarios override single fields.
 
 from __future__ import annotations
 
-from collections import defaultdict
-
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -62,18 +60,3 @@ def cost_model(preset: str = "intel", overrides: dict | None = None) -> CostMode
     base = dict(PRESETS.get(preset, {}))
     base.update(overrides or {})
     return CostModel(**base)
-
-
-class CostLedger:
-    """Charges by entity (vCPU name or "host") and operation; counts by operation."""
-
-    def __init__(self) -> None:
-        self.cycles: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-        self.calls: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-
-    def charge(self, entity: str, op: str, cycles: int, n: int = 1) -> None:
-        self.cycles[entity][op] += cycles
-        self.calls[entity][op] += n
-
-    def total(self, entity: str) -> int:
-        return sum(self.cycles[entity].values())

@@ -4,17 +4,17 @@ host perf, clock, ground truth, costs and the checks the report is built from.""
 from __future__ import annotations
 
 import errno
-import zlib
 from typing import TYPE_CHECKING, Any
 
-from vpmu_core.costs import CostLedger, CostModel
+from vpmu_core.costs import CostModel
 from vpmu_core.engine.cpu import HostCpu
 from vpmu_core.engine.task import Task
-from vpmu_core.engine.truth import TruthLedger
 from vpmu_core.errors import ConfigError, PerfError
 from vpmu_core.events import N_KINDS
+from vpmu_core.ledgers.costs import CostLedger
+from vpmu_core.ledgers.silent import LeakLog, SilentErrors
+from vpmu_core.ledgers.truth import TruthLedger
 from vpmu_core.logs import get_logger
-from vpmu_core.metrics.silent import LeakLog, SilentErrors
 from vpmu_core.perf.attr import PerfEventAttr
 from vpmu_core.perf.core import PerfSubsystem
 from vpmu_core.perf.event import PerfEvent
@@ -26,11 +26,6 @@ if TYPE_CHECKING:
     from vpmu_core.plugins.resolve import ResolvedHooks
 
 log = get_logger("vpmu.engine")
-
-
-def derive_seed(seed: int, *parts: object) -> int:
-    """A stable sub-seed (independent of PYTHONHASHSEED)."""
-    return zlib.crc32(repr((seed, *parts)).encode()) ^ (seed * 0x9E3779B1 & 0xFFFFFFFF)
 
 
 class Host:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from vpmu_core.engine.truth import TruthLedger
 from vpmu_core.events import Work, WorkCursor
+from vpmu_core.ledgers.truth import TruthLedger
 
 if TYPE_CHECKING:
     from vpmu_core.engine.cpu import HostCpu

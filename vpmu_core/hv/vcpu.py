@@ -26,12 +26,12 @@ from operator import add as _add
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 from vpmu_core.engine.exits import FASTPATH_REASONS, ExitProcess
-from vpmu_core.engine.host import derive_seed
 from vpmu_core.engine.task import Task
 from vpmu_core.errors import GuestFault, PerfError, VmDestroyedError, gp
 from vpmu_core.events import N_KINDS, Work, WorkCursor
 from vpmu_core.hv.lapic import X2APIC_LVTPC, LvtPc
 from vpmu_core.logs import get_logger
+from vpmu_core.seeds import derive_seed
 
 if TYPE_CHECKING:
     from vpmu_core.engine.cpu import HostCpu
