@@ -48,7 +48,7 @@ def test_kit_catches_a_broken_vendor(pytester):
                         guest.gp_counters, guest.fixed_counters, guest=True)
 
             class Plugin:
-                from vpmu_core.plugins.markers import hookimpl
+                from vpmu_core.markers import hookimpl
                 from vpmu_core.plugins.records import CpuModelSpec
 
                 @hookimpl

@@ -23,7 +23,7 @@ from vpmu_core.errors import gp
 from vpmu_core.events import EventKind
 from vpmu_core.hw.pmc import FIXED_BASE
 from vpmu_core.hw.msr import Register
-from vpmu_core.plugins.markers import hookimpl
+from vpmu_core.markers import hookimpl
 from vpmu_core.plugins.records import CpuModelSpec, ModeSpec
 from vpmu_core.testing.conformance import UNKNOWN_MSR, ModeConformance, VendorConformance
 

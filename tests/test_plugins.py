@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 import vpmu_core as vpmu
+from vpmu_core.markers import hookimpl
 from vpmu_core.plugins.discovery import build_catalog
-from vpmu_core.plugins.markers import hookimpl
 from vpmu_core.plugins.resolve import HYPERVISOR_HOOKS
 from vpmu_core.testing import toy
 
@@ -142,7 +142,7 @@ def test_package_exports_load_lazily_and_all_resolve() -> None:
     import sys
 
     code = (
-        "import sys, vpmu_core as v; assert 'vpmu_core.plugins.compose' not in sys.modules, 'eager';"
+        "import sys, vpmu_core as v; assert 'vpmu_core.host' not in sys.modules, 'eager';"
         "assert sorted(v.__all__) == sorted(v._EXPORTS) and all(getattr(v, n) for n in v.__all__)"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

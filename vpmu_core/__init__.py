@@ -26,6 +26,7 @@ _EXPORTS = {
     "FacilitySpec": "vpmu_core.plugins.records",
     "GuestFault": "vpmu_core.errors",
     "GuestPmuConfig": "vpmu_core.hv.config",
+    "Host": "vpmu_core.host",
     "ModeSpec": "vpmu_core.plugins.records",
     "StateError": "vpmu_core.errors",
     "VmDestroyedError": "vpmu_core.errors",
@@ -34,9 +35,9 @@ _EXPORTS = {
     "PerfEventAttr": "vpmu_core.perf.attr",
     "Work": "vpmu_core.events",
     "catalog": "vpmu_core.plugins.discovery",
-    "compose": "vpmu_core.plugins.compose",
-    "hookimpl": "vpmu_core.plugins.markers",
-    "hookspec": "vpmu_core.plugins.markers",
+    "compose": "vpmu_core.host",
+    "hookimpl": "vpmu_core.markers",
+    "hookspec": "vpmu_core.markers",
 }
 
 __all__ = [
@@ -49,6 +50,7 @@ __all__ = [
     "FacilitySpec",
     "GuestFault",
     "GuestPmuConfig",
+    "Host",
     "ModeSpec",
     "PerfCount",
     "PerfError",
@@ -83,9 +85,9 @@ if TYPE_CHECKING:
     from vpmu_core.engine.exits import ExitProfile
     from vpmu_core.errors import ConfigError, GuestFault, PerfError, StateError, VmDestroyedError
     from vpmu_core.events import EventKind, Work
+    from vpmu_core.host import Host, compose
     from vpmu_core.hv.config import GuestPmuConfig
+    from vpmu_core.markers import hookimpl, hookspec
     from vpmu_core.perf.attr import EventState, PerfCount, PerfEventAttr
-    from vpmu_core.plugins.compose import compose
     from vpmu_core.plugins.discovery import catalog
-    from vpmu_core.plugins.markers import hookimpl, hookspec
     from vpmu_core.plugins.records import CpuModelSpec, FacilitySpec, ModeSpec

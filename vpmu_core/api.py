@@ -54,10 +54,10 @@ from vpmu_core.hw.msr import Register
 from vpmu_core.hw.pmc import FIXED_BASE, Pmc, sign_extend
 from vpmu_core.hw.pmu import CounterBackend, Overflow, PmuBase
 from vpmu_core.logs import get_logger
+from vpmu_core.markers import hookimpl
 from vpmu_core.perf.attr import GENERIC_HW_EVENTS, EventState, PerfEventAttr
 from vpmu_core.perf.driver import HwEvent, PerfDriver, RegisterPort
 from vpmu_core.perf.event import OverflowHandler, PerfEvent
-from vpmu_core.plugins.markers import hookimpl
 from vpmu_core.plugins.records import CpuModelSpec, FacilitySpec, ModeSpec
 from vpmu_core.seeds import derive_seed
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from vpmu_core.plugins.markers import hookspec
+from vpmu_core.markers import hookspec
 
 # ---------------------------------------------------------------------------------------
 # Registration hooks

@@ -10,7 +10,7 @@ from vpmu_core.hw.pmu import Overflow
 from vpmu_core.logs import get_logger
 
 if TYPE_CHECKING:
-    from vpmu_core.engine.host import Host
+    from vpmu_core.engine.machine import Machine
     from vpmu_core.engine.task import Task
 
 log = get_logger("vpmu.engine")
@@ -61,7 +61,7 @@ class CpuPort:
 class HostCpu:
     """One logical CPU. Time is in cycles (`now`); tasks pinned here share it round-robin."""
 
-    def __init__(self, host: Host, index: int) -> None:
+    def __init__(self, host: Machine, index: int) -> None:
         self.host = host
         self.index = index
         self.now = 0
@@ -112,14 +112,16 @@ class HostCpu:
     def handle_overflows(self, overflows: list[Overflow]) -> bool:
         """Route counter overflows: status bits, then the PMI to the mode or host perf.
 
-        Returns True if a PMI was raised (an NMI: it forces a VM-exit if in guest mode)."""
+        Returns True if a PMI was raised (an NMI: it forces a VM-exit if in guest mode).
+        A PMI a registered claimer takes (the hypervisor, for a loaded guest context, as
+        KVM's perf guest callbacks / mediated PMI vector do) never reaches host perf."""
         pmi = False
         host = self.host
         for pmc, overshoot in overflows:
             if not self.pmu.raise_overflow(pmc):
                 continue
             pmi = True
-            if host.hooks.host_pmi(cpu=self, pmc=pmc, overshoot=overshoot):
+            if any(claim(self, pmc, overshoot) for claim in host.pmi_claimers):
                 continue
             host.costs_ledger.charge("host", "host_pmi_nmi", host.costs.host_pmi_nmi)
             if host.perf is not None:
@@ -139,17 +141,16 @@ class HostCpu:
         prev = self.current_task
         if prev is task:
             return
-        if prev is not None and prev.kind == "vcpu":
-            prev.vcpu._sched_out(self)  # type: ignore[attr-defined]
         if prev is not None:
+            prev.sched_out(self)
             prev.running_on = None
         self.current_task = task
         if task is not None:
             task.running_on = self.index
         if self.host.perf is not None:
             self.host.perf.sched_task(self.index, prev, task)
-        if task is not None and task.kind == "vcpu":
-            task.vcpu._sched_in(self)  # type: ignore[attr-defined]
+        if task is not None:
+            task.sched_in(self)
         self.slice_left = self.slice_cycles
 
     def _pick(self) -> Task | None:
@@ -168,7 +169,7 @@ class HostCpu:
                 return
             task = self._pick()
             if task is None:
-                if self.current_task is not None and self.current_task.kind == "vcpu":
+                if self.current_task is not None and self.current_task.leaves_cpu_when_idle:
                     self.switch_to(None)
                 step = min(target, self.next_mux) - self.now
                 self.now += step

@@ -10,15 +10,18 @@ from vpmu_core.ledgers.truth import TruthLedger
 
 if TYPE_CHECKING:
     from vpmu_core.engine.cpu import HostCpu
-    from vpmu_core.engine.host import Host
+    from vpmu_core.engine.machine import Machine
 
 
 class Task:
     """A host task (thread). `execute()` queues work; time passes with `host.advance()`."""
 
     kind = "task"
+    #: a task with no work blocks and is switched out (a vCPU in HLT: kvm_vcpu_block ->
+    #: schedule()); a plain host task stays current until another is picked
+    leaves_cpu_when_idle = False
 
-    def __init__(self, host: Host, pid: int, name: str, cpu: int) -> None:
+    def __init__(self, host: Machine, pid: int, name: str, cpu: int) -> None:
         self.host = host
         self.pid = pid
         self.name = name
@@ -40,6 +43,13 @@ class Task:
         if not isinstance(work, Work):
             raise TypeError("execute() takes a vpmu.Work")
         self.queue.append(WorkCursor(work))
+
+    # ---- preempt notifiers (include/linux/preempt.h: sched_in / sched_out) -----------------
+    def sched_in(self, cpu: HostCpu) -> None:
+        """The scheduler switched to this task on `cpu` (after perf's task switch)."""
+
+    def sched_out(self, cpu: HostCpu) -> None:
+        """The scheduler is switching away from this task on `cpu` (before perf's)."""
 
     @property
     def runnable(self) -> bool:

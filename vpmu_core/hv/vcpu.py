@@ -104,7 +104,12 @@ class VcpuStats:
 
 
 class VcpuTask(Task):
+    """The vCPU thread. Its preempt notifiers are KVM's (kvm_preempt_ops: kvm_sched_in ->
+    kvm_arch_vcpu_load, kvm_sched_out -> kvm_arch_vcpu_put): the engine's scheduler calls
+    them and knows nothing else of VMs."""
+
     kind = "vcpu"
+    leaves_cpu_when_idle = True
 
     def __init__(self, vcpu: VCpu, pid: int, cpu: int) -> None:
         super().__init__(vcpu.host, pid, vcpu.name, cpu)
@@ -114,6 +119,12 @@ class VcpuTask(Task):
 
     def run(self, cpu: HostCpu, budget: int) -> int:
         return self.vcpu._run(cpu, budget)
+
+    def sched_in(self, cpu: HostCpu) -> None:
+        self.vcpu._sched_in(cpu)
+
+    def sched_out(self, cpu: HostCpu) -> None:
+        self.vcpu._sched_out(cpu)
 
 
 class VCpu:

@@ -10,7 +10,7 @@ from vpmu_core.hv.filter import MAX_EVENTS, PmuEventFilter
 
 if TYPE_CHECKING:
     from vpmu_core.engine.exits import ExitProfile
-    from vpmu_core.engine.host import Host
+    from vpmu_core.host import Host
     from vpmu_core.hv.config import GuestPmuConfig
     from vpmu_core.hv.guest_perf import GuestPerf
     from vpmu_core.hv.vcpu import VCpu

@@ -11,7 +11,7 @@ from vpmu_core.perf.attr import EventState
 from vpmu_core.perf.event import PerfEvent
 
 if TYPE_CHECKING:
-    from vpmu_core.engine.host import Host
+    from vpmu_core.host import Host
 
 REPORT_SCHEMA_VERSION = 1
 

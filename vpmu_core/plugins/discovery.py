@@ -20,7 +20,7 @@ from stevedore import ExtensionManager
 from vpmu_core import hookspecs
 from vpmu_core.errors import ConfigError
 from vpmu_core.logs import get_logger
-from vpmu_core.plugins.markers import ENTRY_POINT_GROUP, PROJECT
+from vpmu_core.markers import ENTRY_POINT_GROUP, PROJECT
 from vpmu_core.plugins.records import CpuModelSpec, FacilitySpec, ModeSpec, PluginRecord
 
 log = get_logger("vpmu.plugins")

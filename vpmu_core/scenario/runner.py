@@ -56,7 +56,7 @@ class _Action:
 
 def compose_host(scn: Scenario, catalog: Any | None = None) -> Any:
     """`vpmu.compose()` from the scenario's composition fields (raises ConfigError)."""
-    from vpmu_core.plugins.compose import compose
+    from vpmu_core.host import compose
 
     try:
         host = _compose(compose, scn, catalog)

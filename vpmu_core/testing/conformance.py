@@ -24,9 +24,9 @@ from vpmu_core.events import EventKind, Work
 from vpmu_core.hv.config import GuestPmuConfig
 from vpmu_core.hv.vcpu import KVM_COMMON_PMU_MSRS
 from vpmu_core.hw.pmc import sign_extend
+from vpmu_core.markers import ENTRY_POINT_GROUP
 from vpmu_core.perf.attr import PerfEventAttr
 from vpmu_core.plugins.discovery import build_catalog
-from vpmu_core.plugins.markers import ENTRY_POINT_GROUP
 from vpmu_core.testing.leakcheck import LeakChecker
 from vpmu_core.testing.ports import PhysicalPort, StubCpu
 
@@ -435,7 +435,7 @@ class VendorConformance(_Kit):
             assert pmu.raise_overflow(ov[0][0]), f"{model.name}: the driver must enable the overflow interrupt"
 
     def test_same_seed_same_report(self, plugin: Any, catalog: Any) -> None:
-        from vpmu_core.plugins.compose import compose
+        from vpmu_core.host import compose
         from vpmu_core.testing import toy
 
         def run() -> str:
@@ -478,7 +478,7 @@ class ModeConformance(_Kit):
         return build_catalog(plugins, [])
 
     def _compose(self, plugins: list[tuple[str, Any]], cpu: str, seed: int = 0) -> Any:
-        from vpmu_core.plugins.compose import compose
+        from vpmu_core.host import compose
 
         return compose(cpu=cpu, mode=self.mode_name, mode_options=self.mode_options, plugins=plugins, seed=seed)
 

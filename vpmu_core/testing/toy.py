@@ -30,9 +30,9 @@ from vpmu_core.hw.model import PmuCapabilities
 from vpmu_core.hw.msr import Register
 from vpmu_core.hw.pmc import FIXED_BASE, Pmc, sign_extend
 from vpmu_core.hw.pmu import PmuBase
+from vpmu_core.markers import hookimpl
 from vpmu_core.perf.attr import PerfEventAttr
 from vpmu_core.perf.driver import HwEvent, RegisterPort
-from vpmu_core.plugins.markers import hookimpl
 from vpmu_core.plugins.records import CpuModelSpec, ModeSpec
 
 EVTSEL, CTR, FIXED0, FIXED_CTRL, GCTRL, GSTATUS, GSTATUS_CLR = 0x100, 0x200, 0x210, 0x310, 0x300, 0x301, 0x302

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 from vpmu_core.events import Work
+from vpmu_core.host import compose
 from vpmu_core.hv.config import GuestPmuConfig
-from vpmu_core.plugins.compose import compose
 from vpmu_core.testing import toy
 
 import vpmu_amd_perfmon

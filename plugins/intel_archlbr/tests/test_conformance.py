@@ -16,9 +16,9 @@ import vpmu_intel_arch
 import vpmu_intel_archlbr
 from lbr_helpers import ARCH_CPU, CTL_ALL, DEBUGCTL, LBR_CTL
 
-from vpmu_core.plugins.compose import compose
+from vpmu_core.host import compose
+from vpmu_core.markers import ENTRY_POINT_GROUP
 from vpmu_core.plugins.discovery import build_catalog
-from vpmu_core.plugins.markers import ENTRY_POINT_GROUP
 from vpmu_core.testing import toy
 from vpmu_core.testing.conformance import ModeConformance
 

@@ -9,9 +9,9 @@ import vpmu_core
 from emu_helpers import PREFERRED, need, plugins_for
 from vpmu_core import ExitProfile, PerfEventAttr, Work
 from vpmu_core.events import EventKind
+from vpmu_core.markers import hookimpl
 from vpmu_core.perf.attr import EventState
 from vpmu_core.perf.driver import HwEvent
-from vpmu_core.plugins.markers import hookimpl
 from vpmu_core.plugins.records import FacilitySpec
 
 CTL, REC = 0x1D9, 0x680  # a DEBUGCTL-like control (bit 0 = on) and one record MSR

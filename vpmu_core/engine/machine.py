@@ -1,9 +1,16 @@
-"""The Host: one composition of CPU model, facilities and mode, with its CPUs, tasks, VMs,
-host perf, clock, ground truth, costs and the checks the report is built from."""
+"""The machine: the host CPUs with their clocks, physical PMUs and run queues, the host
+tasks, host perf, and the ledgers (truth, costs, silent errors, leaks).
+
+The engine layer: it knows nothing of VMs, modes or plugins. The hypervisor plugs in the way
+KVM does in Linux: its vCPU threads are tasks with preempt notifiers (`Task.sched_in/out`),
+it claims PMIs through `pmi_claimers` (perf_register_guest_info_callbacks) and may veto
+host perf_event_open through `perf.open_filter`. `vpmu_core.host.Host` is the machine with
+the hypervisor on it."""
 
 from __future__ import annotations
 
 import errno
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from vpmu_core.costs import CostModel
@@ -20,46 +27,33 @@ from vpmu_core.perf.core import PerfSubsystem
 from vpmu_core.perf.event import PerfEvent
 
 if TYPE_CHECKING:
-    from vpmu_core.engine.exits import ExitProfile
-    from vpmu_core.hv.config import GuestPmuConfig
-    from vpmu_core.hv.vm import VM
-    from vpmu_core.plugins.resolve import ResolvedHooks
+    from vpmu_core.hw.pmc import Pmc
 
 log = get_logger("vpmu.engine")
 
 
-class Host:
-    """Built by `vpmu.compose()`; see DESIGN §5 for the API."""
+class Machine:
+    """The host machine of a composition (see module docstring)."""
 
     def __init__(
         self,
         *,
         model: Any,
         facilities: dict[str, Any],
-        hooks: ResolvedHooks,
-        mode: Any,
-        mode_name: str,
-        mode_options: dict[str, Any],
         costs: CostModel,
         cpus: int,
         seed: int,
         mux_interval_ns: int = 4_000_000,
         sched_slice_ns: int = 3_000_000,
-        composition: dict[str, Any] | None = None,
     ) -> None:
         if cpus < 1:
             raise ConfigError("cpus", f"must be >= 1, got {cpus}")
         self.model = model
         self.freq_hz: int = model.freq_hz
         self.facilities = facilities
-        self.hooks = hooks
-        self.mode = mode
-        self.mode_name = mode_name
-        self.mode_options = mode_options
         self.costs = costs
         self.seed = seed
         self.sched_slice_ns = sched_slice_ns
-        self.composition = composition or {}
         self.cpuid = model.cpuid_table(None)
         for f in facilities.values():
             f.adjust_cpuid(self.cpuid, guest=False)
@@ -69,9 +63,6 @@ class Host:
         self.silent = SilentErrors()
         self.leaks = LeakLog()
         self.tasks: dict[int, Task] = {}
-        #: every VM created on this host, in creation order; destroyed ones stay (flagged
-        #: `vm.destroyed`) so the report keeps their figures
-        self.vms: list[VM] = []
         self._next_pid = 100
         self.mux_interval_ns = mux_interval_ns
         self.perf: PerfSubsystem | None = None
@@ -83,24 +74,21 @@ class Host:
             task_lookup=self.tasks.get,
             mux_interval_ns=mux_interval_ns,
         )
-        self.perf.open_filter = self._open_filter
         self.perf.truth_source = self._truth_for
         self.perf.on_ipi = lambda cpu: self.costs_ledger.charge("host", "perf_ipi", self.costs.perf_ipi)
         self.user_events: list[PerfEvent] = []
         #: optional timeline recorder (see vpmu_core/metrics/timeline.py); None = off (fast)
         self.tracer: Any = None
         self.truth_windows: dict[int, Any] = {}
-        if hasattr(mode, "attach"):
-            mode.attach(self)
+        #: who may take a host PMI before host perf sees it: (cpu, pmc, overshoot) -> True
+        #: if claimed (perf_register_guest_info_callbacks; the mediated vPMU's PMI vector)
+        self.pmi_claimers: list[Callable[[HostCpu, Pmc, int], bool]] = []
 
     def set_tracer(self, tracer: Any) -> None:
         """Record a timeline: VM-entries/exits, PMIs, counter ownership, event states."""
         self.tracer = tracer
         assert self.perf is not None
         self.perf.tracer = tracer
-        for vm in self.vms:
-            if vm._guest_perf is not None:
-                vm._guest_perf.perf.tracer = tracer
 
     # ---- time ---------------------------------------------------------------------------
     def ns_to_cycles(self, ns: int) -> int:
@@ -163,9 +151,6 @@ class Host:
         return self.truth_rows(slots, ev.hw.kind, rows)
 
     # ---- host perf ------------------------------------------------------------------------
-    def _open_filter(self, attr: PerfEventAttr, pid: int, cpu: int) -> int | None:
-        return self.hooks.host_perf_event_open(attr=attr, pid=pid, cpu=cpu)
-
     def perf_event_open(
         self, attr: PerfEventAttr, pid: int = -1, cpu: int = -1, group: PerfEvent | None = None
     ) -> PerfEvent:
@@ -176,41 +161,3 @@ class Host:
         ev = self.perf.perf_event_open(attr, pid, cpu, group)
         self.user_events.append(ev)
         return ev
-
-    # ---- VMs --------------------------------------------------------------------------------
-    def create_vm(
-        self,
-        vcpus: int = 1,
-        pmu: GuestPmuConfig | None = None,
-        pin: list[int] | None = None,
-        exits: ExitProfile | None = None,
-        name: str | None = None,
-    ) -> VM:
-        from vpmu_core.engine.exits import ExitProfile
-        from vpmu_core.hv.config import GuestPmuConfig
-        from vpmu_core.hv.vm import VM
-
-        taken = {vm.name for vm in self.vms}
-        if name is None:
-            n = len(self.vms)
-            while f"vm{n}" in taken:
-                n += 1
-            name = f"vm{n}"
-        if name in taken:
-            # vCPU names key the ledgers: a destroyed VM keeps its figures under its name
-            raise ConfigError("name", f"a VM named {name!r} already exists on this host (destroyed VMs keep theirs)")
-        vm = VM(
-            self,
-            name,
-            vcpus=vcpus,
-            pmu=pmu or GuestPmuConfig(),
-            pin=pin,
-            exits=exits or ExitProfile(),
-        )
-        return vm
-
-    # ---- reports --------------------------------------------------------------------------
-    def report(self) -> Any:
-        from vpmu_core.metrics.report import build_report
-
-        return build_report(self)
