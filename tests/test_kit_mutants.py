@@ -408,7 +408,8 @@ MODE_MUTANTS: dict[str, str] = {
         """,
     "nondeterministic_report": """
         class Mode(toy.ReferenceMode):
-            def report(self, host):
+            @hookimpl
+            def vpmu_mode_report(self, host):
                 return {"nonce": random.random()}
         class Mutant(ModeKit):
             plugin_module = Plugin(mode=Mode)

@@ -147,3 +147,38 @@ def test_package_exports_load_lazily_and_all_resolve() -> None:
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+class _CappingMode(toy.ReferenceMode):
+    """The reference mode with a cap on guest GP counters, as a hook."""
+
+    @vpmu.hookimpl
+    def vpmu_limit_guest_pmu(self, cfg):
+        return cfg.model_copy(update={"gp_counters": 2})
+
+
+class _LegacyMode(toy.ReferenceMode):
+    """A 0.1-style mode: the cap as a plain method, which the core no longer looks up."""
+
+    def limit_guest_pmu(self, cfg):
+        return cfg.model_copy(update={"gp_counters": 2})
+
+
+def _plugin_with(mode_cls):
+    class Plugin:
+        @vpmu.hookimpl
+        def vpmu_register_modes(self, register):
+            register(vpmu.ModeSpec(name="capping", factory=mode_cls, description="test"))
+
+    return Plugin()
+
+
+def test_mode_contract_methods_are_hooks():
+    host = vpmu.compose(cpu="toy/basic", mode="capping", plugins=[("toy", toy), ("cap", _plugin_with(_CappingMode))])
+    assert len(host.create_vm().vcpus[0].pmu.gp) == 2
+
+
+def test_a_plain_legacy_method_is_named_with_its_hook():
+    with pytest.warns(UserWarning, match="limit_guest_pmu.*vpmu_limit_guest_pmu"):
+        host = vpmu.compose(cpu="toy/basic", mode="capping", plugins=[("toy", toy), ("cap", _plugin_with(_LegacyMode))])
+    assert len(host.create_vm().vcpus[0].pmu.gp) == 4  # not applied: it is not a hook

@@ -58,8 +58,8 @@ def vpmu_register_modes(register: Callable[..., None]) -> None:
 
     :param register: call ``register(ModeSpec(name="emulated", factory=EmulatedMode,
         options={"name": "help"}))``. ``factory(model, options)`` returns an object whose
-        methods implement the hypervisor hooks below (decorated with ``@hookimpl``); if it
-        has ``attach(host)``, the host calls it once it is built. Raise ``ConfigError`` for
+        methods implement the hypervisor hooks below (decorated with ``@hookimpl``;
+        ``vpmu_host_created(host)`` runs once the host is built). Raise ``ConfigError`` for
         a model the mode cannot run on (e.g. a missing capability).
 
     .. versionadded:: 0.1
@@ -300,6 +300,83 @@ def vpmu_vcpu_restore_state(vcpu: Any, state: dict) -> None:
 
     .. versionadded:: 0.1
     """
+
+
+# ---------------------------------------------------------------------------------------
+# Composition and report hooks (were plain mode methods the core looked up by name)
+# ---------------------------------------------------------------------------------------
+
+
+@hookspec
+def vpmu_host_created(host: Any) -> None:
+    """The composed host is built (its CPUs, host perf and ledgers exist, no VM yet): attach
+    to the machine, e.g. watch host perf reschedules or build per-CPU state.
+
+    :param host: the `vpmu_core.host.Host`.
+
+    .. versionadded:: 0.2 (was the mode's plain ``attach(host)`` method)
+    """
+
+
+@hookspec(firstresult=True)
+def vpmu_limit_guest_pmu(cfg: Any) -> Any:
+    """The mode's caps on a guest PMU, applied the way ``kvm_pmu_refresh`` clamps CPUID.
+
+    :param cfg: the `GuestPmuConfig` resolved against the host model.
+    :return: the capped config (the core resolves it against the model again), or None
+        for no cap.
+
+    .. versionadded:: 0.2 (was the plain ``limit_guest_pmu(cfg)`` method)
+    """
+
+
+@hookspec(firstresult=True)
+def vpmu_facility_allowed(name: str) -> bool | None:
+    """Whether guests may get facility ``name`` under this mode (the merged mediated vPMU
+    gives none). None = allowed.
+
+    .. versionadded:: 0.2 (was the plain ``facility_allowed(name)`` method)
+    """
+
+
+@hookspec
+def vpmu_filter_changed(vcpu: Any) -> None:
+    """KVM_SET_PMU_EVENT_FILTER changed the VM's filter: re-evaluate ``vcpu``'s counters
+    before its next VM-entry (kick it if it is in guest mode).
+
+    .. versionadded:: 0.2 (was the plain ``filter_changed(vcpu)`` method)
+    """
+
+
+@hookspec(firstresult=True)
+def vpmu_mode_report(host: Any) -> dict[str, Any] | None:
+    """The report's ``mode`` section (JSON-safe, sorted-key friendly); None = empty.
+
+    .. versionadded:: 0.2 (was the plain ``report(host)`` method)
+    """
+
+
+@hookspec(firstresult=True)
+def vpmu_guest_counter_values(vcpu: Any) -> dict[str, int] | None:
+    """What the guest would read from each of ``vcpu``'s counters now, by counter name (the
+    report's ``guest_counters``, the trace's counter tracks). None = the core reads the
+    guest PMU's registers.
+
+    .. versionadded:: 0.2 (was the plain ``guest_counter_values(vcpu)`` method)
+    """
+
+
+#: the plain mode methods these hooks replace: a mode that still has one is refused at
+#: compose time with the hook's name (it would silently do nothing)
+LEGACY_MODE_METHODS = {
+    "attach": "vpmu_host_created",
+    "limit_guest_pmu": "vpmu_limit_guest_pmu",
+    "facility_allowed": "vpmu_facility_allowed",
+    "filter_changed": "vpmu_filter_changed",
+    "report": "vpmu_mode_report",
+    "guest_counter_values": "vpmu_guest_counter_values",
+    "exits_are_inert": "(none: exits are never coalesced)",
+}
 
 
 REGISTRATION_HOOKS = (

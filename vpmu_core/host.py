@@ -9,12 +9,15 @@ veto) as KVM registers its perf callbacks.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from vpmu_core import hookspecs
 from vpmu_core.costs import CostModel, cost_model
 from vpmu_core.engine.machine import Machine
 from vpmu_core.errors import ConfigError
+from vpmu_core.markers import PROJECT
 from vpmu_core.perf.attr import PerfEventAttr
 from vpmu_core.plugins.discovery import Catalog, build_catalog, catalog, new_plugin_manager
 from vpmu_core.plugins.resolve import ResolvedHooks
@@ -68,8 +71,7 @@ class Host(Machine):
         assert self.perf is not None
         self.perf.open_filter = self._open_filter
         self.pmi_claimers.append(self._claim_pmi)
-        if hasattr(mode, "attach"):
-            mode.attach(self)
+        hooks.host_created(host=self)
 
     def _open_filter(self, attr: PerfEventAttr, pid: int, cpu: int) -> int | None:
         """A mode may refuse a host perf_event_open (`vpmu_host_perf_event_open`)."""
@@ -123,6 +125,20 @@ class Host(Machine):
         from vpmu_core.metrics.report import build_report
 
         return build_report(self)
+
+
+def _warn_legacy_methods(mode: str, obj: Any) -> None:
+    """A mode written for 0.1 has plain methods the core no longer looks up by name: say
+    which hook replaces each (silently ignoring them would change its numbers)."""
+    for old, new in hookspecs.LEGACY_MODE_METHODS.items():
+        fn = getattr(obj, old, None)
+        if callable(fn) and not hasattr(fn, f"{PROJECT}_impl"):
+            warnings.warn(
+                f"mode {mode!r}: the plain method {old}() is no longer called; implement the hook {new} "
+                "(@hookimpl, docs/plugin-hooks.md)",
+                UserWarning,
+                stacklevel=3,
+            )
 
 
 def _choices(names: Iterable[str]) -> str:
@@ -185,6 +201,7 @@ def compose(
     if unknown:
         raise ConfigError("mode_options", f"unknown option(s) {unknown} for mode {mode!r}", _choices(mode_spec.options))
     mode_obj = mode_spec.factory(model, opts)
+    _warn_legacy_methods(mode, mode_obj)
     pm = new_plugin_manager()
     pm.register(mode_obj, name=f"mode:{mode}")
     for name, fo in fac_objs.items():

@@ -43,8 +43,8 @@ class VM:
                     raise ConfigError("pin", f"{c} is not a host CPU", f"0..{ncpu - 1}")
         self.host = host
         self.name = name
-        allowed = getattr(host.mode, "facility_allowed", None)
-        if allowed is not None and not (allowed("lbr") or allowed("arch_lbr")):
+        allowed = host.hooks.facility_allowed
+        if allowed(name="lbr") is False and allowed(name="arch_lbr") is False:
             # the mode gives guests no LBR (merged mediated vPMU): CPUID and
             # PERF_CAPABILITIES must not advertise it either
             if pmu.lbr:
@@ -58,11 +58,11 @@ class VM:
                 raise ConfigError("pmu.lbr", "a guest LBR needs the lbr or arch_lbr facility", "false")
             pmu = pmu.model_copy(update={"lbr": False})
         self.pmu_config = host.model.resolve_guest(pmu)
-        limit = getattr(host.mode, "limit_guest_pmu", None)
-        if limit is not None:
+        limited = host.hooks.limit_guest_pmu(cfg=self.pmu_config)
+        if limited is not None:
             # the mode's own caps on what a guest can get (e.g. KVM's emulated vPMU exposes
             # at most 3 fixed counters), applied the way kvm_pmu_refresh clamps CPUID
-            self.pmu_config = host.model.resolve_guest(limit(self.pmu_config))
+            self.pmu_config = host.model.resolve_guest(limited)
         self.exit_profile = exits
         self.guest_mux_interval_ns = guest_mux_interval_ns
         self.filter: PmuEventFilter | None = None
@@ -94,11 +94,10 @@ class VM:
 
     def facility_enabled(self, name: str) -> bool:
         """A facility is exposed to the guest unless the config turns it off (lbr=False) or
-        the mode does not give guests that facility (its optional `facility_allowed(name)`)."""
+        the mode does not give guests that facility (`vpmu_facility_allowed`)."""
         if name in ("lbr", "arch_lbr") and self.pmu_config.lbr is False:
             return False
-        allowed = getattr(self.host.mode, "facility_allowed", None)
-        return allowed is None or bool(allowed(name))
+        return self.host.hooks.facility_allowed(name=name) is not False
 
     def set_pmu_event_filter(
         self,
@@ -118,9 +117,7 @@ class VM:
         except ValueError as e:
             raise PerfError(errno.EINVAL, str(e)) from None
         for v in self.vcpus:
-            fn = getattr(self.host.mode, "filter_changed", None)
-            if fn is not None:
-                fn(v)
+            self.host.hooks.filter_changed(vcpu=v)
 
     @property
     def guest_perf(self) -> GuestPerf:

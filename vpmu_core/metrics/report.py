@@ -123,8 +123,9 @@ def build_report(host: Host) -> dict[str, Any]:
     guest_counters = {}
     for vm in host.vms:
         for v in vm.vcpus:
-            fn = getattr(host.mode, "guest_counter_values", None)
-            vals = fn(v) if fn is not None else {f"{p.idx:#x}": v.pmu.read_counter(p) for p in v.pmu.pmcs}
+            vals = host.hooks.guest_counter_values(vcpu=v)
+            if vals is None:
+                vals = {f"{p.idx:#x}": v.pmu.read_counter(p) for p in v.pmu.pmcs}
             guest_counters[v.name] = vals
     facilities: dict[str, Any] = {}
     for vm in host.vms:
@@ -136,7 +137,7 @@ def build_report(host: Host) -> dict[str, Any]:
     for vm in host.vms:
         if vm._guest_perf is not None:
             perf_api[f"guest:{vm.name}"] = vm._guest_perf.perf.stats.as_dict()
-    mode_stats = getattr(host.mode, "report", None)
+    mode_stats = host.hooks.mode_report(host=host)
     guest_errors = [
         {"vm": vm.name, **e} for vm in host.vms if vm._guest_perf is not None for e in vm._guest_perf.errors
     ]
@@ -150,7 +151,7 @@ def build_report(host: Host) -> dict[str, Any]:
         "host_loss": host_loss,
         "overhead": overhead,
         "perf_api": perf_api,
-        "mode": mode_stats(host) if mode_stats else {},
+        "mode": mode_stats if mode_stats is not None else {},
         "guest_counters": guest_counters,
         "facilities": facilities,
         "leaks": {

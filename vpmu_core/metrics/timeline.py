@@ -140,10 +140,10 @@ class Timeline:
         return {i: f"guest:{vcpu.name}" for i in idx}
 
     def _sample_values(self, vcpu: Any, t_ns: int) -> None:
-        fn = getattr(self.host.mode, "guest_counter_values", None)
-        if fn is None:
+        values = self.host.hooks.guest_counter_values(vcpu=vcpu)
+        if values is None:
             return
-        for name, value in sorted(fn(vcpu).items()):
+        for name, value in sorted(values.items()):
             track = f"{vcpu.name} {name}"
             if self._values.get(track) != value and not self._full():
                 self._values[track] = value

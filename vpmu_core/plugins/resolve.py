@@ -37,15 +37,21 @@ class ResolvedHooks:
     """One attribute per hypervisor hook (without the ``vpmu_`` prefix); each a callable
     taking the spec's keyword arguments."""
 
+    facility_allowed: Callable[..., Any]
+    filter_changed: Callable[..., Any]
+    guest_counter_values: Callable[..., Any]
     guest_cpuid: Callable[..., Any]
     guest_rdmsr: Callable[..., Any]
     guest_rdpmc: Callable[..., Any]
     guest_wrmsr: Callable[..., Any]
     guest_xrstors: Callable[..., Any]
     guest_xsaves: Callable[..., Any]
+    host_created: Callable[..., Any]
     host_perf_event_open: Callable[..., Any]
     host_pmi: Callable[..., Any]
     instruction_retired: Callable[..., Any]
+    limit_guest_pmu: Callable[..., Any]
+    mode_report: Callable[..., Any]
     msr_intercepted: Callable[..., Any]
     rdpmc_intercepted: Callable[..., Any]
     run_loop_enter: Callable[..., Any]

@@ -102,11 +102,13 @@ class XenLazyMode:
         self.loaded: dict[int, Any] = {}
         self.vcpus: list[Any] = []
 
-    def attach(self, host: Any) -> None:
+    @hookimpl
+    def vpmu_host_created(self, host: Any) -> None:
         self.host = host
 
     # ---- guest limits ---------------------------------------------------------------------
-    def limit_guest_pmu(self, cfg: Any) -> Any:
+    @hookimpl
+    def vpmu_limit_guest_pmu(self, cfg: Any) -> Any:
         """Xen's caps on what a guest gets (applied like KVM's refresh, then re-clamped by
         the vendor)."""
         update: dict[str, int] = {}
@@ -347,14 +349,16 @@ class XenLazyMode:
         self._push(vcpu)
 
     # ---- reports -----------------------------------------------------------------------------
-    def guest_counter_values(self, vcpu: Any) -> dict[str, int]:
+    @hookimpl
+    def vpmu_guest_counter_values(self, vcpu: Any) -> dict[str, int]:
         st = self._st(vcpu)
         if st.loaded_cpu is not None:
             hw = self.host.cpus[st.loaded_cpu].pmu
             return {f"{p.idx:#x}": hw.pmc(p.idx).value for p in vcpu.pmu.pmcs}
         return {f"{p.idx:#x}": vcpu.pmu.read_counter(p) for p in vcpu.pmu.pmcs}
 
-    def report(self, host: Any) -> dict[str, Any]:
+    @hookimpl
+    def vpmu_mode_report(self, host: Any) -> dict[str, Any]:
         freq = host.freq_hz
         per_vcpu = {}
         blind_total = 0

@@ -22,7 +22,7 @@ def measure(cpu: str, n: int, events: list[int], **kw: Any) -> dict[str, float]:
     v = vm.vcpus[0]
     v.execute(Work(instructions=300_000_000, branches=30_000_000))  # 0.1 guest seconds
     guest_s = v.stats.guest_cycles / host.freq_hz
-    mode = host.mode.report(host)
+    mode = host.mode.vpmu_mode_report(host)
     over = host.report()["overhead"][v.name]
     perf_cycles = sum(c for op, c in over["overhead_cycles"].items() if op.startswith("perf_event_"))
     return {

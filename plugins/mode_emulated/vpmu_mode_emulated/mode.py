@@ -75,7 +75,8 @@ class EmulatedMode:
         #: every vCPU created, destroyed ones included: the report keeps their figures
         self._reported: list[Any] = []
 
-    def attach(self, host: Any) -> None:
+    @hookimpl
+    def vpmu_host_created(self, host: Any) -> None:
         """Watch host perf reschedules: they are when a guest counter can lose (or regain)
         its hardware counter without KVM doing anything."""
         self.host = host
@@ -86,7 +87,8 @@ class EmulatedMode:
     def kpmu(vcpu: Any) -> KvmPmu:
         return vcpu.mode_state  # type: ignore[no-any-return]
 
-    def limit_guest_pmu(self, cfg: Any) -> Any:
+    @hookimpl
+    def vpmu_limit_guest_pmu(self, cfg: Any) -> Any:
         """`kvm_pmu_cap` (vpmu_core.hv.kvm_caps, shared with the mediated mode): version 2
         (`kvm_init_pmu_capability`) and at most 3 fixed counters
         (KVM_MAX_NR_INTEL_FIXED_COUNTERS; `intel_pmu_refresh` clamps CPUID.0AH:EDX to it).
@@ -279,7 +281,8 @@ class EmulatedMode:
         instructions.instruction_retired(self.kpmu(vcpu))
 
     # ---- event filter -----------------------------------------------------------------------
-    def filter_changed(self, vcpu: Any) -> None:
+    @hookimpl
+    def vpmu_filter_changed(self, vcpu: Any) -> None:
         """KVM_SET_PMU_EVENT_FILTER: every counter is re-evaluated before the next entry."""
         kpmu = self.kpmu(vcpu)
         kpmu.request_reprogram(kpmu.all_valid_pmc_idx)
@@ -295,12 +298,14 @@ class EmulatedMode:
         kpmu.request_reprogram(kpmu.all_valid_pmc_idx)
 
     # ---- reports ------------------------------------------------------------------------------
-    def guest_counter_values(self, vcpu: Any) -> dict[str, int]:
+    @hookimpl
+    def vpmu_guest_counter_values(self, vcpu: Any) -> dict[str, int]:
         """What the guest would read from each counter now (pmc_read_counter)."""
         kpmu = self.kpmu(vcpu)
         return {kp.name: pmc_read_counter(kp) for kp in kpmu.pmcs.values()}
 
-    def report(self, host: Any) -> dict[str, Any]:
+    @hookimpl
+    def vpmu_mode_report(self, host: Any) -> dict[str, Any]:
         """Perf API calls KVM made, reuse vs recreate, overflows and PMIs, per vCPU and total."""
         total: Counter[str] = Counter()
         per_vcpu: dict[str, dict[str, int]] = {}

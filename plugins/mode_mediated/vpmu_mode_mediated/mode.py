@@ -63,7 +63,8 @@ class MediatedMode:
         self.emulated_increments = 0
         self.vcpus: list[Any] = []
 
-    def attach(self, host: Any) -> None:
+    @hookimpl
+    def vpmu_host_created(self, host: Any) -> None:
         """Called once the host is built: per-CPU state and the VMX GLOBAL_CTRL view."""
         self.host = host
         self.switcher.attach(host)
@@ -98,7 +99,8 @@ class MediatedMode:
             rdpmc_passthrough=st.rdpmc_passthrough,
         )
 
-    def limit_guest_pmu(self, cfg: Any) -> Any:
+    @hookimpl
+    def vpmu_limit_guest_pmu(self, cfg: Any) -> Any:
         """`kvm_pmu_cap` (vpmu_core.hv.kvm_caps, shared with the emulated mode): version 2 and
         at most 3 fixed counters in 7.0, mediated or not (`kvm_init_pmu_capability`,
         KVM_MAX_NR_INTEL_FIXED_COUNTERS; `intel_pmu_refresh` takes the min). On a host with 4
@@ -107,7 +109,8 @@ class MediatedMode:
         (intercepts.py)."""
         return self.kvm_caps.limit(cfg)
 
-    def facility_allowed(self, name: str) -> bool:
+    @hookimpl
+    def vpmu_facility_allowed(self, name: str) -> bool:
         """Whether guests get facility `name` at all (the merged kernel: none)."""
         return self.options.facilities == "passthrough"
 
@@ -172,7 +175,8 @@ class MediatedMode:
         if self.options.switch_at == "exit":
             self.switcher.put(vcpu)
 
-    def filter_changed(self, vcpu: Any) -> None:
+    @hookimpl
+    def vpmu_filter_changed(self, vcpu: Any) -> None:
         """KVM_SET_PMU_EVENT_FILTER: every vCPU refreshes eventsel_hw before its next entry."""
         st = self._st(vcpu)
         if st is not None:
@@ -234,7 +238,8 @@ class MediatedMode:
             self.switcher.push(vcpu)
 
     # ---- reports -----------------------------------------------------------------------------------
-    def guest_counter_values(self, vcpu: Any) -> dict[str, int]:
+    @hookimpl
+    def vpmu_guest_counter_values(self, vcpu: Any) -> dict[str, int]:
         """What the guest would read from each of its counters now (hex KVM idx -> value,
         the report's key format): the live hardware value while the context is loaded."""
         st = self._st(vcpu)
@@ -243,7 +248,8 @@ class MediatedMode:
             return {f"{p.idx:#x}": hw.pmc(p.idx).value for p in vcpu.pmu.pmcs}
         return {f"{p.idx:#x}": vcpu.pmu.read_counter(p) for p in vcpu.pmu.pmcs}
 
-    def report(self, host: Any) -> dict[str, Any]:
+    @hookimpl
+    def vpmu_mode_report(self, host: Any) -> dict[str, Any]:
         """Mode statistics: switches, elided writes, blind window, coexistence, PMIs."""
         freq = host.freq_hz
         per_vcpu = {}
