@@ -182,3 +182,37 @@ def test_a_plain_legacy_method_is_named_with_its_hook():
     with pytest.warns(UserWarning, match="limit_guest_pmu.*vpmu_limit_guest_pmu"):
         host = vpmu.compose(cpu="toy/basic", mode="capping", plugins=[("toy", toy), ("cap", _plugin_with(_LegacyMode))])
     assert len(host.create_vm().vcpus[0].pmu.gp) == 4  # not applied: it is not a hook
+
+
+def test_a_plugin_whose_second_registration_hook_raises_provides_nothing():
+    class HalfBroken:
+        @vpmu.hookimpl
+        def vpmu_register_cpu_models(self, register):
+            register(vpmu.CpuModelSpec(name="half/cpu", vendor="toy", factory=toy.ToyModel))
+
+        @vpmu.hookimpl
+        def vpmu_register_modes(self, register):
+            raise RuntimeError("boom")
+
+    cat = build_catalog([("toy", toy), ("half", HalfBroken())], [])
+    (rec,) = [r for r in cat.plugins if r.name == "half"]
+    assert rec.status == "failed" and "boom" in rec.load_error
+    assert "half/cpu" not in cat.cpu_models
+    with pytest.raises(vpmu.ConfigError):
+        vpmu.compose(cpu="half/cpu", mode="reference", catalog_=cat)
+
+
+def test_wrapper_implementations_of_hypervisor_hooks_are_refused():
+    class Wrapping(toy.ReferenceMode):
+        @vpmu.hookimpl(wrapper=True)
+        def vpmu_vm_entry(self, vcpu):
+            return (yield)
+
+    with pytest.raises(vpmu.ConfigError, match="wrapper"):
+        vpmu.compose(cpu="toy/basic", mode="capping", plugins=[("toy", toy), ("w", _plugin_with(Wrapping))])
+
+
+def test_registration_after_compose_is_refused():
+    host = vpmu.compose(cpu="toy/basic", mode="reference", plugins=[("toy", toy)])
+    with pytest.raises(vpmu.ConfigError, match="closed"):
+        host.plugin_manager.register(object(), name="late")

@@ -7,10 +7,30 @@ Two families:
 * **Hypervisor hooks** are called by the core at run time. They are implemented by the
   composed *mode* object and by facility objects (registered per composition, never
   globally). The core resolves them once per composition; the hot path calls the
-  implementations directly, so wrappers and ordering markers are not honoured on them.
+  implementations directly. Facility implementations run before the mode's (registered
+  after it); ``tryfirst``/``trylast`` are honoured; wrappers are refused at compose.
 
 Every hypervisor hook receives keyword arguments only (pluggy). ``firstresult`` hooks stop
 at the first non-None answer; "None" means "not mine, use the core's default".
+
+The run loop fires them in this order (arch/x86/kvm/x86.c), for one vCPU:
+
+1. ``vpmu_vcpu_load`` when its thread is scheduled in (kvm_sched_in), ``vpmu_vcpu_put``
+   when it is scheduled out (after a forced exit if it was in guest mode);
+2. ``vpmu_vcpu_run_enter`` at KVM_RUN (vcpu_run), ``vpmu_run_loop_enter`` when the inner
+   run loop of vcpu_enter_guest is entered;
+3. ``vpmu_vm_entry`` before every VM-entry (requests serviced here; the core then injects a
+   requested PMI through the LVTPC);
+4. guest work; a guest MSR/RDPMC/CPUID access asks ``vpmu_msr_intercepted`` /
+   ``vpmu_rdpmc_intercepted``: passed through, the hardware executes it; intercepted, it is
+   a VM-exit whose handler calls ``vpmu_guest_wrmsr`` / ``vpmu_guest_rdmsr`` /
+   ``vpmu_guest_rdpmc`` and then ``vpmu_instruction_retired`` if it did not fault;
+5. ``vpmu_vm_exit`` at every VM-exit (reason, fastpath); a fastpath exit returns to 3; a
+   slow one calls ``vpmu_run_loop_leave`` (its handler runs after it) and then
+   ``vpmu_run_loop_enter`` again; an exit to userspace also calls ``vpmu_vcpu_run_leave``
+   and ``vpmu_vcpu_run_enter``;
+6. ``vpmu_host_pmi`` whenever a host counter overflows (any time), ``vpmu_vm_destroy`` at
+   KVM_DESTROY.
 """
 
 from __future__ import annotations

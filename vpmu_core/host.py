@@ -229,4 +229,11 @@ def compose(
         },
     )
     host.plugin_manager = pm
+    pm.register = _registration_closed  # type: ignore[method-assign]
     return host
+
+
+def _registration_closed(plugin: object, name: str | None = None) -> str | None:
+    """The hooks were resolved once at compose: a plugin registered afterwards would never
+    be called. Compose again with it instead (`compose(..., plugins=[...])`)."""
+    raise ConfigError("plugin_manager", "registration is closed once compose() has resolved the hooks")

@@ -48,8 +48,8 @@ class PmuBase(ABC):
     Mandatory (abstract: a vendor class missing one fails at construction with TypeError):
     `_decode`, `rdpmc`, `eventsel_msr`, `counter_msrs`, `control_msrs`, `rdpmc_ecx`,
     `raise_overflow`. Optional, with the default said in each docstring: `global_msrs`,
-    `fixed_ctrl_msr`, `hw_eventsel`, `global_status`, `set_global_status`,
-    `local_enable_of`, `describe`, `state_msrs`.
+    `fixed_ctrl_msr`, `hw_eventsel`, `global_status`, `set_global_status`, `describe`,
+    `state_msrs`.
 
     What modes read (accessors, never vendor layouts): `pmcs` (GP then fixed `Pmc`s),
     `pmc(idx)`, `all_counter_mask`, `msr_indexes`, `has_msr(msr)`, `entry_loads` (physical
@@ -357,9 +357,6 @@ class PmuBase(ABC):
     def set_global_status(self, value: int) -> None:
         """Optional. Host-side (not guest-visible) write of the whole status, for context switches."""
         return None
-
-    def local_enable_of(self, pmc: Pmc) -> bool:
-        return pmc.local_en
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -305,7 +305,7 @@ class PerfSubsystem:
             if g.closed or g.state in (EventState.OFF, EventState.ERROR):
                 continue
             members = [e for e in g.group if e.state not in (EventState.OFF, EventState.ERROR)]
-            if ctx.guest_loaded and self._excluded_by_guest(g):
+            if ctx.guest_loaded:  # a mediated guest context is loaded: every host event is out
                 excluded.extend(members)
                 continue
             if not g.attr.pinned and not can_flex:
@@ -348,17 +348,13 @@ class PerfSubsystem:
         for e in excluded:
             if e.state == EventState.ACTIVE:
                 self._sched_out(e)
-            guest_paused = ctx.guest_loaded and self._excluded_by_guest(e.leader)
+            guest_paused = ctx.guest_loaded
             e._set_ticking(now, not guest_paused, False)
         for i, e in enumerate(chosen):
             if e.state != EventState.ACTIVE:
                 self._sched_in(e, cpu, mapping[i])
             e.blocked_by = None
             e._set_ticking(now, True, True)
-
-    def _excluded_by_guest(self, leader: PerfEvent) -> bool:
-        """While a mediated guest context is loaded, every host event on this PMU is out."""
-        return True
 
     def _sched_in(self, e: PerfEvent, cpu: int, idx: int | None) -> None:
         e.state = EventState.ACTIVE
@@ -521,9 +517,6 @@ class PerfSubsystem:
             return 0
         extra = self.truth_source(ev) - ev.truth_start if ev.truth_open else 0
         return ev.truth + extra
-
-    def counting_events(self) -> list[PerfEvent]:
-        return [e for e in self.events if not e.closed]
 
 
 def _rearm(e: PerfEvent) -> tuple[int, bool]:

@@ -122,19 +122,15 @@ def build_catalog(plugins: list[tuple[str, Any]] | None = None, failures: list[P
             log.warning("plugin.rejected", name=name, error=str(err))
             continue
         provides: dict[str, list[str]] = {"cpu_models": [], "facilities": [], "modes": [], "scenarios": []}
+        #: what this plugin registers, applied to the catalog only once all its
+        #: registration hooks succeeded (a plugin is registered whole or not at all)
+        staged: list[tuple[str, str, Any]] = []
 
-        def reg(
-            kind: str,
-            table: dict[str, Any],
-            spec_type: type,
-            plugin_name: str = name,
-            provides: dict[str, list[str]] = provides,
-        ) -> Any:
+        def reg(kind: str, spec_type: type, plugin_name: str = name, staged: list[Any] = staged) -> Any:
             def register(spec: Any = None, path: str | None = None, **kw: Any) -> None:
                 if kind == "scenarios":
                     sname = spec if isinstance(spec, str) else kw["name"]
-                    cat.scenarios[sname] = str(path)
-                    provides[kind].append(sname)
+                    staged.append((kind, sname, str(path)))
                     return
                 if spec is None:
                     spec = spec_type(**kw)
@@ -143,34 +139,44 @@ def build_catalog(plugins: list[tuple[str, Any]] | None = None, failures: list[P
                         kind, f"{plugin_name} registered a {type(spec).__name__}, expected {spec_type.__name__}"
                     )
                 spec = spec.model_copy(update={"plugin": plugin_name})
-                if spec.name in table:
-                    key = f"{kind[:-1]} {spec.name}"
-                    cat.conflicts.setdefault(key, [table[spec.name].plugin]).append(plugin_name)
-                else:
-                    table[spec.name] = spec
-                provides[kind].append(spec.name)
+                staged.append((kind, spec.name, spec))
 
             return register
 
         try:
             impl = getattr(obj, "vpmu_register_cpu_models", None)
             if impl:
-                impl(register=reg("cpu_models", cat.cpu_models, CpuModelSpec))
+                impl(register=reg("cpu_models", CpuModelSpec))
             impl = getattr(obj, "vpmu_register_facilities", None)
             if impl:
-                impl(register=reg("facilities", cat.facilities, FacilitySpec))
+                impl(register=reg("facilities", FacilitySpec))
             impl = getattr(obj, "vpmu_register_modes", None)
             if impl:
-                impl(register=reg("modes", cat.modes, ModeSpec))
+                impl(register=reg("modes", ModeSpec))
             impl = getattr(obj, "vpmu_register_scenarios", None)
             if impl:
-                impl(register=reg("scenarios", cat.scenarios, object))
+                impl(register=reg("scenarios", object))
         except Exception as err:
+            pm.unregister(obj)
             records.append(
                 PluginRecord(name=name, dist=dist, version=ver, status="failed", load_error=f"register: {err}")
             )
             log.warning("plugin.register_failed", name=name, error=str(err))
             continue
+        tables: dict[str, dict[str, Any]] = {
+            "cpu_models": cat.cpu_models,
+            "facilities": cat.facilities,
+            "modes": cat.modes,
+            "scenarios": cat.scenarios,
+        }
+        for kind, item_name, item in staged:
+            table = tables[kind]
+            if kind != "scenarios" and item_name in table:
+                key = f"{kind[:-1]} {item_name}"
+                cat.conflicts.setdefault(key, [table[item_name].plugin]).append(name)
+            else:
+                table[item_name] = item
+            provides[kind].append(item_name)
         hooks = tuple(sorted(h.name for h in callers))
         records.append(
             PluginRecord(

@@ -1,5 +1,10 @@
 """Resolve hypervisor hook implementations once per composition (hot paths call them
-directly: a pluggy call costs ~20x a direct one, pitfall P18)."""
+directly: a pluggy call costs ~20x a direct one, pitfall P18).
+
+The order is pluggy's: last registered first, `tryfirst`/`trylast` honoured. compose()
+registers the mode first and the facilities after it, so a facility's implementation runs
+before the mode's. Wrappers (`wrapper=True`, `hookwrapper=True`) are refused: resolved hooks
+are plain calls, and a wrapper's generator would become the answer."""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from typing import Any
 import pluggy
 
 from vpmu_core import hookspecs
+from vpmu_core.errors import ConfigError
 
 HYPERVISOR_HOOKS = tuple(
     name
@@ -74,6 +80,13 @@ class ResolvedHooks:
             caller = getattr(pm.hook, name)
             spec_args = tuple(caller.spec.argnames) if caller.spec else ()
             impls = caller.get_hookimpls()  # pluggy order: last registered first
+            for i in impls:
+                if i.hookwrapper or getattr(i, "wrapper", False):
+                    raise ConfigError(
+                        "plugin",
+                        f"{i.plugin_name}: {name} is a wrapper; hypervisor hooks are resolved to plain calls "
+                        "(use a plain @hookimpl, tryfirst/trylast for order)",
+                    )
             fns = [_adapt(i, spec_args) for i in reversed(impls)]  # pluggy call order (LIFO)
             self.implemented[name] = [i.plugin_name for i in impls]
             firstresult = bool(caller.spec and caller.spec.opts.get("firstresult"))

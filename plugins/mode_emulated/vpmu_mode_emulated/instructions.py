@@ -1,5 +1,6 @@
-"""Counting instructions and branches that KVM emulates (`kvm_pmu_instruction_retired`,
-`kvm_pmu_branch_retired`).
+"""Counting the instructions KVM emulates (`kvm_pmu_instruction_retired`). Not modelled:
+`kvm_pmu_branch_retired` (a branch KVM's instruction emulator or a nested VM-entry/exit
+takes): no guest operation of the API emulates a branch.
 
 An intercepted instruction never retires in guest mode, so no hardware counter sees it;
 KVM adds it in software: `emulated_counter++` and a reprogram request for every counter
@@ -48,12 +49,6 @@ def incr(kpmu: KvmPmu, pmcs: tuple[KvmPmc, ...]) -> None:
     if pmcs:
         kpmu.stats["emulated_events"] += len(pmcs)
         kpmu.request_reprogram(mask)
-
-
-def branch_retired(kpmu: KvmPmu) -> None:
-    """`kvm_pmu_branch_retired`: KVM emulated a branch (e.g. nested VM-entry/exit or the
-    instruction emulator taking a jump); counted under the current state."""
-    incr(kpmu, counting_pmcs(kpmu, EventKind.BRANCHES, kpmu.vcpu.cpl))
 
 
 def instruction_retired(kpmu: KvmPmu) -> None:

@@ -272,14 +272,6 @@ class EmulatedMode:
         KVM_REQ_PMU service of the next VM-entry."""
         instructions.instruction_retired(self.kpmu(vcpu))
 
-    def branch_retired(self, vcpu: Any) -> None:
-        """KVM emulated a branch for the guest (`kvm_pmu_branch_retired`)."""
-        instructions.branch_retired(self.kpmu(vcpu))
-
-    def instruction_retired(self, vcpu: Any) -> None:
-        """KVM emulated an instruction outside the MSR/RDPMC/CPUID paths."""
-        instructions.instruction_retired(self.kpmu(vcpu))
-
     # ---- event filter -----------------------------------------------------------------------
     @hookimpl
     def vpmu_filter_changed(self, vcpu: Any) -> None:
