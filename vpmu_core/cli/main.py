@@ -450,7 +450,7 @@ def _check_output(path: str) -> None:
 @_with_common
 @_format_option
 @click.option("-o", "--output", metavar="FILE", help="Write the report (--format, default json) to FILE, not stdout.")
-def run(scenario, cpu, mode, facilities, sets, quiet, as_json, fmt, output) -> None:  # type: ignore[no-untyped-def]
+def run(scenario, cpu, mode, facilities, sets, quiet, as_json, fmt, output) -> None:
     """Run SCENARIO (a file or a name; default: the built-in `default`) and report.
 
     \b
@@ -501,7 +501,7 @@ def split_modes(text: str) -> list[str]:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @_format_option
 @click.option("-o", "--output", metavar="FILE", help="Write the output (--format, default json) to FILE.")
-def compare(scenario, modes_, cpu, facilities, sets, quiet, as_json, fmt, output) -> None:  # type: ignore[no-untyped-def]
+def compare(scenario, modes_, cpu, facilities, sets, quiet, as_json, fmt, output) -> None:
     """Run SCENARIO once per mode (identical workload and seed) and compare side by side.
 
     \b
@@ -537,7 +537,7 @@ def compare(scenario, modes_, cpu, facilities, sets, quiet, as_json, fmt, output
 @click.argument("scenario", required=False)
 @click.option("-o", "--output", required=True, metavar="FILE", help="Trace file (.json: Chrome JSON trace).")
 @_with_common
-def trace(scenario, output, cpu, mode, facilities, sets, quiet) -> None:  # type: ignore[no-untyped-def]
+def trace(scenario, output, cpu, mode, facilities, sets, quiet) -> None:
     """Write a trace of SCENARIO that Perfetto UI opens: counter ownership per physical
     counter, VM-entries/exits, PMIs, host event states (Chrome JSON trace format)."""
     from vpmu_core.cli.output import atomic_write
@@ -569,7 +569,7 @@ def _size(text: str) -> tuple[int, int]:
 @click.option("--size", default="1600x900", show_default=True, metavar="WxH", help="Image size in pixels.")
 @click.option("--x", "x_key", default=None, metavar="KEY", help="Sweep charts: the grid key on the x axis.")
 @_with_common
-def plot(scenario, output, size, x_key, cpu, mode, facilities, sets, quiet) -> None:  # type: ignore[no-untyped-def]
+def plot(scenario, output, size, x_key, cpu, mode, facilities, sets, quiet) -> None:
     """Plot SCENARIO: counter ownership timeline and per-event error bars (PNG).
 
     \b
@@ -621,7 +621,7 @@ def _read_sweep(path: str) -> list[dict[str, Any]]:
 @click.option("--facility", "facilities", multiple=True, metavar="F", help="Add a facility (repeatable).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a scenario field (dotted path).")
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of YAML.")
-def show(scenario, cpu, mode, facilities, sets, as_json) -> None:  # type: ignore[no-untyped-def]
+def show(scenario, cpu, mode, facilities, sets, as_json) -> None:
     """Print SCENARIO as it will run: overrides applied and every default filled in
     (exit profile and reason weights, costs, guest PMU, perf session fields). Nothing runs."""
     from vpmu_core.scenario.loader import resolved
@@ -776,7 +776,7 @@ def _expand_grid(grid: tuple[str, ...]) -> list[tuple[str, ...]]:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @_format_option
 @click.option("-o", "--output", metavar="FILE", help="Write the output (--format, default json) to FILE.")
-def sweep(scenarios_, modes_, grid, sets, jobs, scheduler, quiet, as_json, fmt, output) -> None:  # type: ignore[no-untyped-def]
+def sweep(scenarios_, modes_, grid, sets, jobs, scheduler, quiet, as_json, fmt, output) -> None:
     """Run SCENARIOs x modes x --grid values in parallel on dask.distributed and tabulate.
 
     Every point is validated first (nothing runs on bad input). The engine is a local

@@ -21,7 +21,7 @@ from vpmu_core import hookspecs
 from vpmu_core.errors import ConfigError
 from vpmu_core.logs import get_logger
 from vpmu_core.plugins.markers import ENTRY_POINT_GROUP, PROJECT
-from vpmu_core.plugins.records import CpuModelSpec, FacilitySpec, ModeSpec, PluginRecord
+from vpmu_core.plugins.records import CpuModelSpec, FacilitySpec, ModeSpec, PluginRecord, _Spec
 
 log = get_logger("vpmu.plugins")
 
@@ -126,7 +126,7 @@ def build_catalog(plugins: list[tuple[str, Any]] | None = None, failures: list[P
         def reg(
             kind: str,
             table: dict[str, Any],
-            spec_type: type,
+            spec_type: type[_Spec] | None,
             plugin_name: str = name,
             provides: dict[str, list[str]] = provides,
         ) -> Any:
@@ -136,6 +136,7 @@ def build_catalog(plugins: list[tuple[str, Any]] | None = None, failures: list[P
                     cat.scenarios[sname] = str(path)
                     provides[kind].append(sname)
                     return
+                assert spec_type is not None, "every kind but scenarios registers a spec"
                 if spec is None:
                     spec = spec_type(**kw)
                 if not isinstance(spec, spec_type):
@@ -164,7 +165,7 @@ def build_catalog(plugins: list[tuple[str, Any]] | None = None, failures: list[P
                 impl(register=reg("modes", cat.modes, ModeSpec))
             impl = getattr(obj, "vpmu_register_scenarios", None)
             if impl:
-                impl(register=reg("scenarios", cat.scenarios, object))
+                impl(register=reg("scenarios", cat.scenarios, None))
         except Exception as err:
             records.append(
                 PluginRecord(name=name, dist=dist, version=ver, status="failed", load_error=f"register: {err}")
