@@ -31,9 +31,11 @@ test: install lint
 	done; \
 	exit $$status
 
+## lint: ruff, then mypy ([tool.mypy] in pyproject.toml: the core, every plugin package, the examples)
 lint: install
 	$(BIN)/ruff check vpmu_core tests benchmarks plugins examples
 	$(BIN)/ruff format --check vpmu_core tests benchmarks plugins examples
+	$(BIN)/mypy
 
 ## goldens: rewrite the golden-report corpus (tests/golden/) after a reviewed behaviour change
 goldens: install
