@@ -1,6 +1,7 @@
 # Two commands on a fresh machine with Python 3.11 + pip: `make run` and `make test`.
-# Both create .venv and install the core and every plugin (editable) in ONE pip command,
-# so each plugin's `vpmu` dependency resolves to the local core (pitfall P10).
+# Both create .venv and install the core (with its test, plot and sweep extras) and every plugin
+# (editable) in ONE pip command, so each plugin's `vpmu` dependency resolves to the local core
+# (pitfall P10).
 
 PYTHON ?= python3
 VENV   := .venv
@@ -13,7 +14,7 @@ STAMP  := $(VENV)/.installed
 
 $(STAMP): pyproject.toml $(wildcard plugins/*/pyproject.toml) $(wildcard examples/*/pyproject.toml)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]' $(foreach p,$(PLUGIN_DIRS),-e '$(p)[test]')
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,plot,sweep]' $(foreach p,$(PLUGIN_DIRS),-e '$(p)[test]')
 	touch $(STAMP)
 
 install: $(STAMP)

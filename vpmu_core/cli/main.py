@@ -89,6 +89,16 @@ def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     sys.exit(code)
 
 
+def require_extra(extra: str, command: str) -> None:
+    """Exit 2 with one line naming the extra (`vpmu[plot]`, `vpmu[sweep]`) when the optional
+    dependency `command` needs is not installed (vpmu_core.cli.extras)."""
+    from vpmu_core.cli.extras import missing_extra_message
+
+    message = missing_extra_message(extra, command)
+    if message is not None:
+        fail(message)
+
+
 @contextmanager
 def input_errors(source: str = "") -> Iterator[None]:
     """Map input errors to exit 2 (one message naming the file) and run errors to exit 1."""
@@ -579,6 +589,7 @@ def plot(scenario, output, size, x_key, cpu, mode, facilities, sets, quiet) -> N
     from vpmu_core.cli.output import atomic_write
     from vpmu_core.metrics.plot import plot_run, plot_sweep
 
+    require_extra("plot", "plot")
     w, h = _size(size)
     _check_output(output)
     sweep_rows = _read_sweep(scenario) if scenario and scenario.endswith(".json") else None
@@ -801,8 +812,11 @@ def sweep(scenarios_, modes_, grid, sets, jobs, scheduler, quiet, as_json, fmt, 
         with input_errors():
             load(s, sets=fx + g, mode=m, catalog=catalog())
     n = jobs or os.cpu_count() or 1
+    in_process = scheduler is None and (n == 1 or len(points) == 1)
+    if not in_process:
+        require_extra("sweep", "sweep")  # in-process points (-j 1, one point) need no dask
     with input_errors():
-        if scheduler is None and (n == 1 or len(points) == 1):
+        if in_process:
             rows = []
             for p in points:
                 rows.append(_sweep_job(p))
