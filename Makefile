@@ -10,7 +10,7 @@ BIN    := $(VENV)/bin
 PLUGIN_DIRS := $(patsubst %/pyproject.toml,%,$(sort $(wildcard plugins/*/pyproject.toml)) $(sort $(wildcard examples/*/pyproject.toml)))
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test lint bench goldens clean
+.PHONY: install run test lint docs bench goldens clean
 
 $(STAMP): pyproject.toml $(wildcard plugins/*/pyproject.toml) $(wildcard examples/*/pyproject.toml)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,9 +34,13 @@ test: install lint
 
 ## lint: ruff, then mypy ([tool.mypy] in pyproject.toml: the core, every plugin package, the examples)
 lint: install
-	$(BIN)/ruff check vpmu_core tests benchmarks plugins examples
-	$(BIN)/ruff format --check vpmu_core tests benchmarks plugins examples
+	$(BIN)/ruff check vpmu_core tests benchmarks tools plugins examples
+	$(BIN)/ruff format --check vpmu_core tests benchmarks tools plugins examples
 	$(BIN)/mypy
+
+## docs: regenerate docs/plugin-hooks.md from vpmu_core/hookspecs.py (tests/test_hook_docs.py checks it)
+docs: install
+	$(BIN)/python tools/gen_hook_docs.py
 
 ## goldens: rewrite the golden-report corpus (tests/golden/) after a reviewed behaviour change
 goldens: install
