@@ -62,10 +62,12 @@ def test_every_spec_is_rendered_with_signature_marker_and_docstring() -> None:
         """Register things."""
 
     fake = types.ModuleType("fake_hookspecs")
-    fake.vpmu_zz_new = vpmu_zz_new  # type: ignore[attr-defined]
-    fake.vpmu_register_things = vpmu_register_things  # type: ignore[attr-defined]
-    fake.vpmu_vm_exit = hookspecs.vpmu_vm_exit  # type: ignore[attr-defined]
-    fake.REGISTRATION_HOOKS = ("vpmu_register_things",)  # type: ignore[attr-defined]
+    vars(fake).update(
+        vpmu_zz_new=vpmu_zz_new,
+        vpmu_register_things=vpmu_register_things,
+        vpmu_vm_exit=hookspecs.vpmu_vm_exit,
+        REGISTRATION_HOOKS=("vpmu_register_things",),
+    )
     text = _tool().render(fake)
     reg, hyp = text.index("## Registration hooks"), text.index("## Hypervisor hooks")
     assert reg < text.index("### `vpmu_register_things(register)`\n\nRegister things.\n") < hyp
