@@ -8,6 +8,8 @@ Scenarios override single fields.
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -56,7 +58,7 @@ PRESETS: dict[str, dict[str, int | float]] = {
 }
 
 
-def cost_model(preset: str = "intel", overrides: dict | None = None) -> CostModel:
-    base = dict(PRESETS.get(preset, {}))
+def cost_model(preset: str = "intel", overrides: dict[str, Any] | None = None) -> CostModel:
+    base: dict[str, Any] = dict(PRESETS.get(preset, {}))
     base.update(overrides or {})
     return CostModel(**base)

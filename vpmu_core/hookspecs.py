@@ -304,7 +304,7 @@ def vpmu_guest_xrstors(vcpu: Any, area: Any, mask: int) -> bool | None:
 
 
 @hookspec
-def vpmu_vcpu_save_state(vcpu: Any, state: dict) -> None:
+def vpmu_vcpu_save_state(vcpu: Any, state: dict[str, Any]) -> None:
     """Add the mode's vPMU state to a migration ``state`` (sync live counts first). The state
     is JSON-safe (docs/migration-state.md): put the mode's own data, if any, under
     ``state["mode_state"]``; other top-level keys make restore refuse the state.
@@ -314,7 +314,7 @@ def vpmu_vcpu_save_state(vcpu: Any, state: dict) -> None:
 
 
 @hookspec
-def vpmu_vcpu_restore_state(vcpu: Any, state: dict) -> None:
+def vpmu_vcpu_restore_state(vcpu: Any, state: dict[str, Any]) -> None:
     """Restore the mode's vPMU state from ``state`` (KVM_SET_MSRS then KVM_RUN): called after
     the core checked the whole state and wrote the registers (the vCPU is out of guest mode).
 

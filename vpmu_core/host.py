@@ -75,7 +75,7 @@ class Host(Machine):
 
     def _open_filter(self, attr: PerfEventAttr, pid: int, cpu: int) -> int | None:
         """A mode may refuse a host perf_event_open (`vpmu_host_perf_event_open`)."""
-        return self.hooks.host_perf_event_open(attr=attr, pid=pid, cpu=cpu)  # type: ignore[no-any-return]
+        return self.hooks.host_perf_event_open(attr=attr, pid=pid, cpu=cpu)
 
     def _claim_pmi(self, cpu: Any, pmc: Any, overshoot: int) -> bool:
         """The mode takes a PMI of a loaded guest context (`vpmu_host_pmi`)."""

@@ -89,6 +89,16 @@ def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     sys.exit(code)
 
 
+def require_extra(extra: str, command: str) -> None:
+    """Exit 2 with one line naming the extra (`vpmu[plot]`, `vpmu[sweep]`) when the optional
+    dependency `command` needs is not installed (vpmu_core.cli.extras)."""
+    from vpmu_core.cli.extras import missing_extra_message
+
+    message = missing_extra_message(extra, command)
+    if message is not None:
+        fail(message)
+
+
 @contextmanager
 def input_errors(source: str = "") -> Iterator[None]:
     """Map input errors to exit 2 (one message naming the file) and run errors to exit 1."""
@@ -450,7 +460,7 @@ def _check_output(path: str) -> None:
 @_with_common
 @_format_option
 @click.option("-o", "--output", metavar="FILE", help="Write the report (--format, default json) to FILE, not stdout.")
-def run(scenario, cpu, mode, facilities, sets, quiet, as_json, fmt, output) -> None:  # type: ignore[no-untyped-def]
+def run(scenario, cpu, mode, facilities, sets, quiet, as_json, fmt, output) -> None:
     """Run SCENARIO (a file or a name; default: the built-in `default`) and report.
 
     \b
@@ -501,7 +511,7 @@ def split_modes(text: str) -> list[str]:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @_format_option
 @click.option("-o", "--output", metavar="FILE", help="Write the output (--format, default json) to FILE.")
-def compare(scenario, modes_, cpu, facilities, sets, quiet, as_json, fmt, output) -> None:  # type: ignore[no-untyped-def]
+def compare(scenario, modes_, cpu, facilities, sets, quiet, as_json, fmt, output) -> None:
     """Run SCENARIO once per mode (identical workload and seed) and compare side by side.
 
     \b
@@ -537,7 +547,7 @@ def compare(scenario, modes_, cpu, facilities, sets, quiet, as_json, fmt, output
 @click.argument("scenario", required=False)
 @click.option("-o", "--output", required=True, metavar="FILE", help="Trace file (.json: Chrome JSON trace).")
 @_with_common
-def trace(scenario, output, cpu, mode, facilities, sets, quiet) -> None:  # type: ignore[no-untyped-def]
+def trace(scenario, output, cpu, mode, facilities, sets, quiet) -> None:
     """Write a trace of SCENARIO that Perfetto UI opens: counter ownership per physical
     counter, VM-entries/exits, PMIs, host event states (Chrome JSON trace format)."""
     from vpmu_core.cli.output import atomic_write
@@ -569,7 +579,7 @@ def _size(text: str) -> tuple[int, int]:
 @click.option("--size", default="1600x900", show_default=True, metavar="WxH", help="Image size in pixels.")
 @click.option("--x", "x_key", default=None, metavar="KEY", help="Sweep charts: the grid key on the x axis.")
 @_with_common
-def plot(scenario, output, size, x_key, cpu, mode, facilities, sets, quiet) -> None:  # type: ignore[no-untyped-def]
+def plot(scenario, output, size, x_key, cpu, mode, facilities, sets, quiet) -> None:
     """Plot SCENARIO: counter ownership timeline and per-event error bars (PNG).
 
     \b
@@ -579,6 +589,7 @@ def plot(scenario, output, size, x_key, cpu, mode, facilities, sets, quiet) -> N
     from vpmu_core.cli.output import atomic_write
     from vpmu_core.metrics.plot import plot_run, plot_sweep
 
+    require_extra("plot", "plot")
     w, h = _size(size)
     _check_output(output)
     sweep_rows = _read_sweep(scenario) if scenario and scenario.endswith(".json") else None
@@ -621,7 +632,7 @@ def _read_sweep(path: str) -> list[dict[str, Any]]:
 @click.option("--facility", "facilities", multiple=True, metavar="F", help="Add a facility (repeatable).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a scenario field (dotted path).")
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of YAML.")
-def show(scenario, cpu, mode, facilities, sets, as_json) -> None:  # type: ignore[no-untyped-def]
+def show(scenario, cpu, mode, facilities, sets, as_json) -> None:
     """Print SCENARIO as it will run: overrides applied and every default filled in
     (exit profile and reason weights, costs, guest PMU, perf session fields). Nothing runs."""
     from vpmu_core.scenario.loader import resolved
@@ -776,7 +787,7 @@ def _expand_grid(grid: tuple[str, ...]) -> list[tuple[str, ...]]:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @_format_option
 @click.option("-o", "--output", metavar="FILE", help="Write the output (--format, default json) to FILE.")
-def sweep(scenarios_, modes_, grid, sets, jobs, scheduler, quiet, as_json, fmt, output) -> None:  # type: ignore[no-untyped-def]
+def sweep(scenarios_, modes_, grid, sets, jobs, scheduler, quiet, as_json, fmt, output) -> None:
     """Run SCENARIOs x modes x --grid values in parallel on dask.distributed and tabulate.
 
     Every point is validated first (nothing runs on bad input). The engine is a local
@@ -801,8 +812,11 @@ def sweep(scenarios_, modes_, grid, sets, jobs, scheduler, quiet, as_json, fmt, 
         with input_errors():
             load(s, sets=fx + g, mode=m, catalog=catalog())
     n = jobs or os.cpu_count() or 1
+    in_process = scheduler is None and (n == 1 or len(points) == 1)
+    if not in_process:
+        require_extra("sweep", "sweep")  # in-process points (-j 1, one point) need no dask
     with input_errors():
-        if scheduler is None and (n == 1 or len(points) == 1):
+        if in_process:
             rows = []
             for p in points:
                 rows.append(_sweep_job(p))

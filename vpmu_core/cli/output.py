@@ -92,7 +92,7 @@ class _HookedFile:
         return getattr(self._f, name)
 
 
-def atomic_write(path: str, write: Callable[[IO[Any]], None], *, binary: bool = False, option: str = "-o") -> None:
+def atomic_write(path: str, write: Callable[[IO[Any]], object], *, binary: bool = False, option: str = "-o") -> None:
     """Call `write(f)` on a temporary file next to `path`, then rename it to `path`.
 
     Any failure (an OSError such as ENOSPC, an exception, KeyboardInterrupt) removes the
@@ -101,7 +101,7 @@ def atomic_write(path: str, write: Callable[[IO[Any]], None], *, binary: bool = 
     p = Path(path)
     if p.exists() and not p.is_file():
         try:
-            with open(p, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
+            with open(p, "wb") if binary else open(p, "w", encoding="utf-8") as f:
                 write(_HookedFile(f))  # type: ignore[arg-type]
         except OSError as e:
             _say("I/O error", f"{option} {path}: {_reason(e)}", EXIT_IO)
@@ -109,7 +109,7 @@ def atomic_write(path: str, write: Callable[[IO[Any]], None], *, binary: bool = 
     tmp: str | None = None
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=str(p.resolve().parent))
-        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
+        with os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8") as f:
             write(_HookedFile(f))  # type: ignore[arg-type]
             f.flush()
             os.fsync(f.fileno())

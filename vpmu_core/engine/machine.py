@@ -69,7 +69,7 @@ class Machine:
         self.cpus: list[HostCpu] = [HostCpu(self, i) for i in range(cpus)]
         self.perf = PerfSubsystem(
             model.make_driver(),
-            self.cpus,  # type: ignore[arg-type]
+            self.cpus,
             name="host",
             task_lookup=self.tasks.get,
             mux_interval_ns=mux_interval_ns,

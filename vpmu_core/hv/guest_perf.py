@@ -20,6 +20,7 @@ from vpmu_core.perf.event import PerfEvent
 if TYPE_CHECKING:
     from vpmu_core.hv.vcpu import VCpu
     from vpmu_core.hv.vm import VM
+    from vpmu_core.perf.driver import RegisterPort
 
 APIC_DM_NMI = 0x400
 
@@ -30,7 +31,7 @@ class GuestCpu:
     def __init__(self, vcpu: VCpu) -> None:
         self.vcpu = vcpu
         self.index = vcpu.index
-        self.port = vcpu
+        self.port: RegisterPort = vcpu  # a destroyed VM's vCPU becomes a register view (vm.py)
         self.current_task: Any = None
 
     def now_ns(self) -> int:
@@ -42,7 +43,7 @@ class GuestPerf:
 
     def __init__(self, vm: VM) -> None:
         self.vm = vm
-        self.cpus = [GuestCpu(v) for v in vm.vcpus]
+        self.cpus: list[GuestCpu] = [GuestCpu(v) for v in vm.vcpus]
         self.perf = PerfSubsystem(
             vm.host.model.make_driver(), self.cpus, name=f"guest:{vm.name}", mux_interval_ns=vm.guest_mux_interval_ns
         )

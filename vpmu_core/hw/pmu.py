@@ -16,14 +16,28 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Protocol
 
 from vpmu_core.errors import gp
 from vpmu_core.hw.msr import Register
 from vpmu_core.hw.pmc import FIXED_BASE, Pmc
 
-Reader = Callable[[], int]
-Writer = Callable[[int], None]
+
+# Protocols rather than `Callable[[], int]` aliases: mypy cannot infer a default-argument lambda
+# (`lambda i=i: ...`, the loop-capture idiom of every MSR map) against a Callable type, but it
+# checks one against a protocol's __call__ (return type included).
+class Reader(Protocol):
+    """Reads an MSR: returns its value."""
+
+    def __call__(self) -> int: ...
+
+
+class Writer(Protocol):
+    """Writes an MSR: raises GuestFault (#GP) for a value it refuses."""
+
+    def __call__(self, value: int, /) -> None: ...
+
+
 #: (pmc, overshoot): the counter wrapped and `overshoot` events were counted after the wrap.
 Overflow = tuple[Pmc, int]
 

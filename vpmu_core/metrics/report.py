@@ -66,7 +66,7 @@ def build_report(host: Host) -> dict[str, Any]:
             continue
         for ev in sorted(gp.events, key=lambda e: e.id):
             events.append(_event_row(ev, f"guest:{vm.name}", gp.perf.truth_of(ev)))
-    silent = [
+    silent: list[dict[str, Any]] = [
         {
             "owner": iv.owner,
             "counter": iv.counter,

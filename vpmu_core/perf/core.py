@@ -12,7 +12,7 @@ stops the flexible pass (`can_add_hw = 0`) and waits for rotation every mux inte
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from vpmu_core.errors import PerfError
@@ -64,7 +64,7 @@ class PerfSubsystem:
     def __init__(
         self,
         driver: PerfDriver,
-        cpus: list[PerfCpu],
+        cpus: Sequence[PerfCpu],
         *,
         name: str = "host",
         task_lookup: Callable[[int], Any | None] = lambda pid: None,

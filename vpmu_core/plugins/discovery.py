@@ -21,7 +21,7 @@ from vpmu_core import hookspecs
 from vpmu_core.errors import ConfigError
 from vpmu_core.logs import get_logger
 from vpmu_core.markers import ENTRY_POINT_GROUP, PROJECT
-from vpmu_core.plugins.records import CpuModelSpec, FacilitySpec, ModeSpec, PluginRecord
+from vpmu_core.plugins.records import CpuModelSpec, FacilitySpec, ModeSpec, PluginRecord, _Spec
 
 log = get_logger("vpmu.plugins")
 
@@ -126,12 +126,13 @@ def build_catalog(plugins: list[tuple[str, Any]] | None = None, failures: list[P
         #: registration hooks succeeded (a plugin is registered whole or not at all)
         staged: list[tuple[str, str, Any]] = []
 
-        def reg(kind: str, spec_type: type, plugin_name: str = name, staged: list[Any] = staged) -> Any:
+        def reg(kind: str, spec_type: type[_Spec] | None, plugin_name: str = name, staged: list[Any] = staged) -> Any:
             def register(spec: Any = None, path: str | None = None, **kw: Any) -> None:
                 if kind == "scenarios":
                     sname = spec if isinstance(spec, str) else kw["name"]
                     staged.append((kind, sname, str(path)))
                     return
+                assert spec_type is not None, "every kind but scenarios registers a spec"
                 if spec is None:
                     spec = spec_type(**kw)
                 if not isinstance(spec, spec_type):
@@ -155,7 +156,7 @@ def build_catalog(plugins: list[tuple[str, Any]] | None = None, failures: list[P
                 impl(register=reg("modes", ModeSpec))
             impl = getattr(obj, "vpmu_register_scenarios", None)
             if impl:
-                impl(register=reg("scenarios", object))
+                impl(register=reg("scenarios", None))
         except Exception as err:
             pm.unregister(obj)
             records.append(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import errno
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from vpmu_core.errors import ConfigError, GuestFault, PerfError
 from vpmu_core.hv.config import GuestPmuConfig
@@ -45,13 +45,23 @@ class RunResult:
     warnings: list[str] = field(default_factory=list)
 
 
+# Protocols rather than Callable types: mypy cannot infer a default-argument lambda (the
+# loop-capture idiom `lambda vi=vi: ...` used below) against a Callable type.
+class _Thunk(Protocol):
+    def __call__(self) -> None: ...
+
+
+class _OpenOne(Protocol):
+    def __call__(self, ev: Any, leader: Any, /) -> Any: ...
+
+
 @dataclass(order=True)
 class _Action:
     t_ns: int
     kind: int
     seq: int
     what: str = field(compare=False)
-    fn: Callable[[], None] = field(compare=False)
+    fn: _Thunk = field(compare=False)
 
 
 def compose_host(scn: Scenario, catalog: Any | None = None) -> Any:
@@ -133,7 +143,7 @@ class _Run:
         #: overhead snapshot at the end of warm-up: time, host cycles, exits (all vCPUs)
         self.steady: tuple[int, int, int] | None = None
 
-    def at(self, t_ns: int, kind: int, what: str, fn: Callable[[], None]) -> None:
+    def at(self, t_ns: int, kind: int, what: str, fn: _Thunk) -> None:
         self.actions.append(_Action(t_ns, kind, len(self.actions), what, fn))
 
     def now_ns(self) -> int:
@@ -187,10 +197,10 @@ class _Run:
                     self.at(s.stop_ns, STOP, f"guest perf {s.name} stop", lambda s=s, n=v.name: self._stop(n, s))
             if v.destroy_ns is not None:
                 self.at(v.destroy_ns, STOP, f"destroy vm {v.name}", lambda n=v.name: self._destroy_vm(n))
-        for s in scn.host.perf:
-            self.at(s.start_ns, START, f"host perf {s.name}", lambda s=s: self._open_host(s))
-            if s.stop_ns is not None:
-                self.at(s.stop_ns, STOP, f"host perf {s.name} stop", lambda s=s: self._stop("host", s))
+        for hs in scn.host.perf:
+            self.at(hs.start_ns, START, f"host perf {hs.name}", lambda hs=hs: self._open_host(hs))
+            if hs.stop_ns is not None:
+                self.at(hs.stop_ns, STOP, f"host perf {hs.name} stop", lambda hs=hs: self._stop("host", hs))
 
     def _create_vm(self, vi: int, v: Any, timed: bool = False) -> None:
         """KVM_CREATE_VM + vCPUs (+ the event filter). A VM created later that KVM refuses
@@ -274,7 +284,12 @@ class _Run:
         """Timed work; repeats at or after `end_ns` (the VM's destroy time) are not queued."""
         work = spec.work.build()
         if spec.every_ns == 0:
-            self.at(spec.at_ns, WORK, f"work {who}", lambda: [sink(work) for _ in range(spec.repeat)])
+
+            def burst() -> None:
+                for _ in range(spec.repeat):
+                    sink(work)
+
+            self.at(spec.at_ns, WORK, f"work {who}", burst)
         else:
             for k in range(spec.repeat):
                 t = spec.at_ns + k * spec.every_ns
@@ -290,6 +305,7 @@ class _Run:
         opened: list[Any] = []
         extra = {"exclude_guest": s.exclude_guest, "exclude_host": s.exclude_host}
         if s.klass.startswith("cpu_"):
+            assert s.cpu is not None, "the schema requires 'cpu' for per-CPU classes"
             cpus = list(range(len(host.cpus))) if s.cpu == "all" else [s.cpu] if isinstance(s.cpu, int) else s.cpu
             targets = [(-1, c, f"cpu{c}") for c in cpus]
         else:
@@ -304,6 +320,7 @@ class _Run:
                         self._open_error(s.name, "host", ev, f"task {s.task}", err)
                     return
                 task = vm.vcpus[int(vc)].task
+            assert s.cpu is None or isinstance(s.cpu, int), "the schema allows per-task classes one CPU filter"
             targets = [(task.pid, -1 if s.cpu is None else s.cpu, f"task {s.task}")]
         for pid, cpu, where in targets:
             opened += self._open_group(
@@ -317,7 +334,7 @@ class _Run:
         self.sessions.setdefault(f"host/{s.name}", []).extend(opened)
         self._mark("scenario", f"open {s.name}", {"events": len(opened), "class": s.klass})
 
-    def _open_group(self, s: Any, scope: str, where: str, open_one: Callable[[Any, Any], Any]) -> list[Any]:
+    def _open_group(self, s: Any, scope: str, where: str, open_one: _OpenOne) -> list[Any]:
         """Open a session's events at one place; with `group`, the first leads and a failed
         open stops the group (perf_event_open of a sibling needs its leader)."""
         opened: list[Any] = []

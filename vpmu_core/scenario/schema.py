@@ -12,7 +12,7 @@ the clock from one action time to the next (see `vpmu_core/scenario/runner.py`).
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
@@ -73,13 +73,18 @@ def _cost_overrides_model() -> type[BaseModel]:
     fields: dict[str, Any] = {}
     for name, f in CostModel.model_fields.items():
         # a negative cost would make overhead (and time) run backwards
+        assert f.annotation is not None, f"CostModel.{name} has a type"
         fields[name] = (f.annotation | None, Field(None, ge=0, description=f.description))
     return create_model(
         "CostOverrides", __config__=ConfigDict(extra="forbid"), __doc__="Cost model overrides (host cycles).", **fields
     )
 
 
-CostOverrides = _cost_overrides_model()
+if TYPE_CHECKING:
+    # a model built by create_model() is a value to mypy, not a type: check it as a BaseModel
+    CostOverrides = BaseModel
+else:
+    CostOverrides = _cost_overrides_model()
 
 
 class WorkSpec(_Strict):
@@ -336,7 +341,7 @@ class Scenario(_Strict):
     seed: NonNegInt = 0
     duration_ns: int = Field(20_000_000, ge=1, le=10_000_000_000)
     mux_interval_ns: int = Field(4_000_000, ge=100_000, description="perf multiplexing rotation interval")
-    costs: CostOverrides = Field(default_factory=CostOverrides)  # type: ignore[valid-type]
+    costs: CostOverrides = Field(default_factory=CostOverrides)
     host: HostSpec = Field(default_factory=HostSpec)
     vms: list[VmSpec] = Field(default_factory=list)
 
@@ -407,8 +412,8 @@ class Scenario(_Strict):
         for i, t in enumerate(self.host.tasks):
             late(f"host.tasks[{i}].at_ns", f"host task {t.name!r}", t.at_ns)
         for vi, v in enumerate(self.vms):
-            for i, s in enumerate(v.perf):
-                late(f"vms[{vi}].perf[{i}].start_ns", f"guest perf session {s.name!r}", s.start_ns)
+            for i, gs in enumerate(v.perf):
+                late(f"vms[{vi}].perf[{i}].start_ns", f"guest perf session {gs.name!r}", gs.start_ns)
             for i, w in enumerate(v.work):
                 late(f"vms[{vi}].work[{i}].at_ns", "guest work", w.at_ns)
             for i, m in enumerate(v.msrs):

@@ -401,7 +401,11 @@ class VendorConformance(_Kit):
         host_w = Work(instructions=30_011, cpl=0)
         guest_w = Work(instructions=20_003, cpl=0)
         h, g = 2 * host_w.instructions, guest_w.instructions
-        cases = (({}, h + g), ({"exclude_guest": True}, h), ({"exclude_host": True}, g))
+        cases: tuple[tuple[dict[str, Any], int], ...] = (
+            ({}, h + g),
+            ({"exclude_guest": True}, h),
+            ({"exclude_host": True}, g),
+        )
         for model in self._models(catalog):
             for kw, want in cases:
                 attr = PerfEventAttr(config="instructions", **kw)

@@ -192,7 +192,7 @@ class ToyDriver:
         if attr.type == "hardware":
             if attr.config not in self.GENERIC:
                 raise PerfError(errno.ENOENT, f"unknown hardware event {attr.config!r}")
-            code = int(self.GENERIC[attr.config])  # type: ignore[index]
+            code = int(self.GENERIC[attr.config])
         else:
             if not isinstance(attr.config, int) or attr.config & ~0xFF:
                 raise PerfError(errno.EINVAL, "raw config is an 8-bit event code on toy/basic")

@@ -124,7 +124,7 @@ class XenLazyMode:
     # ---- helpers ---------------------------------------------------------------------------
     @staticmethod
     def _st(vcpu: Any) -> XenVpmu:
-        return vcpu.mode_state  # type: ignore[no-any-return]
+        return vcpu.mode_state
 
     @staticmethod
     def _counting(guest: Any) -> bool:

@@ -88,7 +88,7 @@ class AmdPmu(PmuBase):
         self.refresh(0)
 
     # ---- EFER.SVME: HostOnly/GuestOnly only filter while it is set -----------------------
-    @property  # type: ignore[override]
+    @property
     def virtualization_enabled(self) -> bool:
         return self._svme
 

@@ -85,7 +85,7 @@ class EmulatedMode:
     # ---- helpers ------------------------------------------------------------------------
     @staticmethod
     def kpmu(vcpu: Any) -> KvmPmu:
-        return vcpu.mode_state  # type: ignore[no-any-return]
+        return vcpu.mode_state
 
     @hookimpl
     def vpmu_limit_guest_pmu(self, cfg: Any) -> Any:
@@ -96,7 +96,7 @@ class EmulatedMode:
         return self.kvm_caps.limit(cfg)
 
     def _api(self, vcpu: Any) -> KvmPerfCalls:
-        return self.kpmu(vcpu).api  # type: ignore[no-any-return]
+        return self.kpmu(vcpu).api
 
     def _on_resched(self, cpu: int) -> None:
         for vcpu in self._vcpus:
@@ -167,7 +167,6 @@ class EmulatedMode:
             kpmu.need_cleanup = False
             kpmu.req_pmu = False
             kpmu.reprogram_pmi = 0
-            kpmu.pending_retire = None
             for kp in kpmu.pmcs.values():
                 pmc_stop_counter(kp, api)
             for v in kpmu.vlbrs.values():

@@ -51,6 +51,12 @@ class SwitchStats:
     """Counts of what the switch did (reported by the mode)."""
 
     __slots__ = ("loads", "puts", "counter_writes", "elided_writes", "selector_writes", "global_ctrl_reads")
+    loads: int
+    puts: int
+    counter_writes: int
+    elided_writes: int
+    selector_writes: int
+    global_ctrl_reads: int
 
     def __init__(self) -> None:
         for s in self.__slots__:
