@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from vpmu_core.errors import gp
+from vpmu_core.hw.counter import CounterWrite, counter_writer
 from vpmu_core.hw.msr import Register
 from vpmu_core.hw.pmc import FIXED_BASE, Pmc
 
@@ -122,6 +123,13 @@ class PmuBase(ABC):
         for msr in (msrs,) if isinstance(msrs, int) else msrs:
             self._reg(msr, reg.read, lambda v, reg=reg: reg.write(v, self.host_initiated))
         return reg
+
+    def add_counter(self, msrs: int | tuple[int, ...], pmc: Pmc, write: CounterWrite = "masked") -> None:
+        """Expose counter `pmc` at one or more MSR indexes with one write rule: "masked",
+        "checked" or "legacy" (vpmu_core/hw/counter.py); reads return the counter value."""
+        writer = counter_writer(self, pmc, write)
+        for msr in (msrs,) if isinstance(msrs, int) else msrs:
+            self._reg(msr, lambda p=pmc: self.read_counter(p), writer)
 
     def override_msr(
         self, msr: int, read: Reader | None = None, write: Writer | None = None
