@@ -176,9 +176,10 @@ VENDOR_MUTANTS: dict[str, str] = {
             plugin_module = Plugin(model=with_pmu(P))
         """,
     "legacy_write_not_sign_extended": """
+        # the legacy alias takes the value as it is (registered "masked", not "legacy")
         class P(toy.ToyPmu):
-            def _w_legacy(self, p, v):
-                self.write_counter(p, v & 0xFFFF_FFFF)
+            def add_counter(self, msrs, pmc, write="masked"):
+                super().add_counter(msrs, pmc, "masked")
         class Mutant(VendorKit):
             plugin_module = Plugin(model=with_pmu(P))
         """,

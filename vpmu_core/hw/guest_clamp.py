@@ -11,15 +11,18 @@ counters below `fixed_since`, a feature the host lacks) raise `ConfigError`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from vpmu_core.errors import ConfigError
 
 if TYPE_CHECKING:
+    from vpmu_core.hv.config import GuestPmuConfig
     from vpmu_core.hw.model import PmuCapabilities
 
 
-def clamp_guest(requested: Any, host: PmuCapabilities, model: str, *, fixed_since: int = 2) -> Any:
+def clamp_guest(
+    requested: GuestPmuConfig, host: PmuCapabilities, model: str, *, fixed_since: int = 2
+) -> GuestPmuConfig:
     """The resolved guest config (a `GuestPmuConfig`, every PMU field set): see the module
     docstring. `fixed_since` is the first version with fixed counters (Intel v2, SDM Vol.
     3B 20.2.2)."""

@@ -9,10 +9,19 @@ vCPU every CPUID/RDMSR is a VM-exit. It programs counters only through `Register
 from __future__ import annotations
 
 import errno
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from vpmu_core.api import FIXED_BASE, EventKind, HwEvent, PerfError, PerfEventAttr, RegisterPort, get_logger
+from vpmu_core.api import (
+    FIXED_BASE,
+    EventKind,
+    GlobalCtrlSplit,
+    HwEvent,
+    PerfError,
+    PerfEventAttr,
+    RegisterPort,
+    get_logger,
+)
 from vpmu_intel_arch.cpuid import CPUID1_ECX_PDCM, CPUID7_EDX_ARCH_LBR
 from vpmu_intel_arch.events import (
     ARCH_EVENT_MASK,
@@ -62,12 +71,9 @@ class _PortState:
     full_width: bool
     lbr: bool
     fixed_ctrl: int = 0
-    #: counters started by perf (GLOBAL_CTRL bits)
-    enabled: int = 0
-    #: exclude_guest events (count on the host only) / exclude_host events (guest only):
-    #: Linux `cpuc->intel_ctrl_host_mask` / `intel_ctrl_guest_mask`
-    host_only: int = 0
-    guest_only: int = 0
+    #: counters started by perf and their exclude_guest / exclude_host split: Linux
+    #: `cpuc->intel_ctrl_host_mask` / `intel_ctrl_guest_mask`
+    split: GlobalCtrlSplit = field(default_factory=GlobalCtrlSplit)
 
     @property
     def counter_mask(self) -> int:
@@ -192,10 +198,7 @@ class IntelPerfDriver:
             sel |= (EVTSEL_USR if hw.usr else 0) | (EVTSEL_OS if hw.os else 0) | (EVTSEL_INT if hw.interrupt else 0)
             self._sel[(id(port), idx)] = sel
             port.wrmsr(MSR_PERFEVTSEL0 + idx, sel)
-        bit = 1 << idx
-        st.enabled |= bit
-        st.host_only = (st.host_only | bit) if hw.exclude_guest else (st.host_only & ~bit)
-        st.guest_only = (st.guest_only | bit) if hw.exclude_host else (st.guest_only & ~bit)
+        st.split.set(idx, True, exclude_guest=hw.exclude_guest, exclude_host=hw.exclude_host)
         self._apply_global(st)
 
     def stop(self, port: RegisterPort, hw: HwEvent, idx: int) -> int:
@@ -208,10 +211,7 @@ class IntelPerfDriver:
         else:
             sel = self._sel.pop((id(port), idx), hw.config)
             port.wrmsr(MSR_PERFEVTSEL0 + idx, sel & ~EVTSEL_EN)
-        bit = 1 << idx
-        st.enabled &= ~bit
-        st.host_only &= ~bit
-        st.guest_only &= ~bit
+        st.split.set(idx, False)
         self._apply_global(st)
         return self.read(port, idx)
 
@@ -246,10 +246,4 @@ class IntelPerfDriver:
         excludes guest-only counters; the VM-entry load excludes host-only ones."""
         if st.version < 2:
             return  # v1: EN alone enables (SDM 20.2.1)
-        port = st.port
-        port.wrmsr(MSR_GLOBAL_CTRL, st.enabled & ~st.guest_only)
-        set_loads = getattr(port, "set_entry_loads", None)
-        if set_loads is not None:
-            loads = dict(getattr(port, "entry_loads", None) or {})
-            loads[MSR_GLOBAL_CTRL] = st.enabled & ~st.host_only
-            set_loads(loads)
+        st.split.apply(st.port, MSR_GLOBAL_CTRL)

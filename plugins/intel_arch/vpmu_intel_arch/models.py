@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from vpmu_core.api import ConfigError, CpuidTable, GuestPmuConfig, PmuCapabilities
+from vpmu_core.api import ConfigError, CpuidTable, GuestPmuConfig, PmuCapabilities, clamp_guest, parse_bool
 from vpmu_intel_arch.cpuid import build_cpuid
 from vpmu_intel_arch.driver import IntelPerfDriver
 from vpmu_intel_arch.events import ARCH_EVENTS, ICL_CONSTRAINTS, SKL_CONSTRAINTS, SPR_CONSTRAINTS, Constraint
@@ -131,17 +131,6 @@ SAPPHIRERAPIDS = ModelData(
 )
 
 
-def _parse_bool(field_name: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(field_name, f"not a boolean: {value!r}", allowed="true/false/on/off")
-
-
 class IntelCpuModel:
     """A composed Intel CPU model (implements `vpmu_core.hw.model.CpuModel`)."""
 
@@ -191,36 +180,7 @@ class IntelCpuModel:
         """Fill Nones from the host and clamp like KVM `intel_pmu_refresh`: version and counts
         above the host's are reduced to the host's; v1 has no fixed counters; version 0 has
         no PMU. Contradictions the user spelled out raise ConfigError."""
-        host = self.caps
-        version = host.version if requested.version is None else min(requested.version, host.version)
-        gp_n = host.gp_counters if requested.gp_counters is None else min(requested.gp_counters, host.gp_counters)
-        fixed_n = host.fixed_counters if requested.fixed_counters is None else requested.fixed_counters
-        fixed_n = min(fixed_n, host.fixed_counters)
-        if version == 0:
-            if requested.gp_counters or requested.fixed_counters:
-                raise ConfigError("pmu.version", "version 0 means no PMU, but counters were requested")
-            gp_n = fixed_n = 0
-        elif version == 1:
-            if requested.fixed_counters:
-                raise ConfigError("pmu.fixed_counters", "PMU v1 has no fixed counters", allowed=0)
-            fixed_n = 0
-        fw = host.full_width_writes if requested.full_width_writes is None else requested.full_width_writes
-        if fw and not host.full_width_writes:
-            raise ConfigError("pmu.full_width_writes", f"{self.name} has no full-width writes", allowed=False)
-        lbr = host.lbr if requested.lbr is None else requested.lbr
-        if lbr and not host.lbr:
-            raise ConfigError("pmu.lbr", f"{self.name} has no LBR", allowed=False)
-        if version == 0:
-            fw = lbr = False
-        return GuestPmuConfig(
-            version=version,
-            gp_counters=gp_n,
-            fixed_counters=fixed_n,
-            full_width_writes=fw,
-            lbr=lbr,
-            unavailable_events=requested.unavailable_events or 0,
-            facility_options=dict(requested.facility_options),
-        )
+        return clamp_guest(requested, self.caps, self.name)
 
     def guest_layout(self, guest: GuestPmuConfig) -> PmuLayout:
         """The guest-visible layout (KVM): no AnyThread (reserved for guests), no perf
@@ -288,7 +248,7 @@ def make_skylake(options: dict[str, Any] | None = None) -> IntelCpuModel:
     the eight counters of a core are split between the two threads when HT is on)."""
     options = dict(options or {})
     _no_options("intel/skylake", options, ("smt",))
-    smt = _parse_bool("intel/skylake.smt", options.get("smt", True))
+    smt = parse_bool("intel/skylake.smt", options.get("smt", True))
     return IntelCpuModel(_skylake(4 if smt else 8))
 
 
