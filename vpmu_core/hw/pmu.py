@@ -48,7 +48,8 @@ class PmuBase(ABC):
 
     Mandatory (abstract: a vendor class missing one fails at construction with TypeError):
     `_decode`, `rdpmc`, `eventsel_msr`, `counter_msrs`, `control_msrs`, `rdpmc_ecx`,
-    `raise_overflow`. Optional, with the default said in each docstring: `global_msrs`,
+    `raise_overflow`. Optional, with the default said in each docstring: `eventsel_msrs`
+    (mandatory in practice for a vendor with selector aliases), `global_msrs`,
     `fixed_ctrl_msr`, `hw_eventsel`, `global_status`, `set_global_status`,
     `local_enable_of`, `describe`, `state_msrs`.
 
@@ -322,6 +323,15 @@ class PmuBase(ABC):
     def eventsel_msr(self, pmc: Pmc) -> int | None:
         """The selector MSR of a GP counter (None for fixed counters)."""
         raise NotImplementedError
+
+    def eventsel_msrs(self, pmc: Pmc) -> tuple[int, ...]:
+        """Every MSR index of a GP counter's selector, the canonical one (`eventsel_msr`)
+        first, then its aliases (AMD: the K7 PERF_CTLx alias PerfCtrExtCore's PERF_CTLx of
+        counters 0-3); () for fixed counters. Optional: the default is the canonical one
+        alone, so a vendor whose selectors have aliases must override it (a mode maps guest
+        selector writes with it: a missed alias is a write it never programs)."""
+        msr = self.eventsel_msr(pmc)
+        return () if msr is None else (msr,)
 
     @abstractmethod
     def counter_msrs(self, pmc: Pmc) -> tuple[int, ...]:

@@ -6,7 +6,8 @@ or pass a vendor plugin and this module together to test a vendor against the re
 
 * ``toy/basic``: 4 GP counters (48 bit) + 1 fixed instructions counter, a global control.
   MSRs: EVTSEL i 0x100+i (event 7:0 = EventKind value, USR 16, OS 17, INT 20, EN 22,
-  everything else reserved -> #GP), CTR i 0x200+i (full width), LEGACY_CTR i 0x220+i (the
+  everything else reserved -> #GP; LEGACY_EVTSEL i 0x120+i is an alias of the same selector,
+  as AMD's K7 EVNTSELx are), CTR i 0x200+i (full width), LEGACY_CTR i 0x220+i (the
   same counter; a write sign-extends bit 31, as Intel's IA32_PMCx), FIXED0 0x210,
   FIXED_CTRL 0x310 (OS 0, USR 1, PMI 3), GLOBAL_CTRL 0x300 (reset: all enabled),
   GLOBAL_STATUS 0x301 (read-only), STATUS_CLR 0x302, CAPS 0x320 (read-only: bit 0 full-width
@@ -40,7 +41,7 @@ from vpmu_core.plugins.markers import hookimpl
 from vpmu_core.plugins.records import CpuModelSpec, ModeSpec
 
 EVTSEL, CTR, FIXED0, FIXED_CTRL, GCTRL, GSTATUS, GSTATUS_CLR = 0x100, 0x200, 0x210, 0x310, 0x300, 0x301, 0x302
-LEGACY_CTR, CAPS = 0x220, 0x320
+LEGACY_CTR, LEGACY_EVTSEL, CAPS = 0x220, 0x120, 0x320
 CAP_FULL_WIDTH, CAP_HOST_ONLY = 1 << 0, 1 << 8
 USR, OS, INT, EN = 1 << 16, 1 << 17, 1 << 20, 1 << 22
 EVTSEL_VALID = 0xFF | USR | OS | INT | EN
@@ -73,7 +74,8 @@ class ToyPmu(PmuBase):
         caps = self._caps()
         self.add_register(CAPS, Register("CAPS", reset=caps, writable=caps, read_only=True, host_writable=True))
         for i, p in enumerate(self.gp):
-            self._reg(EVTSEL + i, lambda i=i: self.evtsel[i], lambda v, i=i: self._w_evtsel(i, v))
+            for sel in (EVTSEL + i, LEGACY_EVTSEL + i):
+                self._reg(sel, lambda i=i: self.evtsel[i], lambda v, i=i: self._w_evtsel(i, v))
             self.add_counter(CTR + i, p, "masked")
             self.add_counter(LEGACY_CTR + i, p, "legacy")
         for p in self.fixed:
@@ -127,11 +129,15 @@ class ToyPmu(PmuBase):
     def eventsel_msr(self, pmc: Pmc) -> int | None:
         return None if pmc.is_fixed else EVTSEL + pmc.idx
 
+    def eventsel_msrs(self, pmc: Pmc) -> tuple[int, ...]:
+        return () if pmc.is_fixed else (EVTSEL + pmc.idx, LEGACY_EVTSEL + pmc.idx)
+
     def counter_msrs(self, pmc: Pmc) -> tuple[int, ...]:
         return (FIXED0,) if pmc.is_fixed else (CTR + pmc.idx, LEGACY_CTR + pmc.idx)
 
     def control_msrs(self) -> tuple[int, ...]:
-        return tuple(EVTSEL + i for i in range(len(self.gp))) + ((FIXED_CTRL,) if self.fixed else ())
+        sels = tuple(m for p in self.gp for m in self.eventsel_msrs(p))
+        return sels + ((FIXED_CTRL,) if self.fixed else ())
 
     def global_msrs(self) -> dict[str, int]:
         return {"ctrl": GCTRL, "status": GSTATUS, "status_clr": GSTATUS_CLR}

@@ -213,6 +213,15 @@ class AmdPmu(PmuBase):
     def eventsel_msr(self, pmc: Pmc) -> int | None:
         return F15H_PERF_CTL0 + 2 * pmc.idx if self.ext_core else K7_EVNTSEL0 + pmc.idx
 
+    def eventsel_msrs(self, pmc: Pmc) -> tuple[int, ...]:
+        """Extension PERF_CTLn first, the K7 EVNTSELn alias second where counter < 4 (facts
+        §5.2; KVM `get_gp_pmc_amd` maps MSR_K7_EVNTSEL0..3 to the same pmc)."""
+        if not self.ext_core:
+            return (K7_EVNTSEL0 + pmc.idx,)
+        if pmc.idx < K7_NUM:
+            return (F15H_PERF_CTL0 + 2 * pmc.idx, K7_EVNTSEL0 + pmc.idx)
+        return (F15H_PERF_CTL0 + 2 * pmc.idx,)
+
     def counter_msrs(self, pmc: Pmc) -> tuple[int, ...]:
         """Extension MSR first, the K7 alias second where counter < 4."""
         if not self.ext_core:
@@ -223,13 +232,7 @@ class AmdPmu(PmuBase):
 
     def control_msrs(self) -> tuple[int, ...]:
         """Every PERF_CTL MSR that exists, aliases included (a mediated vPMU intercepts all)."""
-        out: list[int] = []
-        for p in self.gp:
-            if self.ext_core:
-                out.append(F15H_PERF_CTL0 + 2 * p.idx)
-            if p.idx < K7_NUM:
-                out.append(K7_EVNTSEL0 + p.idx)
-        return tuple(out)
+        return tuple(m for p in self.gp for m in self.eventsel_msrs(p))
 
     def global_msrs(self) -> dict[str, int]:
         if not self.perfmon_v2:

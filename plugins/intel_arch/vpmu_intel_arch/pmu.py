@@ -365,6 +365,10 @@ class IntelPmu(PmuBase):
     def eventsel_msr(self, pmc: Pmc) -> int | None:
         return None if pmc.is_fixed else MSR_PERFEVTSEL0 + pmc.idx
 
+    def eventsel_msrs(self, pmc: Pmc) -> tuple[int, ...]:
+        """IA32_PERFEVTSELx has no alias (SDM Vol. 4 Table 2-2)."""
+        return () if pmc.is_fixed else (MSR_PERFEVTSEL0 + pmc.idx,)
+
     def counter_msrs(self, pmc: Pmc) -> tuple[int, ...]:
         if pmc.is_fixed:
             return (MSR_FIXED_CTR0 + pmc.idx - FIXED_BASE,)

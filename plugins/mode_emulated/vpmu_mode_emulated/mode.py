@@ -120,9 +120,10 @@ class EmulatedMode:
             kp.counter = p.value & p.mask
             kpmu.pmcs[p.idx] = kp
             kpmu.signatures[p.idx] = control_signature(p)
-            sel = pmu.eventsel_msr(p)
-            if sel is not None:
-                kpmu.msr_to_idx[sel] = p.idx
+            # every selector alias (KVM kvm_pmu_mark_pmc_in_use -> msr_idx_to_pmc, AMD
+            # get_gp_pmc_amd: the K7 EVNTSELx name the same pmc as PERF_CTLx)
+            for m in pmu.eventsel_msrs(p):
+                kpmu.msr_to_idx[m] = p.idx
             for m in pmu.counter_msrs(p):
                 kpmu.msr_to_idx[m] = p.idx
         for name, state in vcpu.facilities.items():
