@@ -55,7 +55,8 @@ from vpmu_intel_arch.pmu import (
 
 log = get_logger("vpmu.intel_arch.driver")
 
-_KIND_OF: dict[int, EventKind] = dict(ARCH_EVENTS) | dict(FIXED_EVENTS)
+#: what a fixed counter counts, by its Linux pseudo encoding / architectural encoding
+_FIXED_KIND: dict[int, EventKind] = dict(FIXED_EVENTS)
 
 
 @dataclass
@@ -83,9 +84,17 @@ class _PortState:
 class IntelPerfDriver:
     """`vpmu_core.perf.driver.PerfDriver` for Intel arch PMUs v1-v5."""
 
-    def __init__(self, constraints: tuple[Constraint, ...], features: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        constraints: tuple[Constraint, ...],
+        features: dict[str, Any],
+        counted: dict[int, EventKind] | None = None,
+    ) -> None:
         self.constraints = constraints
         self.features = features
+        #: umask<<8|event -> kind for the architectural events this CPU counts on a GP
+        #: counter (the model's event table, `PmuLayout.counted`); default: all of them
+        self.counted: dict[int, EventKind] = dict(ARCH_EVENTS) if counted is None else dict(counted)
         self._ports: dict[int, _PortState] = {}
         self._sel: dict[tuple[int, int], int] = {}
 
@@ -166,7 +175,7 @@ class IntelPerfDriver:
             # Linux shares the LBR between events with the same LBR_SELECT filter.
             resources = (("lbr", ",".join(sorted(attr.branch_sample_type))),)
         exotic = config & (EVTSEL_EDGE | EVTSEL_INV | EVTSEL_CMASK)
-        kind = None if exotic else _KIND_OF.get(config & ARCH_EVENT_MASK)
+        kind = None if exotic else self._kind(config & ARCH_EVENT_MASK, mask)
         return HwEvent(
             config=config,
             mask=mask,
@@ -178,6 +187,20 @@ class IntelPerfDriver:
             interrupt=True,  # x86_pmu_hw_config always sets ARCH_PERFMON_EVENTSEL_INT
             kind=None if kind is None else int(kind),
         )
+
+    def _kind(self, code: int, mask: int) -> EventKind | None:
+        """What the event counts where it may be scheduled, as the PMU counts it: on a GP
+        counter an architectural event the CPU enumerates (CPUID.0AH:EAX[31:24] bounds the
+        table: SDM Vol. 3B 20.2.1.2), on a fixed counter its fixed event. A fixed pseudo
+        encoding (event code 0) is no GP event: Skylake has no SLOTS fixed counter, so Linux
+        schedules raw 0x0400 on a GP counter (intel_skl_event_constraints has no entry for
+        it, x86_get_event_constraints falls back to unconstrained) where event select 00H
+        counts no architectural event (SDM Table 20-1: Topdown Slots is A4H/01H, event 7,
+        beyond Skylake's 7 enumerated events): kind None, not "topdown slots"."""
+        kind = self.counted.get(code)
+        if kind is None and mask >> FIXED_BASE:
+            kind = _FIXED_KIND.get(code)
+        return kind
 
     def width(self, port: RegisterPort, idx: int) -> int:
         st = self._state(port)

@@ -218,7 +218,7 @@ class IntelCpuModel:
         return IntelPmu(self.layout(guest))
 
     def make_driver(self) -> IntelPerfDriver:
-        return IntelPerfDriver(self.constraints, self.features)
+        return IntelPerfDriver(self.constraints, self.features, self._counted)
 
     def cpuid_table(self, guest: GuestPmuConfig | None = None) -> CpuidTable:
         return build_cpuid(self.layout(guest), self.data.signature, self.data.max_leaf, self.features)
