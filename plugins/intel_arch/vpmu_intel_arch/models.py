@@ -10,7 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from vpmu_core.api import ConfigError, CpuidTable, GuestPmuConfig, PmuCapabilities, clamp_guest, parse_bool
+from vpmu_core.api import (
+    ConfigError,
+    CpuidTable,
+    EventKind,
+    GuestPmuConfig,
+    PmuCapabilities,
+    clamp_guest,
+    parse_bool,
+)
 from vpmu_intel_arch.cpuid import build_cpuid
 from vpmu_intel_arch.driver import IntelPerfDriver
 from vpmu_intel_arch.events import ARCH_EVENTS, ICL_CONSTRAINTS, SKL_CONSTRAINTS, SPR_CONSTRAINTS, Constraint
@@ -50,7 +58,10 @@ ARCH_LBR_SPR: dict[str, Any] = {
 
 @dataclass(frozen=True)
 class ModelData:
-    """The facts of one Intel CPU as the model needs them."""
+    """The facts of one Intel CPU as the model needs them: the public way to add an Intel
+    core. `IntelCpuModel(data)` turns it into a CPU model (register model `IntelPmu`, CPUID,
+    the `IntelPerfDriver` and KVM's guest clamp all derive from it); see
+    `vpmu_intel_arch/gracemont.py` for a complete model in ~40 lines."""
 
     name: str
     description: str
@@ -66,12 +77,17 @@ class ModelData:
     perf_metrics: bool
     anythread: bool
     features: dict[str, Any] = field(default_factory=dict)
+    #: PERF_CAPABILITIES[13]: IA32_A_PMCx full-width counter writes (SDM Vol. 3B 20.2.6)
+    full_width_writes: bool = True
+    #: the architectural event table in CPUID.0AH:EBX order (the first `arch_events_len`
+    #: are what a GP counter counts)
+    events: tuple[tuple[int, EventKind], ...] = ARCH_EVENTS
 
     @property
     def perf_caps(self) -> int:
         """IA32_PERF_CAPABILITIES as modelled: LBR format, full-width writes, perf metrics.
         PEBS fields are left 0 because PEBS is not modelled (a guest must not try it)."""
-        v = PERF_CAP_FW_WRITE
+        v = PERF_CAP_FW_WRITE if self.full_width_writes else 0
         lbr = self.features.get("lbr")
         if lbr:
             v |= lbr["format"] & PERF_CAP_LBR_FMT
@@ -155,7 +171,7 @@ class IntelCpuModel:
         #: facility data for the LBR plugins ("lbr" legacy or "arch_lbr")
         self.features: dict[str, Any] = {k: dict(v) for k, v in data.features.items()}
         self.constraints = data.constraints
-        self._counted = {enc: kind for enc, kind in ARCH_EVENTS[: data.arch_events_len]}
+        self._counted = {enc: kind for enc, kind in data.events[: data.arch_events_len]}
         # Fixed-only pseudo encodings (event code 0) are not GP events, so not in `counted`.
         self.host_layout = PmuLayout(
             version=data.version,
@@ -237,7 +253,7 @@ class IntelCpuModel:
         }
 
 
-def _no_options(name: str, options: dict[str, Any], allowed: tuple[str, ...] = ()) -> None:
+def no_options(name: str, options: dict[str, Any], allowed: tuple[str, ...] = ()) -> None:
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise ConfigError(f"{name} options", f"unknown option(s) {unknown}", allowed=list(allowed) or "none")
@@ -247,18 +263,18 @@ def make_skylake(options: dict[str, Any] | None = None) -> IntelCpuModel:
     """Skylake: 4 GP counters per thread with SMT (default), 8 without (SDM Vol. 3B 20.3.8:
     the eight counters of a core are split between the two threads when HT is on)."""
     options = dict(options or {})
-    _no_options("intel/skylake", options, ("smt",))
+    no_options("intel/skylake", options, ("smt",))
     smt = parse_bool("intel/skylake.smt", options.get("smt", True))
     return IntelCpuModel(_skylake(4 if smt else 8))
 
 
 def make_icelake(options: dict[str, Any] | None = None) -> IntelCpuModel:
-    _no_options("intel/icelake", dict(options or {}))
+    no_options("intel/icelake", dict(options or {}))
     return IntelCpuModel(ICELAKE)
 
 
 def make_sapphirerapids(options: dict[str, Any] | None = None) -> IntelCpuModel:
-    _no_options("intel/sapphirerapids", dict(options or {}))
+    no_options("intel/sapphirerapids", dict(options or {}))
     return IntelCpuModel(SAPPHIRERAPIDS)
 
 
@@ -268,4 +284,5 @@ __all__ = [
     "make_icelake",
     "make_sapphirerapids",
     "make_skylake",
+    "no_options",
 ]
