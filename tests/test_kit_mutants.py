@@ -176,9 +176,18 @@ VENDOR_MUTANTS: dict[str, str] = {
             plugin_module = Plugin(model=with_pmu(P))
         """,
     "legacy_write_not_sign_extended": """
+        # the legacy alias takes the value as it is (registered "masked", not "legacy")
         class P(toy.ToyPmu):
-            def _w_legacy(self, p, v):
-                self.write_counter(p, v & 0xFFFF_FFFF)
+            def add_counter(self, msrs, pmc, write="masked"):
+                super().add_counter(msrs, pmc, "masked")
+        class Mutant(VendorKit):
+            plugin_module = Plugin(model=with_pmu(P))
+        """,
+    "selector_alias_undeclared": """
+        # the toy's LEGACY_EVTSEL alias exists but eventsel_msrs() names only the canonical one
+        class P(toy.ToyPmu):
+            def eventsel_msrs(self, pmc):
+                return () if pmc.is_fixed else (toy.EVTSEL + pmc.idx,)
         class Mutant(VendorKit):
             plugin_module = Plugin(model=with_pmu(P))
         """,
@@ -386,6 +395,18 @@ MODE_MUTANTS: dict[str, str] = {
         class Mutant(ModeKit):
             plugin_module = Plugin(mode=Mode)
         """,
+    "selector_alias_not_programmed": """
+        # the mode maps selector writes by eventsel_msr() alone: a write through an alias
+        # is not a selector write to it, and it never reaches the counter's selector
+        class Mode(toy.ReferenceMode):
+            @hookimpl
+            def vpmu_guest_wrmsr(self, vcpu, msr, value):
+                canonical = {vcpu.pmu.eventsel_msr(p) for p in vcpu.pmu.gp}
+                others = set(vcpu.pmu.control_msrs()) - canonical - {vcpu.pmu.fixed_ctrl_msr()}
+                return True if msr in others else None
+        class Mutant(ModeKit):
+            plugin_module = Plugin(mode=Mode)
+        """,
     "restore_forgets_counts": """
         class Mode(toy.ReferenceMode):
             @hookimpl
@@ -433,6 +454,7 @@ TABLE: dict[str, dict[str, tuple[str, str]]] = {
         "test_legacy_counter_writes_sign_extend": ("legacy_write_not_sign_extended", "TestCorrectVendor"),
         "test_guest_capability_msrs_hide_host_only_bits": ("guest_caps_show_host_bits", "TestCorrectVendor"),
         "test_counters_beyond_the_guest_count_are_gp": ("counters_beyond_guest_count_exist", "TestCorrectVendor"),
+        "test_selector_aliases_are_declared": ("selector_alias_undeclared", "TestCorrectVendor"),
         "test_driver_counts_exactly": ("driver_ignores_exclude_user", "TestCorrectVendor"),
         "test_every_counter_counts_its_event_exactly": ("counter3_counts_cycles", "TestCorrectVendor"),
         "test_rdpmc_reads_every_counter": ("rdpmc_fixed_reads_gp0", "TestCorrectVendor"),
@@ -453,6 +475,7 @@ TABLE: dict[str, dict[str, tuple[str, str]]] = {
         "test_guest_pmis_one_per_sample": ("dropped_pmis", "TestCorrectMode"),
         "test_emulated_instructions_counted_exactly_once": ("emulated_instruction_counted_twice", "TestCorrectMode"),
         "test_migration_round_trip": ("restore_forgets_counts", "TestCorrectMode"),
+        "test_every_selector_alias_programs_its_counter": ("selector_alias_not_programmed", "TestCorrectMode"),
         "test_guest_pmu_subset_is_enforced": ("subset_guest_gets_full_pmu", "TestCorrectMode"),
         "test_same_seed_same_report": ("nondeterministic_report", "TestCorrectMode"),
         "test_guest_event_kinds_are_counted": ("guest_cycles_count_exit_cycles", "TestCorrectMode"),

@@ -11,12 +11,19 @@ Records and hooks
 Vendor side
     `PmuBase` (subclass it; its abstract methods are mandatory, see its docstring),
     `CounterBackend`, `Overflow`, `Pmc`, `FIXED_BASE` (fixed counter i has index 32+i),
-    `sign_extend`, `Register` (declarative MSRs), `CpuidTable` (+ `EAX`..`EDX`, `Regs`),
+    `sign_extend`, `Register` (declarative MSRs: write-1-to-clear, write-1-to-set, derived
+    read-only via `compute`), `CounterWrite` (the write rule of `PmuBase.add_counter`:
+    "masked", "checked", "legacy"), `CpuidTable` (+ `EAX`..`EDX`, `Regs`),
     `PmuCapabilities`, `CpuModel` (the protocol a model factory returns), `HwEvent`,
     `PerfDriver`, `RegisterPort`, `GENERIC_HW_EVENTS` (the generic perf event names a
     scenario may name; drivers may answer more, e.g. AMD's "stalled-cycles-frontend" and
     "-backend", and answer ENOENT for the ones their hardware lacks), `PerfEventAttr`,
     `EventState`, `GuestPmuConfig`, `Facility`, `FacilityState`.
+Vendor-neutral helpers (docs/writing-plugins.md "Helpers every vendor gets")
+    `entry_split` (the controls host-mode and guest-mode work count under), `fold_enables`
+    (global enables into `count_host`/`count_guest`), `ALWAYS_ON`, `GlobalCtrlSplit` (the
+    driver's live vs VM-entry-loaded global control), `clamp_guest` (the guest-config
+    clamp), `parse_bool` / `parse_int` (model and mode options).
 KVM rules both modes share
     `KvmPmuCaps`, `KVM_7_0` (what KVM 7.0 gives a guest: version 2, at most 3 fixed counters),
     `UPGRADE_V5_VERSION` (the unmerged "Upgrade vPMU version to 5" series, a mode option).
@@ -47,10 +54,15 @@ from vpmu_core.events import N_KINDS, EventKind, Work
 from vpmu_core.hv.config import GuestPmuConfig
 from vpmu_core.hv.kvm_caps import KVM_7_0, UPGRADE_V5_VERSION, KvmPmuCaps
 from vpmu_core.hv.vcpu import EMULATED_INSTRUCTION, KVM_COMMON_PMU_MSRS, ONE_INSTRUCTION
+from vpmu_core.hw.counter import CounterWrite
 from vpmu_core.hw.cpuid import EAX, EBX, ECX, EDX, CpuidTable, Regs
+from vpmu_core.hw.enables import ALWAYS_ON, entry_split, fold_enables
+from vpmu_core.hw.entry_split import GlobalCtrlSplit
 from vpmu_core.hw.facility import Facility, FacilityState
+from vpmu_core.hw.guest_clamp import clamp_guest
 from vpmu_core.hw.model import CpuModel, PmuCapabilities
 from vpmu_core.hw.msr import Register
+from vpmu_core.hw.options import parse_bool, parse_int
 from vpmu_core.hw.pmc import FIXED_BASE, Pmc, sign_extend
 from vpmu_core.hw.pmu import CounterBackend, Overflow, PmuBase
 from vpmu_core.logs import get_logger
@@ -62,6 +74,7 @@ from vpmu_core.plugins.records import CpuModelSpec, FacilitySpec, ModeSpec
 from vpmu_core.seeds import derive_seed
 
 __all__ = [
+    "ALWAYS_ON",
     "EAX",
     "EBX",
     "ECX",
@@ -74,11 +87,13 @@ __all__ = [
     "ONE_INSTRUCTION",
     "ConfigError",
     "CounterBackend",
+    "CounterWrite",
     "CpuModel",
     "CpuModelSpec",
     "CpuidTable",
     "EventKind",
     "EventState",
+    "GlobalCtrlSplit",
     "Facility",
     "FacilitySpec",
     "FacilityState",
@@ -102,9 +117,14 @@ __all__ = [
     "RegisterPort",
     "Regs",
     "Work",
+    "clamp_guest",
     "derive_seed",
+    "entry_split",
+    "fold_enables",
     "get_logger",
     "gp",
     "hookimpl",
+    "parse_bool",
+    "parse_int",
     "sign_extend",
 ]

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from typing import Any, Protocol
 
 from vpmu_core.errors import gp
+from vpmu_core.hw.counter import CounterWrite, counter_writer
 from vpmu_core.hw.msr import Register
 from vpmu_core.hw.pmc import FIXED_BASE, Pmc
 
@@ -61,9 +62,10 @@ class PmuBase(ABC):
 
     Mandatory (abstract: a vendor class missing one fails at construction with TypeError):
     `_decode`, `rdpmc`, `eventsel_msr`, `counter_msrs`, `control_msrs`, `rdpmc_ecx`,
-    `raise_overflow`. Optional, with the default said in each docstring: `global_msrs`,
-    `fixed_ctrl_msr`, `hw_eventsel`, `global_status`, `set_global_status`, `describe`,
-    `state_msrs`.
+    `raise_overflow`. Optional, with the default said in each docstring: `eventsel_msrs`
+    (mandatory in practice for a vendor with selector aliases), `global_msrs`,
+    `fixed_ctrl_msr`, `hw_eventsel`, `global_status`, `set_global_status`,
+    `describe`, `state_msrs`.
 
     What modes read (accessors, never vendor layouts): `pmcs` (GP then fixed `Pmc`s),
     `pmc(idx)`, `all_counter_mask`, `msr_indexes`, `has_msr(msr)`, `entry_loads` (physical
@@ -136,6 +138,13 @@ class PmuBase(ABC):
         for msr in (msrs,) if isinstance(msrs, int) else msrs:
             self._reg(msr, reg.read, lambda v, reg=reg: reg.write(v, self.host_initiated))
         return reg
+
+    def add_counter(self, msrs: int | tuple[int, ...], pmc: Pmc, write: CounterWrite = "masked") -> None:
+        """Expose counter `pmc` at one or more MSR indexes with one write rule: "masked",
+        "checked" or "legacy" (vpmu_core/hw/counter.py); reads return the counter value."""
+        writer = counter_writer(self, pmc, write)
+        for msr in (msrs,) if isinstance(msrs, int) else msrs:
+            self._reg(msr, lambda p=pmc: self.read_counter(p), writer)
 
     def override_msr(
         self, msr: int, read: Reader | None = None, write: Writer | None = None
@@ -328,6 +337,15 @@ class PmuBase(ABC):
     def eventsel_msr(self, pmc: Pmc) -> int | None:
         """The selector MSR of a GP counter (None for fixed counters)."""
         raise NotImplementedError
+
+    def eventsel_msrs(self, pmc: Pmc) -> tuple[int, ...]:
+        """Every MSR index of a GP counter's selector, the canonical one (`eventsel_msr`)
+        first, then its aliases (AMD: the K7 PERF_CTLx alias PerfCtrExtCore's PERF_CTLx of
+        counters 0-3); () for fixed counters. Optional: the default is the canonical one
+        alone, so a vendor whose selectors have aliases must override it (a mode maps guest
+        selector writes with it: a missed alias is a write it never programs)."""
+        msr = self.eventsel_msr(pmc)
+        return () if msr is None else (msr,)
 
     @abstractmethod
     def counter_msrs(self, pmc: Pmc) -> tuple[int, ...]:

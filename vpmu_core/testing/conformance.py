@@ -318,6 +318,51 @@ class VendorConformance(_Kit):
                     if host.has_msr(msr):
                         assert not value & ~host.rdmsr(msr), f"{model.name}: guest {msr:#x} shows what the host lacks"
 
+    def test_selector_aliases_are_declared(self, catalog: Any) -> None:
+        """`eventsel_msrs(pmc)` names every MSR of a GP counter's selector, `eventsel_msr`
+        first: each writes that counter's selector and no other; no other MSR of the PMU
+        (found by writing through every MSR that mirrors the selector) writes it; and
+        every selector-like MSR of `control_msrs()` (the fixed control aside) is declared.
+        Modes map guest selector writes by it: an undeclared alias is a write no mode
+        programs."""
+        for model in self._models(catalog):
+            for pmu in (model.make_pmu(None), model.make_pmu(model.resolve_guest(GuestPmuConfig()))):
+                declared: dict[int, int] = {}
+                for pmc in pmu.gp:
+                    msrs = pmu.eventsel_msrs(pmc)
+                    assert msrs and msrs[0] == pmu.eventsel_msr(pmc), f"{model.name}: {msrs} for counter {pmc.idx}"
+                    _, kept = self._probe_bits(pmu, msrs[0])
+                    one = kept & -kept
+                    two = (kept & ~one) & -(kept & ~one)
+                    assert one and two, f"{model.name}: selector {msrs[0]:#x} keeps fewer than two bits"
+                    for msr in msrs:
+                        assert msr not in declared, f"{model.name}: {msr:#x} declared for two counters"
+                        declared[msr] = pmc.idx
+                        before = {p.idx: pmu.rdmsr(pmu.eventsel_msr(p)) for p in pmu.gp if p is not pmc}
+                        pmu.wrmsr(msr, one)
+                        assert pmu.rdmsr(msrs[0]) == one, f"{model.name}: {msr:#x} is not counter {pmc.idx}'s selector"
+                        after = {p.idx: pmu.rdmsr(pmu.eventsel_msr(p)) for p in pmu.gp if p is not pmc}
+                        assert after == before, f"{model.name}: {msr:#x} also wrote another selector"
+                        pmu.wrmsr(msr, 0)
+                    # an MSR that mirrors the selector and writes it is an alias: it must be declared
+                    pmu.wrmsr(msrs[0], one)
+                    mirrors = [m for m in pmu.msr_indexes if m not in msrs and _reads(pmu, m) == one]
+                    for m in mirrors:
+                        try:
+                            pmu.wrmsr(m, two)
+                        except GuestFault:
+                            continue
+                        if pmu.rdmsr(msrs[0]) == two:
+                            raise AssertionError(
+                                f"{model.name}: {m:#x} writes counter {pmc.idx}'s selector but is not in eventsel_msrs()"
+                            )
+                        pmu.wrmsr(msrs[0], one)
+                    pmu.wrmsr(msrs[0], 0)
+                undeclared = set(pmu.control_msrs()) - set(declared) - {pmu.fixed_ctrl_msr()}
+                assert not undeclared, (
+                    f"{model.name}: selector MSRs {sorted(map(hex, undeclared))} not in any eventsel_msrs()"
+                )
+
     def test_counters_beyond_the_guest_count_are_gp(self, catalog: Any) -> None:
         for model in self._models(catalog):
             if model.caps.gp_counters < 2:
@@ -711,6 +756,35 @@ class ModeConformance(_Kit):
             after = _state_msr(w.save_state(), msr)
             assert after == before + 125_000, f"{cpu} {label}: {after - before} branches counted after restore"
 
+    def test_every_selector_alias_programs_its_counter(self, plugins: list[tuple[str, Any]], catalog: Any) -> None:
+        """A guest may program a GP counter through any alias of its selector (the vendor's
+        `eventsel_msrs`, e.g. AMD's K7 EVNTSELx beside PerfCtrExtCore's PERF_CTLx): the
+        counter then counts exactly as through the canonical MSR. A mode that maps selector
+        writes by `eventsel_msr` alone never programs the alias's write: it counts 0."""
+        branches = 40_009
+        for cpu, label, cfg in self._cases(plugins, catalog):
+            host = self._compose(plugins, cpu)
+            v = host.create_vm(vcpus=1, pin=[0], pmu=cfg, exits=self._exits(20_000)).vcpus[0]
+            driver = host.model.make_driver()
+            hw = driver.hw_event(PerfEventAttr(config="branches"), v)
+            for pmc in v.pmu.gp:
+                if not hw.mask >> pmc.idx & 1:
+                    continue
+                sels, ctr = v.pmu.eventsel_msrs(pmc), v.pmu.counter_msrs(pmc)[0]
+                for msr in sels:
+                    driver.start(v, hw, pmc.idx, 0)  # global enables as the driver sets them
+                    sel = v.rdmsr(sels[0])
+                    v.wrmsr(sels[0], 0)
+                    v.wrmsr(ctr, 0)
+                    v.wrmsr(msr, sel)
+                    v.execute(Work(instructions=400_000, branches=branches))
+                    v.wrmsr(msr, 0)
+                    got = v.rdmsr(ctr)
+                    driver.stop(v, hw, pmc.idx)
+                    assert got == branches, (
+                        f"{cpu} {label}: counter {pmc.idx} programmed through {msr:#x} counted {got}"
+                    )
+
     @staticmethod
     def _first_counter(v: Any, mask: int) -> int:
         return next(i for i in range(64) if mask >> i & 1 and v.pmu.pmc(i) is not None)
@@ -792,6 +866,13 @@ def _host_counts(host: Any) -> Any:
     task.execute(Work(instructions=779_377, cycles=1_234_567, branches=31_337))
     host.advance(ns=1_000_000)
     return task
+
+
+def _reads(pmu: Any, msr: int) -> int | None:
+    try:
+        return int(pmu.rdmsr(msr))
+    except GuestFault:
+        return None
 
 
 def _state_msr(state: dict[str, Any], msr: int) -> int:

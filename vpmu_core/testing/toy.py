@@ -6,7 +6,8 @@ or pass a vendor plugin and this module together to test a vendor against the re
 
 * ``toy/basic``: 4 GP counters (48 bit) + 1 fixed instructions counter, a global control.
   MSRs: EVTSEL i 0x100+i (event 7:0 = EventKind value, USR 16, OS 17, INT 20, EN 22,
-  everything else reserved -> #GP), CTR i 0x200+i (full width), LEGACY_CTR i 0x220+i (the
+  everything else reserved -> #GP; LEGACY_EVTSEL i 0x120+i is an alias of the same selector,
+  as AMD's K7 EVNTSELx are), CTR i 0x200+i (full width), LEGACY_CTR i 0x220+i (the
   same counter; a write sign-extends bit 31, as Intel's IA32_PMCx), FIXED0 0x210,
   FIXED_CTRL 0x310 (OS 0, USR 1, PMI 3), GLOBAL_CTRL 0x300 (reset: all enabled),
   GLOBAL_STATUS 0x301 (read-only), STATUS_CLR 0x302, CAPS 0x320 (read-only: bit 0 full-width
@@ -26,9 +27,13 @@ from vpmu_core.events import EventKind
 from vpmu_core.hv.config import GuestPmuConfig
 from vpmu_core.hv.vcpu import EMULATED_INSTRUCTION
 from vpmu_core.hw.cpuid import CpuidTable
+from vpmu_core.hw.enables import entry_split, fold_enables
+from vpmu_core.hw.entry_split import GlobalCtrlSplit
+from vpmu_core.hw.guest_clamp import clamp_guest
 from vpmu_core.hw.model import PmuCapabilities
 from vpmu_core.hw.msr import Register
-from vpmu_core.hw.pmc import FIXED_BASE, Pmc, sign_extend
+from vpmu_core.hw.options import parse_int
+from vpmu_core.hw.pmc import FIXED_BASE, Pmc
 from vpmu_core.hw.pmu import PmuBase
 from vpmu_core.markers import hookimpl
 from vpmu_core.perf.attr import PerfEventAttr
@@ -36,7 +41,7 @@ from vpmu_core.perf.driver import HwEvent, RegisterPort
 from vpmu_core.plugins.records import CpuModelSpec, ModeSpec
 
 EVTSEL, CTR, FIXED0, FIXED_CTRL, GCTRL, GSTATUS, GSTATUS_CLR = 0x100, 0x200, 0x210, 0x310, 0x300, 0x301, 0x302
-LEGACY_CTR, CAPS = 0x220, 0x320
+LEGACY_CTR, LEGACY_EVTSEL, CAPS = 0x220, 0x120, 0x320
 CAP_FULL_WIDTH, CAP_HOST_ONLY = 1 << 0, 1 << 8
 USR, OS, INT, EN = 1 << 16, 1 << 17, 1 << 20, 1 << 22
 EVTSEL_VALID = 0xFF | USR | OS | INT | EN
@@ -69,20 +74,18 @@ class ToyPmu(PmuBase):
         caps = self._caps()
         self.add_register(CAPS, Register("CAPS", reset=caps, writable=caps, read_only=True, host_writable=True))
         for i, p in enumerate(self.gp):
-            self._reg(EVTSEL + i, lambda i=i: self.evtsel[i], lambda v, i=i: self._w_evtsel(i, v))
-            self._reg(CTR + i, lambda p=p: self.read_counter(p), lambda v, p=p: self.write_counter(p, v))
-            self._reg(LEGACY_CTR + i, lambda p=p: self.read_counter(p), lambda v, p=p: self._w_legacy(p, v))
+            for sel in (EVTSEL + i, LEGACY_EVTSEL + i):
+                self._reg(sel, lambda i=i: self.evtsel[i], lambda v, i=i: self._w_evtsel(i, v))
+            self.add_counter(CTR + i, p, "masked")
+            self.add_counter(LEGACY_CTR + i, p, "legacy")
         for p in self.fixed:
-            self._reg(FIXED0, lambda p=p: self.read_counter(p), lambda v, p=p: self.write_counter(p, v))
+            self.add_counter(FIXED0, p, "masked")
         if fixed_n:
             self._reg(FIXED_CTRL, lambda: self.fixed_ctrl, self._w_fixed_ctrl)
         self.refresh(0)
 
     def _caps(self) -> int:
         return CAP_FULL_WIDTH if self.guest else CAP_FULL_WIDTH | CAP_HOST_ONLY
-
-    def _w_legacy(self, p: Pmc, v: int) -> None:
-        self.write_counter(p, sign_extend(v, 32, p.width))
 
     def _valid_global(self) -> int:
         return ((1 << len(self.gp)) - 1) | (((1 << len(self.fixed)) - 1) << FIXED_BASE)
@@ -100,26 +103,21 @@ class ToyPmu(PmuBase):
         self.refresh(1 << FIXED_BASE)
 
     def _decode(self) -> None:
-        gctrl = self.gctrl.value
-        guest_gctrl = self.entry_loads.get(GCTRL, gctrl) if not self.guest else gctrl
+        gctrl, guest_gctrl = entry_split(self, GCTRL, self.gctrl.value)
         for i, p in enumerate(self.gp):
             sel = self.evtsel[i]
             p.config = sel
             code = sel & 0xFF
             p.event = EventKind(code) if code < len(EventKind) else None
             p.usr, p.os, p.int_en, p.local_en = bool(sel & USR), bool(sel & OS), bool(sel & INT), bool(sel & EN)
-            p.global_en = bool(gctrl >> p.idx & 1)
-            p.count_host = p.global_en
-            p.count_guest = bool(guest_gctrl >> p.idx & 1)
+            fold_enables(p, gctrl, guest_gctrl)
         for p in self.fixed:
             f = self.fixed_ctrl
             p.config = 0x01
             p.event = EventKind.INSTRUCTIONS
             p.os, p.usr, p.int_en = bool(f & 1), bool(f & 2), bool(f & 8)
             p.local_en = p.os or p.usr
-            p.global_en = bool(gctrl >> p.idx & 1)
-            p.count_host = p.global_en
-            p.count_guest = bool(guest_gctrl >> p.idx & 1)
+            fold_enables(p, gctrl, guest_gctrl)
 
     def rdpmc(self, ecx: int) -> int:
         idx = ecx & 0xFFFF
@@ -131,11 +129,15 @@ class ToyPmu(PmuBase):
     def eventsel_msr(self, pmc: Pmc) -> int | None:
         return None if pmc.is_fixed else EVTSEL + pmc.idx
 
+    def eventsel_msrs(self, pmc: Pmc) -> tuple[int, ...]:
+        return () if pmc.is_fixed else (EVTSEL + pmc.idx, LEGACY_EVTSEL + pmc.idx)
+
     def counter_msrs(self, pmc: Pmc) -> tuple[int, ...]:
         return (FIXED0,) if pmc.is_fixed else (CTR + pmc.idx, LEGACY_CTR + pmc.idx)
 
     def control_msrs(self) -> tuple[int, ...]:
-        return tuple(EVTSEL + i for i in range(len(self.gp))) + ((FIXED_CTRL,) if self.fixed else ())
+        sels = tuple(m for p in self.gp for m in self.eventsel_msrs(p))
+        return sels + ((FIXED_CTRL,) if self.fixed else ())
 
     def global_msrs(self) -> dict[str, int]:
         return {"ctrl": GCTRL, "status": GSTATUS, "status_clr": GSTATUS_CLR}
@@ -173,7 +175,7 @@ class ToyDriver:
 
     def __init__(self) -> None:
         self._enum: dict[int, tuple[int, int]] = {}
-        self._gctrl: dict[int, tuple[int, int, int]] = {}
+        self._gctrl: dict[int, GlobalCtrlSplit] = {}
 
     def _counters(self, port: RegisterPort) -> tuple[int, int]:
         key = id(port)
@@ -221,17 +223,9 @@ class ToyDriver:
     def _set_global(self, port: RegisterPort, idx: int, on: bool, hw: HwEvent) -> None:
         """The per-entry host/guest split of intel_guest_get_msrs(): the host value drops
         guest-only (exclude_host) events, the VM-entry value drops host-only ones."""
-        key = id(port)
-        g, host_only, guest_only = self._gctrl.get(key, (0, 0, 0))
-        bit = 1 << idx
-        g = g | bit if on else g & ~bit
-        host_only = host_only | bit if on and hw.exclude_guest else host_only & ~bit
-        guest_only = guest_only | bit if on and hw.exclude_host else guest_only & ~bit
-        self._gctrl[key] = (g, host_only, guest_only)
-        port.wrmsr(GCTRL, g & ~guest_only)
-        loads = getattr(port, "set_entry_loads", None)
-        if loads is not None:
-            loads({GCTRL: g & ~host_only})
+        split = self._gctrl.setdefault(id(port), GlobalCtrlSplit())
+        split.set(idx, on, exclude_guest=hw.exclude_guest, exclude_host=hw.exclude_host)
+        split.apply(port, GCTRL)
 
     def start(self, port: RegisterPort, hw: HwEvent, idx: int, value: int) -> None:
         if idx >= FIXED_BASE:
@@ -275,17 +269,11 @@ class ToyModel:
         unknown = set(options) - {"gp_counters"}
         if unknown:
             raise ConfigError("model_options", f"unknown {sorted(unknown)}", "gp_counters")
-        self.gp_n = int(options.get("gp_counters", 4))
+        self.gp_n = parse_int("toy/basic.gp_counters", options.get("gp_counters", 4), minimum=0, maximum=32)
         self.caps = PmuCapabilities(2, self.gp_n, 1, 48, 48, True, True)
 
     def resolve_guest(self, requested: GuestPmuConfig) -> GuestPmuConfig:
-        return GuestPmuConfig(
-            version=min(requested.version if requested.version is not None else 2, 2),
-            gp_counters=min(requested.gp_counters if requested.gp_counters is not None else self.gp_n, self.gp_n),
-            fixed_counters=min(requested.fixed_counters if requested.fixed_counters is not None else 1, 1),
-            full_width_writes=True,
-            lbr=False,
-        )
+        return clamp_guest(requested, self.caps, self.name)
 
     def make_pmu(self, guest: GuestPmuConfig | None = None) -> ToyPmu:
         if guest is None:

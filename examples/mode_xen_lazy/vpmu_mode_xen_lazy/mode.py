@@ -39,7 +39,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from vpmu_core.api import EMULATED_INSTRUCTION, ConfigError, EventKind, get_logger, hookimpl
+from vpmu_core.api import EMULATED_INSTRUCTION, ConfigError, EventKind, get_logger, hookimpl, parse_bool
 
 log = get_logger("vpmu.mode.xen_lazy")
 
@@ -54,17 +54,6 @@ INTEL_MAX_FIXED = 3
 AMD_MAX_VERSION = 1  # no PerfMonV2
 
 _INSTRUCTIONS = int(EventKind.INSTRUCTIONS)
-
-
-def _as_bool(name: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).lower()
-    if text in ("true", "1", "yes", "on"):
-        return True
-    if text in ("false", "0", "no", "off"):
-        return False
-    raise ConfigError(f"mode_options.{name}", f"expected a boolean, got {value!r}", "true, false")
 
 
 @dataclass
@@ -93,7 +82,7 @@ class XenLazyMode:
         if model.vendor not in ("intel", "amd"):
             raise ConfigError("cpu", f"Xen's vPMU has Intel and AMD back ends only, not {model.vendor!r}", "intel, amd")
         self.model = model
-        self.lazy = _as_bool("lazy", options.get("lazy", True))
+        self.lazy = parse_bool("mode_options.lazy", options.get("lazy", True))
         emu = str(options.get("emulated_instructions", "count"))
         if emu not in ("count", "xen"):
             raise ConfigError("mode_options.emulated_instructions", f"got {emu!r}", "count, xen")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from vpmu_core.api import ConfigError, CpuidTable, GuestPmuConfig, PmuCapabilities, get_logger
+from vpmu_core.api import ConfigError, CpuidTable, GuestPmuConfig, PmuCapabilities, get_logger, parse_int
 
 from vpmu_amd_perfmon import cpuid as amd_cpuid
 from vpmu_amd_perfmon.driver import AmdPerfDriver
@@ -103,7 +103,7 @@ class AmdCpuModel:
             raise ConfigError(f"{data.name} option", f"unknown {sorted(unknown)}", sorted(MODEL_OPTIONS))
         self.data = data
         self.name = data.name
-        self.freq_hz = int(options.get("freq_hz", DEFAULT_FREQ_HZ))
+        self.freq_hz = parse_int(f"{data.name}.freq_hz", options.get("freq_hz", DEFAULT_FREQ_HZ), minimum=1)
         self.features: dict[str, Any] = {}
         self.caps = PmuCapabilities(
             version=2 if data.perfmon_v2 else 1,

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vpmu_core.api import Pmc, PmuBase, get_logger, gp
+from vpmu_core.api import ALWAYS_ON, Pmc, PmuBase, Register, fold_enables, get_logger, gp
 
 from vpmu_amd_perfmon import eventsel as es
 
@@ -74,7 +74,8 @@ class AmdPmu(PmuBase):
         # PerfCntrGlobalCtl resets with every counter enabled, so v1 software still counts
         # (facts §5.4; KVM `kvm_pmu_refresh` emulates the same reset value).
         self._global_ctl = self._counter_bits if perfmon_v2 else 0
-        self._global_status = 0
+        #: PerfCntrGlobalStatus (PerfMonV2), the target of the CLR/SET registers
+        self._status = Register("PerfCntrGlobalStatus", writable=self._counter_bits, read_only=True)
         self._sel_valid = es.GUEST_VALID if guest else es.HW_VALID
         #: SVM LBR virtualization (CPUID 8000_000AH EDX[1], KVM module parameter `lbrv`)
         self.lbrv = lbrv
@@ -104,14 +105,16 @@ class AmdPmu(PmuBase):
     def _register_msrs(self) -> None:
         n = len(self.gp)
         for i in range(n):
+            # Full 48-bit counter writes, upper bits dropped (KVM `pmc_write_counter`: counter
+            # &= mask; AMD has no 32-bit sign-extending legacy write, unlike Intel's PMCx).
             if self.ext_core:
                 self._reg(F15H_PERF_CTL0 + 2 * i, self._sel_reader(i), self._sel_writer(i))
-                self._reg(F15H_PERF_CTR0 + 2 * i, self._ctr_reader(i), self._ctr_writer(i))
+                self.add_counter(F15H_PERF_CTR0 + 2 * i, self.gp[i], "masked")
             if i < K7_NUM:
                 # K7 MSRs: the only interface without PerfCtrExtCore, an alias of counters
                 # 0-3 with it (facts §5.2). KVM `get_gp_pmc_amd` maps them the same way.
                 self._reg(K7_EVNTSEL0 + i, self._sel_reader(i), self._sel_writer(i))
-                self._reg(K7_PERFCTR0 + i, self._ctr_reader(i), self._ctr_writer(i))
+                self.add_counter(K7_PERFCTR0 + i, self.gp[i], "masked")
         # Counters past n have no MSR: PmuBase raises #GP (KVM: `amd_pmc_idx_to_pmc` NULL).
         if self.guest:
             # kvm_pmu_is_valid_msr() -> amd_is_valid_msr(): "case MSR_K7_EVNTSEL0 ...
@@ -122,11 +125,26 @@ class AmdPmu(PmuBase):
                 for msr in (K7_EVNTSEL0 + i, K7_PERFCTR0 + i):
                     self._reg(msr, _k7_absent(msr), _k7_absent(msr))
         if self.perfmon_v2:
-            self._reg(GLOBAL_STATUS, lambda: self._global_status, self._write_status)
+            self._reg(GLOBAL_STATUS, lambda: self._status.value, self._write_status)
             self._reg(GLOBAL_CTL, lambda: self._global_ctl, self._write_global_ctl)
-            # STATUS_CLR/SET read as 0 (KVM `kvm_pmu_get_msr`; facts §5.2).
-            self._reg(GLOBAL_STATUS_CLR, lambda: 0, self._write_status_clr)
-            self._reg(GLOBAL_STATUS_SET, lambda: 0, self._write_status_set)
+            # STATUS_CLR/SET read as 0 (KVM `kvm_pmu_get_msr`; facts §5.2), write-1-to-clear /
+            # -set, reserved bits ignored (facts §5.4). Hardware acts on any write; KVM only on
+            # guest writes ("if (!msr_info->host_initiated)").
+            bits = self._counter_bits
+            for msr, name, w1c, w1s in (
+                (GLOBAL_STATUS_CLR, "PerfCntrGlobalStatusClr", self._status, None),
+                (GLOBAL_STATUS_SET, "PerfCntrGlobalStatusSet", None, self._status),
+            ):
+                reg = Register(
+                    name,
+                    writable=bits,
+                    reserved="drop",
+                    reads_as=0,
+                    write_1_to_clear=w1c,
+                    write_1_to_set=w1s,
+                    host_ignored=self.guest,
+                )
+                self.add_register(msr, reg)
 
     def _sel_reader(self, i: int) -> Any:
         return lambda: self._sel[i]
@@ -141,14 +159,6 @@ class AmdPmu(PmuBase):
                 self.refresh(1 << i)
 
         return write
-
-    def _ctr_reader(self, i: int) -> Any:
-        return lambda: self.read_counter(self.gp[i])
-
-    def _ctr_writer(self, i: int) -> Any:
-        # Full 48-bit writes, upper bits dropped (KVM `pmc_write_counter`: counter &= mask;
-        # AMD has no 32-bit sign-extending legacy write, unlike Intel's IA32_PERFCTRx).
-        return lambda value: self.write_counter(self.gp[i], value)
 
     def _write_debugctl(self, value: int) -> None:
         """svm.c `svm_set_msr()` MSR_IA32_DEBUGCTLMSR: without `lbrv` every write is dropped
@@ -178,21 +188,14 @@ class AmdPmu(PmuBase):
             return
         if value & ~self._counter_bits:
             raise gp(f"GLOBAL_STATUS reserved bits {value & ~self._counter_bits:#x}")
-        self._global_status = value
-
-    def _write_status_clr(self, value: int) -> None:
-        if self.guest and self.host_initiated:
-            return  # KVM: only guest writes act ("if (!msr_info->host_initiated)")
-        self._global_status &= ~value
-
-    def _write_status_set(self, value: int) -> None:
-        if self.guest and self.host_initiated:
-            return
-        self._global_status |= value & self._counter_bits  # reserved bits ignored (facts §5.4)
+        self._status.value = value
 
     # ---- decoding --------------------------------------------------------------------------
     def _decode(self) -> None:
         svme = self._svme
+        # PerfMonV2: counts only if PERF_CTLn.En AND PerfCntrGlobalCtl[n] (facts §5.4); AMD
+        # switches no control at VMRUN, so host and guest mode count under the same one.
+        ctl = self._global_ctl if self.perfmon_v2 else ALWAYS_ON
         for i, pmc in enumerate(self.gp):
             sel = self._sel[i]
             pmc.config = sel
@@ -202,18 +205,22 @@ class AmdPmu(PmuBase):
             pmc.int_en = bool(sel & es.INT)
             pmc.local_en = bool(sel & es.EN)
             pmc.exotic = es.is_exotic(sel)
-            # PerfMonV2: counts only if PERF_CTLn.En AND PerfCntrGlobalCtl[n] (facts §5.4).
-            pmc.global_en = bool(self._global_ctl >> i & 1) if self.perfmon_v2 else True
-            if self.guest:
-                pmc.count_host = pmc.count_guest = pmc.global_en
-                continue
-            host, guest = _host_guest_filter(sel, svme)
-            pmc.count_host = pmc.global_en and host
-            pmc.count_guest = pmc.global_en and guest
+            # a guest-visible counter has no mode filter (KVM drops HO/GO from its selectors)
+            host, guest = (True, True) if self.guest else _host_guest_filter(sel, svme)
+            fold_enables(pmc, ctl, ctl, host_ok=host, guest_ok=guest)
 
     # ---- roles -------------------------------------------------------------------------------
     def eventsel_msr(self, pmc: Pmc) -> int | None:
         return F15H_PERF_CTL0 + 2 * pmc.idx if self.ext_core else K7_EVNTSEL0 + pmc.idx
+
+    def eventsel_msrs(self, pmc: Pmc) -> tuple[int, ...]:
+        """Extension PERF_CTLn first, the K7 EVNTSELn alias second where counter < 4 (facts
+        §5.2; KVM `get_gp_pmc_amd` maps MSR_K7_EVNTSEL0..3 to the same pmc)."""
+        if not self.ext_core:
+            return (K7_EVNTSEL0 + pmc.idx,)
+        if pmc.idx < K7_NUM:
+            return (F15H_PERF_CTL0 + 2 * pmc.idx, K7_EVNTSEL0 + pmc.idx)
+        return (F15H_PERF_CTL0 + 2 * pmc.idx,)
 
     def counter_msrs(self, pmc: Pmc) -> tuple[int, ...]:
         """Extension MSR first, the K7 alias second where counter < 4."""
@@ -225,13 +232,7 @@ class AmdPmu(PmuBase):
 
     def control_msrs(self) -> tuple[int, ...]:
         """Every PERF_CTL MSR that exists, aliases included (a mediated vPMU intercepts all)."""
-        out: list[int] = []
-        for p in self.gp:
-            if self.ext_core:
-                out.append(F15H_PERF_CTL0 + 2 * p.idx)
-            if p.idx < K7_NUM:
-                out.append(K7_EVNTSEL0 + p.idx)
-        return tuple(out)
+        return tuple(m for p in self.gp for m in self.eventsel_msrs(p))
 
     def global_msrs(self) -> dict[str, int]:
         if not self.perfmon_v2:
@@ -263,15 +264,15 @@ class AmdPmu(PmuBase):
         """PerfMonV2 records the overflow in GlobalStatus; without it the wrap is all there is.
         Either way the PMI (LVTPC NMI) is raised only with INT set."""
         if self.perfmon_v2:
-            self._global_status |= 1 << pmc.idx
+            self._status.value |= 1 << pmc.idx
         return pmc.int_en
 
     @property
     def global_status(self) -> int:
-        return self._global_status
+        return self._status.value
 
     def set_global_status(self, value: int) -> None:
-        self._global_status = value & self._counter_bits
+        self._status.value = value & self._counter_bits
 
     @property
     def global_ctl(self) -> int:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from vpmu_intel_arch.gracemont import make_gracemont
 from vpmu_intel_arch.models import IntelCpuModel, make_icelake, make_sapphirerapids, make_skylake
 
 from vpmu_core.hv.config import GuestPmuConfig
@@ -17,6 +18,7 @@ FACTORIES: dict[str, Callable[[dict[str, Any]], IntelCpuModel]] = {
     "intel/skylake": make_skylake,
     "intel/icelake": make_icelake,
     "intel/sapphirerapids": make_sapphirerapids,
+    "intel/gracemont": make_gracemont,
 }
 
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 from vpmu_intel_arch.events import SKL_CONSTRAINTS, SPR_CONSTRAINTS, constraint_mask
-from vpmu_intel_arch.models import IntelCpuModel, make_sapphirerapids, make_skylake
+from vpmu_intel_arch.models import IntelCpuModel, make_icelake, make_sapphirerapids, make_skylake
 from vpmu_intel_arch.pmu import MSR_A_PMC0, MSR_GLOBAL_CTRL, MSR_PMC0
 
 from vpmu_core.errors import PerfError
@@ -155,6 +155,11 @@ def test_sampling_overflow_reload(model: IntelCpuModel, host: Callable) -> None:
 
 def test_branch_stack_needs_lbr(model: IntelCpuModel, host: Callable) -> None:
     _, perf = host(model)
+    if not model.caps.lbr:  # intel/gracemont: no LBR data modelled
+        with pytest.raises(PerfError) as ei:
+            perf.driver.hw_event(PerfEventAttr(config="cycles", branch_sample_type=("any",)), perf.port(0))
+        assert ei.value.errno == errno.EOPNOTSUPP
+        return
     hw = perf.driver.hw_event(PerfEventAttr(config="cycles", branch_sample_type=("any",)), perf.port(0))
     assert hw.resources == (("lbr", "any"),)
     _, gperf = host(model, GuestPmuConfig(lbr=False))
@@ -201,3 +206,45 @@ def test_guest_port_v1(model: IntelCpuModel, host: Callable) -> None:
     ev.disable()
     cpu.port.pmu.accrue(Work(instructions=42).counts, 0, False)
     assert ev.read().value == 42
+
+
+# ---- topdown slots encodings (issue 12: Skylake reported raw 0x0400 as slots and counted 0) --
+SLOTS_WORK = Work(instructions=1_000, cycles=2_000, topdown_slots=8_000)
+
+
+def _placed(model: IntelCpuModel, config: int, host: Callable) -> tuple[int, int | None]:
+    _, perf = host(model)
+    hw = perf.driver.hw_event(PerfEventAttr(type="raw", config=config), perf.port(0))
+    return hw.mask, hw.kind
+
+
+def test_skylake_pseudo_slots_encoding_is_no_topdown_event_on_gp(host: Callable) -> None:
+    """Skylake has no SLOTS fixed counter: 0x0400 goes to a GP counter (no constraint names
+    it, as in Linux), where event select 00H counts nothing architectural, and the driver
+    says so (kind None) instead of promising topdown slots."""
+    skl = make_skylake({})
+    mask, kind = _placed(skl, 0x0400, host)
+    assert not mask >> FIXED_BASE and mask == (1 << len(skl.make_pmu(None).gp)) - 1
+    assert kind is None
+    cpu, perf = host(skl)
+    ev = perf.perf_event_open(PerfEventAttr(type="raw", config=0x0400), cpu=0)
+    cpu.port.pmu.accrue(SLOTS_WORK.counts, 0, False)
+    assert ev.hw.kind is None and ev.read().value == 0
+
+
+def test_architectural_slots_event_only_where_enumerated(host: Callable) -> None:
+    """A4H/01H (Topdown Slots, architectural event 7) counts on GP counters of CPUs that
+    enumerate 8 events (Ice Lake); Skylake enumerates 7, so it is no event there."""
+    assert _placed(make_skylake({}), 0x01A4, host)[1] is None
+    icl = make_icelake({})
+    assert _placed(icl, 0x01A4, host)[1] == EventKind.TOPDOWN_SLOTS
+    cpu, perf = host(icl)
+    ev = perf.perf_event_open(PerfEventAttr(type="raw", config=0x01A4), cpu=0)
+    cpu.port.pmu.accrue(SLOTS_WORK.counts, 0, False)
+    assert ev.idx is not None and ev.idx < FIXED_BASE
+    assert ev.read().value == SLOTS_WORK.topdown_slots
+
+
+def test_icelake_pseudo_slots_encoding_stays_on_fixed3(host: Callable) -> None:
+    mask, kind = _placed(make_icelake({}), 0x0400, host)
+    assert mask == 1 << (FIXED_BASE + 3) and kind == EventKind.TOPDOWN_SLOTS

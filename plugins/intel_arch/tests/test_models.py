@@ -15,10 +15,11 @@ EXPECTED = {
     "intel/skylake": (4, 4, 3, False),
     "intel/icelake": (5, 8, 4, True),
     "intel/sapphirerapids": (5, 8, 4, True),
+    "intel/gracemont": (5, 6, 3, False),
 }
 
 
-def test_registration_hook_registers_three_models() -> None:
+def test_registration_hook_registers_every_model() -> None:
     specs: list[CpuModelSpec] = []
     vpmu_intel_arch.vpmu_register_cpu_models(register=specs.append)
     assert sorted(s.name for s in specs) == sorted(EXPECTED)
@@ -41,7 +42,8 @@ def test_model_shape(model: IntelCpuModel) -> None:
     version, gp, fixed, metrics = EXPECTED[model.name]
     c = model.caps
     assert (c.version, c.gp_counters, c.fixed_counters, model.data.perf_metrics) == (version, gp, fixed, metrics)
-    assert c.gp_width == c.fixed_width == 48 and c.full_width_writes and c.global_regs and c.lbr
+    assert c.gp_width == c.fixed_width == 48 and c.full_width_writes and c.global_regs
+    assert c.lbr == (model.name != "intel/gracemont"), "LBR data is modelled for the P-cores only"
     assert model.freq_hz == 3_000_000_000 and model.cost_preset == "intel"
     assert ("arch_lbr" in model.features) == (model.name == "intel/sapphirerapids")
     if "lbr" in model.features:
@@ -87,7 +89,7 @@ def test_resolve_fills_and_clamps(model: IntelCpuModel) -> None:
         c.gp_counters,
         c.fixed_counters,
         True,
-        True,
+        c.lbr,
     )
     big = model.resolve_guest(GuestPmuConfig(version=9, gp_counters=31, fixed_counters=9))
     assert (big.version, big.gp_counters, big.fixed_counters) == (c.version, c.gp_counters, c.fixed_counters)
@@ -129,3 +131,21 @@ def test_events_hidden_by_guest_cpuid_still_count() -> None:
     v.execute(vpmu.Work(instructions=10_000, branches=1_234))
     v.wrmsr(0x38F, 0)
     assert v.rdmsr(0xC1) == 1_234
+
+
+def test_gracemont_is_an_atom_without_topdown_slots() -> None:
+    """intel/gracemont (Linux INTEL_ATOM_GRACEMONT): v5, 6 GP + 3 fixed at 48 bits, full-width
+    writes, 7 architectural events (no Topdown Slots), no perf metrics, AnyThread deprecated,
+    only the fixed counters constrained (intel_grt_event_constraints)."""
+    from vpmu_intel_arch.gracemont import GRT_CONSTRAINTS, make_gracemont
+
+    m = make_gracemont({})
+    eax, _, ecx, edx = m.cpuid_table().get(0xA)
+    assert (eax & 0xFF, eax >> 8 & 0xFF, eax >> 16 & 0xFF, eax >> 24) == (5, 6, 48, 7)
+    assert (edx & 0x1F, edx >> 5 & 0xFF, ecx, bool(edx & 1 << 15)) == (3, 48, 0b111, True)
+    pmu = m.make_pmu(None)
+    assert pmu.has_msr(0x4C1 + 5) and not pmu.has_msr(0x4C1 + 6) and not pmu.has_msr(0x329)
+    assert pmu.rdmsr(0x345) & (1 << 13) and not pmu.rdmsr(0x345) & (1 << 15)
+    assert all(c.idxmsk >> 32 for c in GRT_CONSTRAINTS)
+    with pytest.raises(ConfigError):
+        make_gracemont({"smt": False})

@@ -9,10 +9,19 @@ vCPU every CPUID/RDMSR is a VM-exit. It programs counters only through `Register
 from __future__ import annotations
 
 import errno
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from vpmu_core.api import FIXED_BASE, EventKind, HwEvent, PerfError, PerfEventAttr, RegisterPort, get_logger
+from vpmu_core.api import (
+    FIXED_BASE,
+    EventKind,
+    GlobalCtrlSplit,
+    HwEvent,
+    PerfError,
+    PerfEventAttr,
+    RegisterPort,
+    get_logger,
+)
 from vpmu_intel_arch.cpuid import CPUID1_ECX_PDCM, CPUID7_EDX_ARCH_LBR
 from vpmu_intel_arch.events import (
     ARCH_EVENT_MASK,
@@ -46,7 +55,8 @@ from vpmu_intel_arch.pmu import (
 
 log = get_logger("vpmu.intel_arch.driver")
 
-_KIND_OF: dict[int, EventKind] = dict(ARCH_EVENTS) | dict(FIXED_EVENTS)
+#: what a fixed counter counts, by its Linux pseudo encoding / architectural encoding
+_FIXED_KIND: dict[int, EventKind] = dict(FIXED_EVENTS)
 
 
 @dataclass
@@ -62,12 +72,9 @@ class _PortState:
     full_width: bool
     lbr: bool
     fixed_ctrl: int = 0
-    #: counters started by perf (GLOBAL_CTRL bits)
-    enabled: int = 0
-    #: exclude_guest events (count on the host only) / exclude_host events (guest only):
-    #: Linux `cpuc->intel_ctrl_host_mask` / `intel_ctrl_guest_mask`
-    host_only: int = 0
-    guest_only: int = 0
+    #: counters started by perf and their exclude_guest / exclude_host split: Linux
+    #: `cpuc->intel_ctrl_host_mask` / `intel_ctrl_guest_mask`
+    split: GlobalCtrlSplit = field(default_factory=GlobalCtrlSplit)
 
     @property
     def counter_mask(self) -> int:
@@ -77,9 +84,17 @@ class _PortState:
 class IntelPerfDriver:
     """`vpmu_core.perf.driver.PerfDriver` for Intel arch PMUs v1-v5."""
 
-    def __init__(self, constraints: tuple[Constraint, ...], features: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        constraints: tuple[Constraint, ...],
+        features: dict[str, Any],
+        counted: dict[int, EventKind] | None = None,
+    ) -> None:
         self.constraints = constraints
         self.features = features
+        #: umask<<8|event -> kind for the architectural events this CPU counts on a GP
+        #: counter (the model's event table, `PmuLayout.counted`); default: all of them
+        self.counted: dict[int, EventKind] = dict(ARCH_EVENTS) if counted is None else dict(counted)
         self._ports: dict[int, _PortState] = {}
         self._sel: dict[tuple[int, int], int] = {}
 
@@ -160,7 +175,7 @@ class IntelPerfDriver:
             # Linux shares the LBR between events with the same LBR_SELECT filter.
             resources = (("lbr", ",".join(sorted(attr.branch_sample_type))),)
         exotic = config & (EVTSEL_EDGE | EVTSEL_INV | EVTSEL_CMASK)
-        kind = None if exotic else _KIND_OF.get(config & ARCH_EVENT_MASK)
+        kind = None if exotic else self._kind(config & ARCH_EVENT_MASK, mask)
         return HwEvent(
             config=config,
             mask=mask,
@@ -172,6 +187,20 @@ class IntelPerfDriver:
             interrupt=True,  # x86_pmu_hw_config always sets ARCH_PERFMON_EVENTSEL_INT
             kind=None if kind is None else int(kind),
         )
+
+    def _kind(self, code: int, mask: int) -> EventKind | None:
+        """What the event counts where it may be scheduled, as the PMU counts it: on a GP
+        counter an architectural event the CPU enumerates (CPUID.0AH:EAX[31:24] bounds the
+        table: SDM Vol. 3B 20.2.1.2), on a fixed counter its fixed event. A fixed pseudo
+        encoding (event code 0) is no GP event: Skylake has no SLOTS fixed counter, so Linux
+        schedules raw 0x0400 on a GP counter (intel_skl_event_constraints has no entry for
+        it, x86_get_event_constraints falls back to unconstrained) where event select 00H
+        counts no architectural event (SDM Table 20-1: Topdown Slots is A4H/01H, event 7,
+        beyond Skylake's 7 enumerated events): kind None, not "topdown slots"."""
+        kind = self.counted.get(code)
+        if kind is None and mask >> FIXED_BASE:
+            kind = _FIXED_KIND.get(code)
+        return kind
 
     def width(self, port: RegisterPort, idx: int) -> int:
         st = self._state(port)
@@ -192,10 +221,7 @@ class IntelPerfDriver:
             sel |= (EVTSEL_USR if hw.usr else 0) | (EVTSEL_OS if hw.os else 0) | (EVTSEL_INT if hw.interrupt else 0)
             self._sel[(id(port), idx)] = sel
             port.wrmsr(MSR_PERFEVTSEL0 + idx, sel)
-        bit = 1 << idx
-        st.enabled |= bit
-        st.host_only = (st.host_only | bit) if hw.exclude_guest else (st.host_only & ~bit)
-        st.guest_only = (st.guest_only | bit) if hw.exclude_host else (st.guest_only & ~bit)
+        st.split.set(idx, True, exclude_guest=hw.exclude_guest, exclude_host=hw.exclude_host)
         self._apply_global(st)
 
     def stop(self, port: RegisterPort, hw: HwEvent, idx: int) -> int:
@@ -208,10 +234,7 @@ class IntelPerfDriver:
         else:
             sel = self._sel.pop((id(port), idx), hw.config)
             port.wrmsr(MSR_PERFEVTSEL0 + idx, sel & ~EVTSEL_EN)
-        bit = 1 << idx
-        st.enabled &= ~bit
-        st.host_only &= ~bit
-        st.guest_only &= ~bit
+        st.split.set(idx, False)
         self._apply_global(st)
         return self.read(port, idx)
 
@@ -246,10 +269,4 @@ class IntelPerfDriver:
         excludes guest-only counters; the VM-entry load excludes host-only ones."""
         if st.version < 2:
             return  # v1: EN alone enables (SDM 20.2.1)
-        port = st.port
-        port.wrmsr(MSR_GLOBAL_CTRL, st.enabled & ~st.guest_only)
-        set_loads = getattr(port, "set_entry_loads", None)
-        if set_loads is not None:
-            loads = dict(getattr(port, "entry_loads", None) or {})
-            loads[MSR_GLOBAL_CTRL] = st.enabled & ~st.host_only
-            set_loads(loads)
+        st.split.apply(st.port, MSR_GLOBAL_CTRL)

@@ -10,7 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from vpmu_core.api import ConfigError, CpuidTable, GuestPmuConfig, PmuCapabilities
+from vpmu_core.api import (
+    ConfigError,
+    CpuidTable,
+    EventKind,
+    GuestPmuConfig,
+    PmuCapabilities,
+    clamp_guest,
+    parse_bool,
+)
 from vpmu_intel_arch.cpuid import build_cpuid
 from vpmu_intel_arch.driver import IntelPerfDriver
 from vpmu_intel_arch.events import ARCH_EVENTS, ICL_CONSTRAINTS, SKL_CONSTRAINTS, SPR_CONSTRAINTS, Constraint
@@ -50,7 +58,10 @@ ARCH_LBR_SPR: dict[str, Any] = {
 
 @dataclass(frozen=True)
 class ModelData:
-    """The facts of one Intel CPU as the model needs them."""
+    """The facts of one Intel CPU as the model needs them: the public way to add an Intel
+    core. `IntelCpuModel(data)` turns it into a CPU model (register model `IntelPmu`, CPUID,
+    the `IntelPerfDriver` and KVM's guest clamp all derive from it); see
+    `vpmu_intel_arch/gracemont.py` for a complete model in ~40 lines."""
 
     name: str
     description: str
@@ -66,12 +77,17 @@ class ModelData:
     perf_metrics: bool
     anythread: bool
     features: dict[str, Any] = field(default_factory=dict)
+    #: PERF_CAPABILITIES[13]: IA32_A_PMCx full-width counter writes (SDM Vol. 3B 20.2.6)
+    full_width_writes: bool = True
+    #: the architectural event table in CPUID.0AH:EBX order (the first `arch_events_len`
+    #: are what a GP counter counts)
+    events: tuple[tuple[int, EventKind], ...] = ARCH_EVENTS
 
     @property
     def perf_caps(self) -> int:
         """IA32_PERF_CAPABILITIES as modelled: LBR format, full-width writes, perf metrics.
         PEBS fields are left 0 because PEBS is not modelled (a guest must not try it)."""
-        v = PERF_CAP_FW_WRITE
+        v = PERF_CAP_FW_WRITE if self.full_width_writes else 0
         lbr = self.features.get("lbr")
         if lbr:
             v |= lbr["format"] & PERF_CAP_LBR_FMT
@@ -131,17 +147,6 @@ SAPPHIRERAPIDS = ModelData(
 )
 
 
-def _parse_bool(field_name: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(field_name, f"not a boolean: {value!r}", allowed="true/false/on/off")
-
-
 class IntelCpuModel:
     """A composed Intel CPU model (implements `vpmu_core.hw.model.CpuModel`)."""
 
@@ -166,7 +171,7 @@ class IntelCpuModel:
         #: facility data for the LBR plugins ("lbr" legacy or "arch_lbr")
         self.features: dict[str, Any] = {k: dict(v) for k, v in data.features.items()}
         self.constraints = data.constraints
-        self._counted = {enc: kind for enc, kind in ARCH_EVENTS[: data.arch_events_len]}
+        self._counted = {enc: kind for enc, kind in data.events[: data.arch_events_len]}
         # Fixed-only pseudo encodings (event code 0) are not GP events, so not in `counted`.
         self.host_layout = PmuLayout(
             version=data.version,
@@ -191,36 +196,7 @@ class IntelCpuModel:
         """Fill Nones from the host and clamp like KVM `intel_pmu_refresh`: version and counts
         above the host's are reduced to the host's; v1 has no fixed counters; version 0 has
         no PMU. Contradictions the user spelled out raise ConfigError."""
-        host = self.caps
-        version = host.version if requested.version is None else min(requested.version, host.version)
-        gp_n = host.gp_counters if requested.gp_counters is None else min(requested.gp_counters, host.gp_counters)
-        fixed_n = host.fixed_counters if requested.fixed_counters is None else requested.fixed_counters
-        fixed_n = min(fixed_n, host.fixed_counters)
-        if version == 0:
-            if requested.gp_counters or requested.fixed_counters:
-                raise ConfigError("pmu.version", "version 0 means no PMU, but counters were requested")
-            gp_n = fixed_n = 0
-        elif version == 1:
-            if requested.fixed_counters:
-                raise ConfigError("pmu.fixed_counters", "PMU v1 has no fixed counters", allowed=0)
-            fixed_n = 0
-        fw = host.full_width_writes if requested.full_width_writes is None else requested.full_width_writes
-        if fw and not host.full_width_writes:
-            raise ConfigError("pmu.full_width_writes", f"{self.name} has no full-width writes", allowed=False)
-        lbr = host.lbr if requested.lbr is None else requested.lbr
-        if lbr and not host.lbr:
-            raise ConfigError("pmu.lbr", f"{self.name} has no LBR", allowed=False)
-        if version == 0:
-            fw = lbr = False
-        return GuestPmuConfig(
-            version=version,
-            gp_counters=gp_n,
-            fixed_counters=fixed_n,
-            full_width_writes=fw,
-            lbr=lbr,
-            unavailable_events=requested.unavailable_events or 0,
-            facility_options=dict(requested.facility_options),
-        )
+        return clamp_guest(requested, self.caps, self.name)
 
     def guest_layout(self, guest: GuestPmuConfig) -> PmuLayout:
         """The guest-visible layout (KVM): no AnyThread (reserved for guests), no perf
@@ -258,7 +234,7 @@ class IntelCpuModel:
         return IntelPmu(self.layout(guest))
 
     def make_driver(self) -> IntelPerfDriver:
-        return IntelPerfDriver(self.constraints, self.features)
+        return IntelPerfDriver(self.constraints, self.features, self._counted)
 
     def cpuid_table(self, guest: GuestPmuConfig | None = None) -> CpuidTable:
         return build_cpuid(self.layout(guest), self.data.signature, self.data.max_leaf, self.features)
@@ -277,7 +253,7 @@ class IntelCpuModel:
         }
 
 
-def _no_options(name: str, options: dict[str, Any], allowed: tuple[str, ...] = ()) -> None:
+def no_options(name: str, options: dict[str, Any], allowed: tuple[str, ...] = ()) -> None:
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise ConfigError(f"{name} options", f"unknown option(s) {unknown}", allowed=list(allowed) or "none")
@@ -287,18 +263,18 @@ def make_skylake(options: dict[str, Any] | None = None) -> IntelCpuModel:
     """Skylake: 4 GP counters per thread with SMT (default), 8 without (SDM Vol. 3B 20.3.8:
     the eight counters of a core are split between the two threads when HT is on)."""
     options = dict(options or {})
-    _no_options("intel/skylake", options, ("smt",))
-    smt = _parse_bool("intel/skylake.smt", options.get("smt", True))
+    no_options("intel/skylake", options, ("smt",))
+    smt = parse_bool("intel/skylake.smt", options.get("smt", True))
     return IntelCpuModel(_skylake(4 if smt else 8))
 
 
 def make_icelake(options: dict[str, Any] | None = None) -> IntelCpuModel:
-    _no_options("intel/icelake", dict(options or {}))
+    no_options("intel/icelake", dict(options or {}))
     return IntelCpuModel(ICELAKE)
 
 
 def make_sapphirerapids(options: dict[str, Any] | None = None) -> IntelCpuModel:
-    _no_options("intel/sapphirerapids", dict(options or {}))
+    no_options("intel/sapphirerapids", dict(options or {}))
     return IntelCpuModel(SAPPHIRERAPIDS)
 
 
@@ -308,4 +284,5 @@ __all__ = [
     "make_icelake",
     "make_sapphirerapids",
     "make_skylake",
+    "no_options",
 ]

@@ -1,16 +1,17 @@
-"""Registration hook: the three Intel CPU models of this plugin."""
+"""Registration hook: the four Intel CPU models of this plugin."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 from vpmu_core.api import CpuModelSpec, hookimpl
+from vpmu_intel_arch import gracemont
 from vpmu_intel_arch.models import make_icelake, make_sapphirerapids, make_skylake
 
 
 @hookimpl
 def vpmu_register_cpu_models(register: Callable[..., None]) -> None:
-    """Register intel/skylake, intel/icelake and intel/sapphirerapids."""
+    """Register intel/skylake, intel/icelake, intel/sapphirerapids and intel/gracemont."""
     register(
         CpuModelSpec(
             name="intel/skylake",
@@ -36,3 +37,4 @@ def vpmu_register_cpu_models(register: Callable[..., None]) -> None:
             description="Sapphire Rapids: PMU v5, 8 GP + 4 fixed, perf metrics, Arch LBR",
         )
     )
+    register(gracemont.SPEC)

@@ -13,7 +13,18 @@ PMU (it would count the sibling thread, which a per-CPU span does not describe).
 
 from __future__ import annotations
 
-from vpmu_core.api import FIXED_BASE, EventKind, Overflow, Pmc, PmuBase, gp, sign_extend
+from vpmu_core.api import (
+    ALWAYS_ON,
+    FIXED_BASE,
+    EventKind,
+    Overflow,
+    Pmc,
+    PmuBase,
+    Register,
+    entry_split,
+    fold_enables,
+    gp,
+)
 from vpmu_intel_arch.events import (
     ARCH_EVENT_MASK,
     EVTSEL_ANY,
@@ -140,11 +151,14 @@ class IntelPmu(PmuBase):
             return  # no architectural PMU: every PMU MSR #GPs (KVM: pmu->version == 0)
         for i, pmc in enumerate(self.gp):
             self._reg(MSR_PERFEVTSEL0 + i, lambda i=i: self._evtsel[i], lambda v, i=i: self._write_evtsel(i, v))
-            self._reg(MSR_PMC0 + i, lambda p=pmc: self.read_counter(p), lambda v, p=pmc: self._write_legacy(p, v))
+            # IA32_PMCx: bits 31:0 sign-extended to the width (SDM Vol. 3B 20.2.6; KVM
+            # `data = (s64)(s32)data` unless host_initiated, which writes the value whole).
+            self.add_counter(MSR_PMC0 + i, pmc, "legacy")
             if lay.full_width:
                 # IA32_A_PMCx exist only with PERF_CAPABILITIES[13] (SDM Vol. 3B 20.2.6;
-                # KVM get_fw_gp_pmc requires fw_writes_is_enabled).
-                self._reg(MSR_A_PMC0 + i, lambda p=pmc: self.read_counter(p), lambda v, p=pmc: self._write_fw(p, v))
+                # KVM get_fw_gp_pmc requires fw_writes_is_enabled); full width, bits above
+                # the width #GP (KVM intel_pmu_set_msr).
+                self.add_counter(MSR_A_PMC0 + i, pmc, "checked")
         if lay.pdcm:
             # PERF_CAPABILITIES needs CPUID.1:ECX.PDCM (SDM Vol. 4 Table 2-2; KVM vmx_get_msr).
             self._reg(MSR_PERF_CAPABILITIES, lambda: self._perf_caps, self._write_perf_caps)
@@ -152,7 +166,7 @@ class IntelPmu(PmuBase):
             return  # v1: no fixed counters and no global registers (SDM Vol. 3B 20.2.1)
         for i, pmc in enumerate(self.fixed):
             # KVM writes fixed counters whole (no sign extension), masked to the width.
-            self._reg(MSR_FIXED_CTR0 + i, lambda p=pmc: self.read_counter(p), lambda v, p=pmc: self.write_counter(p, v))
+            self.add_counter(MSR_FIXED_CTR0 + i, pmc, "masked")
         self._reg(MSR_FIXED_CTR_CTRL, lambda: self._fixed_ctrl, self._write_fixed_ctrl)
         self._reg(MSR_GLOBAL_CTRL, lambda: self._global_ctrl, self._write_global_ctrl)
         self._reg(MSR_GLOBAL_STATUS, lambda: self._global_status, self._write_global_status)
@@ -161,7 +175,7 @@ class IntelPmu(PmuBase):
         if lay.version >= 4:
             # v4 STATUS_SET (write-1-to-set, reads 0) and INUSE (read-only), SDM 20.2.4.
             self._reg(MSR_GLOBAL_STATUS_SET, lambda: 0, self._write_status_set)
-            self._reg(MSR_GLOBAL_INUSE, self._inuse, None)
+            self.add_register(MSR_GLOBAL_INUSE, Register("GLOBAL_INUSE", compute=self._inuse))
         if lay.perf_metrics and len(self.fixed) > 3:
             # IA32_PERF_METRICS with PERF_CAPABILITIES[15] (SDM Vol. 3B 21.3.9.3).
             self._reg(MSR_PERF_METRICS, self._read_perf_metrics, self._write_perf_metrics)
@@ -173,19 +187,6 @@ class IntelPmu(PmuBase):
         if value != self._evtsel[i]:
             self._evtsel[i] = value
             self.refresh(1 << i)
-
-    def _write_legacy(self, pmc: Pmc, value: int) -> None:
-        """IA32_PMCx: bits 31:0 sign-extended to the width (SDM Vol. 3B 20.2.6; KVM
-        `data = (s64)(s32)data` unless host_initiated, which writes the value whole)."""
-        if not self.host_initiated:
-            value = sign_extend(value, 32, pmc.width)
-        self.write_counter(pmc, value)
-
-    def _write_fw(self, pmc: Pmc, value: int) -> None:
-        """IA32_A_PMCx: full width; bits above the width -> #GP (KVM intel_pmu_set_msr)."""
-        if value & ~pmc.mask:
-            raise gp(f"A_PMC{pmc.idx} {value:#x}: bits above width {pmc.width}")
-        self.write_counter(pmc, value)
 
     def _write_fixed_ctrl(self, value: int) -> None:
         if value & self._fixed_ctrl_rsvd:
@@ -287,11 +288,13 @@ class IntelPmu(PmuBase):
     # ---- decoding ----------------------------------------------------------------------------
     def _decode(self) -> None:
         lay = self.layout
-        v2 = lay.version >= 2
-        host_ctrl = self._global_ctrl if v2 else -1
-        # Physical PMU: guest-mode work counts under the GLOBAL_CTRL VM-entry loads (VMCS
-        # "load IA32_PERF_GLOBAL_CTRL", SDM Vol. 3C 25.8.1); the guest PMU has one control.
-        entry_ctrl = self.entry_loads.get(MSR_GLOBAL_CTRL, host_ctrl) if not self.guest and v2 else host_ctrl
+        # SDM 20.2.2: v2+ counts only with both the local enable and GLOBAL_CTRL[n]; v1 has
+        # no global control. Physical PMU: guest-mode work counts under the GLOBAL_CTRL
+        # VM-entry loads (VMCS "load IA32_PERF_GLOBAL_CTRL", SDM Vol. 3C 25.8.1).
+        if lay.version >= 2:
+            host_ctrl, entry_ctrl = entry_split(self, MSR_GLOBAL_CTRL, self._global_ctrl)
+        else:
+            host_ctrl = entry_ctrl = ALWAYS_ON
         decoded = self._decoded_sel
         for i, pmc in enumerate(self.gp):
             sel = self._evtsel[i]
@@ -305,10 +308,7 @@ class IntelPmu(PmuBase):
                 pmc.local_en = bool(sel & EVTSEL_EN)
                 # EDGE/INV/CMASK (and AnyThread) cannot be counted exactly from spans.
                 pmc.exotic = bool(sel & (EVTSEL_EDGE | EVTSEL_INV | EVTSEL_CMASK | EVTSEL_ANY))
-            # SDM 20.2.2: v2+ counts only with both EN and GLOBAL_CTRL[n]; v1 EN alone.
-            pmc.global_en = bool(host_ctrl >> i & 1)
-            pmc.count_host = pmc.global_en
-            pmc.count_guest = bool(entry_ctrl >> i & 1)
+            fold_enables(pmc, host_ctrl, entry_ctrl)
         for i, pmc in enumerate(self.fixed):
             nib = self._fixed_ctrl >> (4 * i) & 0xF
             code, kind = FIXED_EVENTS[i]
@@ -319,9 +319,7 @@ class IntelPmu(PmuBase):
             pmc.int_en = bool(nib & _NIBBLE_PMI)
             # SDM 20.2.2: a fixed counter is enabled by its OS/USR bits (no EN bit).
             pmc.local_en = pmc.os or pmc.usr
-            pmc.global_en = bool(host_ctrl >> pmc.idx & 1)
-            pmc.count_host = pmc.global_en
-            pmc.count_guest = bool(entry_ctrl >> pmc.idx & 1)
+            fold_enables(pmc, host_ctrl, entry_ctrl)
             pmc.exotic = bool(nib & _NIBBLE_ANY)
         if self.layout.perf_metrics and len(self.fixed) > 3:
             slots = self.fixed[3]
@@ -366,6 +364,10 @@ class IntelPmu(PmuBase):
     # ---- roles -------------------------------------------------------------------------------
     def eventsel_msr(self, pmc: Pmc) -> int | None:
         return None if pmc.is_fixed else MSR_PERFEVTSEL0 + pmc.idx
+
+    def eventsel_msrs(self, pmc: Pmc) -> tuple[int, ...]:
+        """IA32_PERFEVTSELx has no alias (SDM Vol. 4 Table 2-2)."""
+        return () if pmc.is_fixed else (MSR_PERFEVTSEL0 + pmc.idx,)
 
     def counter_msrs(self, pmc: Pmc) -> tuple[int, ...]:
         if pmc.is_fixed:

@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from vpmu_core.api import KVM_7_0, UPGRADE_V5_VERSION, ConfigError, KvmPmuCaps, get_logger, hookimpl
+from vpmu_core.api import KVM_7_0, UPGRADE_V5_VERSION, KvmPmuCaps, get_logger, hookimpl, parse_bool
 
 from vpmu_mode_emulated import instructions, silent
 from vpmu_mode_emulated.backend import EmulatedBackend, pmc_read_counter
@@ -44,18 +44,6 @@ OPTIONS: dict[str, str] = {
 }
 
 
-def _as_bool(name: str, value: Any) -> bool:
-    """Options arrive from Python, scenario files and `--set k=v` (strings)."""
-    if isinstance(value, bool):
-        return value
-    text = str(value).lower()
-    if text in ("true", "1", "yes", "on"):
-        return True
-    if text in ("false", "0", "no", "off"):
-        return False
-    raise ConfigError(f"mode_options.{name}", f"expected a boolean, got {value!r}", "true, false")
-
-
 class EmulatedMode:
     """See the module docstring. One instance per composed host."""
 
@@ -63,11 +51,11 @@ class EmulatedMode:
 
     def __init__(self, model: Any, options: dict[str, Any]) -> None:
         self.model = model
-        self.lazy_release = _as_bool("lazy_release", options.get("lazy_release", True))
+        self.lazy_release = parse_bool("mode_options.lazy_release", options.get("lazy_release", True))
         #: kvm_pmu_cap (kvm_init_pmu_capability): v2 and 3 fixed counters unless the
         #: documented research option lifts the version cap
         self.kvm_caps: KvmPmuCaps = KVM_7_0
-        if _as_bool("upgrade_v5", options.get("upgrade_v5", False)):
+        if parse_bool("mode_options.upgrade_v5", options.get("upgrade_v5", False)):
             self.kvm_caps = KvmPmuCaps(max_version=UPGRADE_V5_VERSION)
         self.host: Any = None
         #: live vCPUs (their KVM state is watched at host perf reschedules)
@@ -134,9 +122,10 @@ class EmulatedMode:
             kp.counter = p.value & p.mask
             kpmu.pmcs[p.idx] = kp
             kpmu.signatures[p.idx] = control_signature(p)
-            sel = pmu.eventsel_msr(p)
-            if sel is not None:
-                kpmu.msr_to_idx[sel] = p.idx
+            # every selector alias (KVM kvm_pmu_mark_pmc_in_use -> msr_idx_to_pmc, AMD
+            # get_gp_pmc_amd: the K7 EVNTSELx name the same pmc as PERF_CTLx)
+            for m in pmu.eventsel_msrs(p):
+                kpmu.msr_to_idx[m] = p.idx
             for m in pmu.counter_msrs(p):
                 kpmu.msr_to_idx[m] = p.idx
         for name, state in vcpu.facilities.items():

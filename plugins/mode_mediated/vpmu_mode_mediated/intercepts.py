@@ -1,7 +1,8 @@
 """Which guest PMU accesses VM-exit (v6 20/44 and 22/44; facts kvm-vpmu.md §2.4).
 
 - Event selectors and the fixed-counter control: always intercepted, so the event filter
-  can be enforced on the copy hardware gets (`eventsel_hw`, `fixed_ctr_ctrl_hw`).
+  can be enforced on the copy hardware gets (`eventsel_hw`, `fixed_ctr_ctrl_hw`); every
+  alias of a selector is one (the vendor's `eventsel_msrs`, e.g. AMD's K7 EVNTSELx).
 - Counters the guest has: passed through (every alias the guest has: Intel legacy PMCx,
   full-width A_PMCx only if the guest has full-width writes, FIXED_CTRx; AMD PERF_CTRx and
   the K7 aliases). Counters beyond the guest's count are not in the guest PMU, so they stay
@@ -40,17 +41,7 @@ def compute_intercepts(guest: Any, host: Any, rules: VendorRules) -> VcpuState:
     # never pass through what must be filtered, whatever a vendor's aliases say
     controls = set(guest.control_msrs())
     passthrough -= controls
-    selectors: dict[int, int] = {}
-    for pmc in guest.gp:
-        msr = guest.eventsel_msr(pmc)
-        if msr is not None:
-            selectors[msr] = pmc.idx
-    # vendors with selector aliases (AMD K7 PERF_CTLx) list them in control_msrs()
-    for msr in controls:
-        if msr not in selectors and msr != guest.fixed_ctrl_msr():
-            owner = _alias_owner(guest, msr)
-            if owner is not None:
-                selectors[msr] = owner
+    selectors = selector_map(guest)
     return VcpuState(
         enabled=True,
         gp_idx=tuple(p.idx for p in guest.gp),
@@ -65,24 +56,8 @@ def compute_intercepts(guest: Any, host: Any, rules: VendorRules) -> VcpuState:
     )
 
 
-def _alias_owner(guest: Any, msr: int) -> int | None:
-    """The GP counter an aliased selector MSR belongs to: the one whose selector reads the
-    same register (found by value, as the role methods expose no alias map)."""
-    for pmc in guest.gp:
-        primary = guest.eventsel_msr(pmc)
-        if primary is None:
-            continue
-        old = guest.rdmsr(msr)
-        if old != guest.rdmsr(primary):
-            continue
-        # probe: write a marker through the alias and see which primary changes
-        guest.host_initiated = True
-        try:
-            guest.wrmsr(msr, old ^ 0x1)
-            hit = guest.rdmsr(primary) == (old ^ 0x1)
-            guest.wrmsr(msr, old)
-        finally:
-            guest.host_initiated = False
-        if hit:
-            return pmc.idx
-    return None
+def selector_map(guest: Any) -> dict[int, int]:
+    """Selector MSR -> GP counter index, every alias included (`eventsel_msrs`: AMD's K7
+    EVNTSELx alias the PerfCtrExtCore PERF_CTLx of counters 0-3). A write through an MSR
+    missing here would reach the guest's register but never the hardware selector."""
+    return {msr: pmc.idx for pmc in guest.gp for msr in guest.eventsel_msrs(pmc)}

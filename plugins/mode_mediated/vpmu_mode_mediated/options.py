@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from vpmu_core.api import ConfigError
+from vpmu_core.api import ConfigError, parse_bool
 
 #: option name -> help text (shown by `vpmu modes`)
 OPTION_HELP: dict[str, str] = {
@@ -41,14 +41,6 @@ PLACEMENTS = ("run_loop", "exit", "vcpu_run")
 POLICIES = ("rfc2", "rfc1")
 
 
-def _as_bool(name: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
-        return value.lower() in ("true", "1", "yes", "on")
-    raise ConfigError(f"mode_options.{name}", f"expected a boolean, got {value!r}", "true, false")
-
-
 @dataclass(frozen=True)
 class MediatedOptions:
     """Validated options (one object so the hot path reads plain attributes)."""
@@ -76,7 +68,7 @@ class MediatedOptions:
         return cls(
             switch_at,
             policy,
-            _as_bool("elide_writes", options.get("elide_writes", True)),
+            parse_bool("mode_options.elide_writes", options.get("elide_writes", True)),
             fac,
-            _as_bool("upgrade_v5", options.get("upgrade_v5", False)),
+            parse_bool("mode_options.upgrade_v5", options.get("upgrade_v5", False)),
         )
