@@ -60,6 +60,9 @@ class EmulatedMode:
         self.host: Any = None
         #: live vCPUs (their KVM state is watched at host perf reschedules)
         self._vcpus: list[Any] = []
+        #: host CPU -> the vCPU loaded there (kvm_arch_vcpu_load .. put): a host reschedule
+        #: re-evaluates only that vCPU, not every vCPU of the host
+        self._loaded: dict[int, Any] = {}
         #: every vCPU created, destroyed ones included: the report keeps their figures
         self._reported: list[Any] = []
 
@@ -87,9 +90,9 @@ class EmulatedMode:
         return self.kpmu(vcpu).api
 
     def _on_resched(self, cpu: int) -> None:
-        for vcpu in self._vcpus:
-            if vcpu.loaded_on == cpu:
-                silent.update(self.kpmu(vcpu))
+        vcpu = self._loaded.get(cpu)
+        if vcpu is not None and vcpu.loaded_on == cpu:
+            silent.update(self.kpmu(vcpu))
 
     def _facility_of(self, kpmu: KvmPmu, msr: int) -> Vlbr | None:
         for v in kpmu.vlbrs.values():
@@ -168,6 +171,7 @@ class EmulatedMode:
     def vpmu_vcpu_load(self, vcpu: Any, cpu: Any) -> None:
         """kvm_arch_vcpu_load: after a sched-out, if KVM holds perf events, schedule the
         lazy release (`need_cleanup` + KVM_REQ_PMU)."""
+        self._loaded[cpu.index] = vcpu
         kpmu = self.kpmu(vcpu)
         if kpmu.scheduled_out:
             kpmu.scheduled_out = False
@@ -181,6 +185,8 @@ class EmulatedMode:
         kpmu = self.kpmu(vcpu)
         kpmu.scheduled_out = True
         silent.close_all(kpmu)
+        if self._loaded.get(cpu.index) is vcpu:
+            del self._loaded[cpu.index]
 
     @hookimpl
     def vpmu_vm_entry(self, vcpu: Any) -> None:
