@@ -26,6 +26,7 @@ from vpmu_core.errors import GuestFault, PerfError, gp
 from vpmu_core.events import N_KINDS
 from vpmu_core.hv.guest_facing import guest_facing
 from vpmu_core.hv.lapic import X2APIC_LVTPC
+from vpmu_core.ledgers.truth import slot as truth_slot
 
 if TYPE_CHECKING:
     from vpmu_core.engine.cpu import HostCpu
@@ -99,7 +100,7 @@ class Emulation:
         exit's host time)."""
         self.hooks.instruction_retired(vcpu=self)
         self.task.account(EMULATED_INSTRUCTION, self.cpl, True)
-        row = self.host.cpu_truth[self.task.cpu][2 if self.cpl == 0 else 3]
+        row = self.host.cpu_truth[self.task.cpu][truth_slot(self.cpl, True)]
         row[1] += 1
 
     def _emulated(self, fn: Callable[[], Any]) -> Callable[[], Any]:

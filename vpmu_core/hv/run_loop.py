@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from operator import add as _add
 from typing import TYPE_CHECKING, Any
 
 from vpmu_core.errors import GuestFault
@@ -330,12 +329,7 @@ class RunLoop:
         return cut
 
     def _guest_piece(self, cpu: HostCpu, counts: tuple[int, ...], cpl: int) -> None:
-        pmu = cpu.pmu
-        ov = pmu.accrue(counts, cpl, True)
-        if self.facilities:
-            for name, f in self.facilities.items():
-                if f.active and name not in self.facility_blocked:
-                    f.record(counts, cpl, True, self.task.position)
+        ov = cpu.span(self.task, counts, cpl, True, self.facilities, self.facility_blocked)
         direct_pmi = False
         if self.direct_count:
             dov = self.pmu.accrue(counts, cpl, True)
@@ -344,10 +338,6 @@ class RunLoop:
                     if self.pmu.raise_overflow(pmc):
                         self.request_pmi()
                         direct_pmi = True
-        self.task.account(counts, cpl, True)
-        row = self.host.cpu_truth[cpu.index][2 if cpl == 0 else 3]
-        row[:] = map(_add, row, counts)
-        cpu.now += counts[0]
         self.stats.guest_cycles += counts[0]
         if ((ov and cpu.handle_overflows(ov)) or direct_pmi) and self.in_guest:
             # the PMI (NMI or the mediated vector) forces a VM-exit
