@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from operator import add as _add
+from collections.abc import Container
 from typing import TYPE_CHECKING, Any
 
 from vpmu_core.events import split_counts
 from vpmu_core.hw.pmu import Overflow
+from vpmu_core.ledgers.truth import TruthLedger
 from vpmu_core.logs import get_logger
 
 if TYPE_CHECKING:
@@ -96,14 +97,32 @@ class HostCpu:
             cut = self.pmu.overflow_cut(counts, cpl, False)
         self._host_span(task, counts, cpl)
 
-    def _host_span(self, task: Task, counts: tuple[int, ...], cpl: int) -> None:
-        ov = self.pmu.accrue(counts, cpl, False)
-        for f in self.facilities.values():
-            if f.active:
-                f.record(counts, cpl, False, task.position)
-        task.account(counts, cpl, False)
-        _add_cpu_truth(self.host.cpu_truth[self.index], counts, cpl, False)
+    def span(
+        self,
+        task: Task,
+        counts: tuple[int, ...],
+        cpl: int,
+        guest: bool,
+        facilities: dict[str, Any],
+        blocked: Container[str] = (),
+    ) -> list[Overflow] | None:
+        """The span step, written once for host and guest work: count `counts` (a span no
+        counter wraps inside) on the physical PMU, feed the active `facilities` not in
+        `blocked`, add it to the task's and this CPU's ground truth, advance the clock.
+        Returns the counters that wrapped; the caller routes them (host perf or the vCPU's
+        PMI exit)."""
+        ov = self.pmu.accrue(counts, cpl, guest)
+        if facilities:
+            for name, f in facilities.items():
+                if f.active and name not in blocked:
+                    f.record(counts, cpl, guest, task.position)
+        task.account(counts, cpl, guest)
+        TruthLedger.add(self.host.cpu_truth[self.index], counts, cpl, guest)
         self.now += counts[0]
+        return ov
+
+    def _host_span(self, task: Task, counts: tuple[int, ...], cpl: int) -> None:
+        ov = self.span(task, counts, cpl, False, self.facilities)
         if ov:
             self.handle_overflows(ov)
         if self.now >= self.next_mux:
@@ -188,8 +207,3 @@ class HostCpu:
             if used == 0 and task.runnable:
                 # a zero-cycle span: it completed without time passing
                 continue
-
-
-def _add_cpu_truth(slots: list[list[int]], counts: tuple[int, ...], cpl: int, guest: bool) -> None:
-    row = slots[(2 if guest else 0) + (0 if cpl == 0 else 1)]
-    row[:] = map(_add, row, counts)

@@ -10,6 +10,11 @@ from vpmu_core.events import N_KINDS, EventKind
 HOST_KERNEL, HOST_USER, GUEST_KERNEL, GUEST_USER = range(4)
 
 
+def slot(cpl: int, guest: bool) -> int:
+    """The truth slot of work at `cpl` in host or guest mode (the one place this is written)."""
+    return (2 if guest else 0) + (0 if cpl == 0 else 1)
+
+
 class TruthLedger:
     """owner -> 4 slots (host/guest x kernel/user) -> counts per EventKind."""
 
@@ -24,7 +29,7 @@ class TruthLedger:
 
     @staticmethod
     def add(slots: list[list[int]], counts: tuple[int, ...], cpl: int, guest: bool) -> None:
-        row = slots[(2 if guest else 0) + (0 if cpl == 0 else 1)]
+        row = slots[slot(cpl, guest)]
         row[:] = map(_add, row, counts)
 
     def total(
