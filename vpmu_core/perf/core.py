@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from vpmu_core.errors import PerfError
 from vpmu_core.logs import get_logger
 from vpmu_core.perf.assign import assign_counters
-from vpmu_core.perf.attr import EventState, PerfEventAttr
+from vpmu_core.perf.attr import EventState, PerfEventAttr, decode_hw_config
 from vpmu_core.perf.driver import HwEvent, PerfDriver, RegisterPort
 from vpmu_core.perf.event import OverflowHandler, PerfEvent
 
@@ -170,6 +170,8 @@ class PerfSubsystem:
         if attr.exclude_host and attr.exclude_guest:
             # both excluded counts nothing; the kernel accepts it, we keep it legal too
             pass
+        if hw is None:
+            attr = decode_hw_config(attr)  # the PERF_COUNT_HW_* number, once for every vendor
         if self.open_filter is not None:
             err = self.open_filter(attr, pid, cpu)
             if err:
