@@ -24,12 +24,16 @@ MAX_BACKTRACK_STEPS = 256
 
 
 def _bits_fixed_first(mask: int) -> list[int]:
+    """__perf_sched_find_counter()'s order: the fixed-purpose counters of the constraint
+    first ("grab the first fixed counter"), then the general-purpose ones."""
     fixed = [i for i in range(FIXED_BASE, 64) if mask >> i & 1]
     gp = [i for i in range(0, FIXED_BASE) if mask >> i & 1]
     return fixed + gp
 
 
 def resources_fit(events: Sequence[HwEvent]) -> bool:
+    """The facility resources of the events (e.g. "lbr") are exclusive per CPU: shared only
+    by equal keys (the kernel's shared-register constraints, e.g. LBR_SELECT)."""
     held: dict[str, str] = {}
     for hw in events:
         for name, key in hw.resources:
@@ -42,32 +46,45 @@ def resources_fit(events: Sequence[HwEvent]) -> bool:
 
 
 def assign_counters(events: Sequence[HwEvent], prev: Sequence[int | None], available: int) -> list[int | None] | None:
-    """Assign a counter to each event (None for counterless ones), or None if impossible.
-
-    `prev`: the counter each event had; `available`: counters the hardware offers.
-    """
+    """x86_schedule_events(): a counter for each event (None for counterless ones), or None
+    if impossible. `prev`: the counter each event had; `available`: counters the hardware
+    offers. The fast path first, then perf_assign_events()."""
     if not resources_fit(events):
         return None
-    n = len(events)
-    out: list[int | None] = [None] * n
-    # 1. fast path: reuse previous assignment
+    fast = _reuse_prev(events, prev, available)
+    if fast is not None:
+        return fast
+    return _perf_assign_events(events, available)
+
+
+def _reuse_prev(events: Sequence[HwEvent], prev: Sequence[int | None], available: int) -> list[int | None] | None:
+    """x86_schedule_events()'s fast path ("try to reuse previous register"): every event
+    keeps the counter it had, if that counter is still in its constraint mask and no
+    earlier event took it. None if any event cannot."""
+    out: list[int | None] = [None] * len(events)
     used = 0
-    fast_ok = True
     for i, hw in enumerate(events):
         if hw.counterless:
             continue
         idx = prev[i]
         c = hw.mask & available
         if idx is None or not (c >> idx & 1) or used >> idx & 1:
-            fast_ok = False
-            break
+            return None
         used |= 1 << idx
         out[i] = idx
-    if fast_ok:
-        return out
-    # 2. slow path: by weight, fixed counters first
+    return out
+
+
+def _perf_assign_events(events: Sequence[HwEvent], available: int) -> list[int | None] | None:
+    """perf_assign_events() / perf_sched_find_counter(): events by increasing constraint
+    weight (perf_sched_init, perf_sched_next_event), each takes the first free counter in
+    `_bits_fixed_first` order (__perf_sched_find_counter). An overlap constraint's choice is
+    saved (perf_sched_save_state, at most SCHED_STATES_MAX); a failure goes back to the
+    last saved choice and tries its next counter (perf_sched_restore_state), at most
+    MAX_BACKTRACK_STEPS times. None if some event finds no counter."""
+    n = len(events)
     order = sorted((i for i in range(n) if not events[i].counterless), key=lambda i: (events[i].weight, i))
-    out = [None] * n
+    out: list[int | None] = [None] * n
     used = 0
     saved: list[tuple[int, int, int]] = []  # (position in order, used, tried counter)
     pos = 0

@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+import errno
 from enum import IntEnum
 from typing import Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from vpmu_core.errors import PerfError
 
 GENERIC_HW_EVENTS = (
     "cycles",
@@ -18,6 +21,22 @@ GENERIC_HW_EVENTS = (
     "bus-cycles",
     "ref-cycles",
 )
+#: include/uapi/linux/perf_event.h `enum perf_hw_id`: the generic name of each PERF_COUNT_HW_*
+#: number (0 cpu-cycles ... 9 ref-cycles; "branches" is PERF_COUNT_HW_BRANCH_INSTRUCTIONS)
+PERF_HW_IDS = (
+    "cycles",
+    "instructions",
+    "cache-references",
+    "cache-misses",
+    "branches",
+    "branch-misses",
+    "bus-cycles",
+    "stalled-cycles-frontend",
+    "stalled-cycles-backend",
+    "ref-cycles",
+)
+#: PERF_COUNT_HW_MAX, the size of every x86 `*_perfmon_event_map` (x86_pmu.max_events)
+PERF_COUNT_HW_MAX = len(PERF_HW_IDS)
 BRANCH_SAMPLE_TYPES = ("any", "user", "kernel", "call_stack", "any_call", "any_return", "cond", "ind_call")
 
 
@@ -48,8 +67,10 @@ class PerfCount(NamedTuple):
 class PerfEventAttr(BaseModel):
     """The attributes a perf user passes to perf_event_open.
 
-    `type="hardware"` takes a generic event name as `config`; `type="raw"` takes the raw
-    event-select encoding (event | umask << 8 | ... as the vendor defines it).
+    `type="hardware"` takes a generic event as `config`, by name or by its PERF_COUNT_HW_*
+    number (`PERF_HW_IDS`; the perf core decodes the number, see `decode_hw_config`);
+    `type="raw"` takes the raw event-select encoding (event | umask << 8 | ... as the vendor
+    defines it).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -88,3 +109,23 @@ class PerfEventAttr(BaseModel):
         if self.type == "raw":
             return f"raw:{self.config:#x}" if isinstance(self.config, int) else f"raw:{self.config}"
         return str(self.config)
+
+
+def decode_hw_config(attr: PerfEventAttr) -> PerfEventAttr:
+    """The vendor-neutral half of x86_setup_perfctr() (arch/x86/events/core.c), done once in
+    the core for every driver: a `type="hardware"` config that is a PERF_COUNT_HW_* number
+    becomes its generic name, so a driver only maps names to encodings (its `event_map`).
+
+    `attr->config >= x86_pmu.max_events` (PERF_COUNT_HW_MAX) is -EINVAL; so is a name that
+    stands for no PERF_COUNT_HW_* number. The driver then answers -ENOENT for a name its
+    map has no encoding for (`x86_pmu.event_map()` returning 0). Other types pass through."""
+    if attr.type != "hardware":
+        return attr
+    cfg = attr.config
+    if isinstance(cfg, int):
+        if not 0 <= cfg < PERF_COUNT_HW_MAX:
+            raise PerfError(errno.EINVAL, f"hardware config {cfg} out of range 0..{PERF_COUNT_HW_MAX - 1}")
+        return attr.model_copy(update={"config": PERF_HW_IDS[cfg]})
+    if cfg not in PERF_HW_IDS:
+        raise PerfError(errno.EINVAL, f"unknown generic event {cfg!r} (allowed: {', '.join(PERF_HW_IDS)})")
+    return attr

@@ -18,11 +18,14 @@ from typing import Any, Protocol
 from vpmu_core.errors import PerfError
 from vpmu_core.logs import get_logger
 from vpmu_core.perf.assign import assign_counters
-from vpmu_core.perf.attr import EventState, PerfEventAttr
+from vpmu_core.perf.attr import EventState, PerfEventAttr, decode_hw_config
 from vpmu_core.perf.driver import HwEvent, PerfDriver, RegisterPort
 from vpmu_core.perf.event import OverflowHandler, PerfEvent
 
 log = get_logger("vpmu.perf")
+
+_OFF = EventState.OFF
+_ACTIVE = EventState.ACTIVE
 
 
 class PerfCpu(Protocol):
@@ -43,6 +46,35 @@ class CpuContext:
         self.groups: list[PerfEvent] = []  # leaders, in rotation order
         self.active: list[PerfEvent] = []
         self.guest_loaded = False
+
+
+class _SchedPlan:
+    """What one ctx_resched() pass decides for a CPU: the events that get counters (in the
+    order they were taken), their counters, the events left out, and the pass's flags
+    (`can_add_hw` of perf_event_sched_in's flexible pass)."""
+
+    __slots__ = (
+        "avail",
+        "guest_loaded",
+        "chosen",
+        "mapping",
+        "hws",
+        "prevs",
+        "excluded",
+        "can_add_hw",
+        "cpu_pinned_active",
+    )
+
+    def __init__(self, avail: int, guest_loaded: bool) -> None:
+        self.avail = avail
+        self.guest_loaded = guest_loaded
+        self.chosen: list[PerfEvent] = []
+        self.mapping: list[int | None] = []
+        self.hws: list[HwEvent] = []
+        self.prevs: list[int | None] = []
+        self.excluded: list[PerfEvent] = []
+        self.can_add_hw = True
+        self.cpu_pinned_active = False
 
 
 class PerfStats:
@@ -138,6 +170,8 @@ class PerfSubsystem:
         if attr.exclude_host and attr.exclude_guest:
             # both excluded counts nothing; the kernel accepts it, we keep it legal too
             pass
+        if hw is None:
+            attr = decode_hw_config(attr)  # the PERF_COUNT_HW_* number, once for every vendor
         if self.open_filter is not None:
             err = self.open_filter(attr, pid, cpu)
             if err:
@@ -282,76 +316,103 @@ class PerfSubsystem:
             )
 
     def _schedule(self, cpu: int) -> None:
-        """The active set in priority order: assign counters group by group, then everything
-        that leaves or moves goes out before the new set comes in."""
-        ctx = self.ctx[cpu]
+        """ctx_resched() after ctx_sched_out(): every group, in `perf_event_sched_in` order, is
+        offered to `merge_sched_in`; then `x86_pmu_enable` applies the new active set."""
+        plan = _SchedPlan(self._avail[cpu], self.ctx[cpu].guest_loaded)
+        merge_sched_in = self._merge_sched_in
+        for g in self._ordered_groups(cpu):
+            merge_sched_in(plan, g, cpu)
+        self._apply(plan, cpu)
+
+    def _ordered_groups(self, cpu: int) -> list[PerfEvent]:
+        """ctx_resched() / perf_event_sched_in(): the priority order of the four classes,
+        per-CPU pinned, per-task pinned, per-CPU flexible, per-task flexible; within a
+        class, rotation order (the task's groups bound to another CPU are not this CPU's)."""
+        groups = self.ctx[cpu].groups
         task = self.cpus[cpu].current_task
         task_groups = [g for g in task.perf_events if g.cpu in (-1, cpu)] if task is not None else []
-        ordered = (
-            [g for g in ctx.groups if g.attr.pinned]
+        return (
+            [g for g in groups if g.attr.pinned]
             + [g for g in task_groups if g.attr.pinned]
-            + [g for g in ctx.groups if not g.attr.pinned]
+            + [g for g in groups if not g.attr.pinned]
             + [g for g in task_groups if not g.attr.pinned]
         )
-        chosen: list[PerfEvent] = []
-        mapping: list[int | None] = []
-        hws: list[HwEvent] = []
-        prevs: list[int | None] = []
-        can_flex = True
-        excluded: list[PerfEvent] = []
-        avail = self._avail[cpu]
-        cpu_pinned_active = False
-        for g in ordered:
-            if g.closed or g.state in (EventState.OFF, EventState.ERROR):
-                continue
-            members = [e for e in g.group if e.state not in (EventState.OFF, EventState.ERROR)]
-            if ctx.guest_loaded:  # a mediated guest context is loaded: every host event is out
-                excluded.extend(members)
-                continue
-            if not g.attr.pinned and not can_flex:
-                for e in members:
-                    e.blocked_by = "multiplexed"
-                excluded.extend(members)
-                continue
-            member_prev = [
-                e.idx if (e.state == EventState.ACTIVE and e.active_cpu == cpu) else e.prev_idx for e in members
-            ]
-            trial = assign_counters(hws + [e.hw for e in members], prevs + member_prev, avail)
-            if trial is not None:
-                chosen.extend(members)
-                hws.extend(e.hw for e in members)
-                prevs.extend(member_prev)
-                mapping = trial
-                if g.attr.pinned and g.task is None:
-                    cpu_pinned_active = True
-                continue
-            cause = "host per-CPU pinned event" if cpu_pinned_active else "counter contention"
-            if g.attr.pinned:
-                for e in members:
-                    if e.state == EventState.ACTIVE:
-                        self._sched_out(e)
-                    e.state = EventState.ERROR
-                    e.blocked_by = cause
-                    e._set_ticking(self.cpus[cpu].now_ns(), False, False)
-                    log.debug("perf.pinned_error", perf=self.name, eid=e.id, cpu=cpu, cause=cause)
-            else:
-                for e in members:
-                    e.blocked_by = cause
-                excluded.extend(members)
-                can_flex = False
-        # apply: everything that leaves or moves goes out first, then the new set comes in
+
+    def _merge_sched_in(self, plan: _SchedPlan, g: PerfEvent, cpu: int) -> None:
+        """merge_sched_in(): a group that is OFF or in ERROR is skipped; while a mediated guest
+        context is loaded every host group stays out; a flexible group after the flexible
+        pass stopped (`group_can_go_on()` with can_add_hw == 0) waits for rotation. Otherwise
+        it tries for counters (`group_sched_in`); a pinned group that cannot get them goes
+        to ERROR, a flexible one stays INACTIVE and stops the flexible pass."""
+        if g.closed or g.state <= _OFF:
+            return
+        members = [e for e in g.group if e.state > _OFF]
+        if plan.guest_loaded:
+            plan.excluded.extend(members)
+            return
+        pinned = g.attr.pinned
+        if not pinned and not plan.can_add_hw:
+            for e in members:
+                e.blocked_by = "multiplexed"
+            plan.excluded.extend(members)
+            return
+        if self._group_sched_in(plan, members, cpu):
+            if pinned and g.task is None:
+                plan.cpu_pinned_active = True
+            return
+        cause = "host per-CPU pinned event" if plan.cpu_pinned_active else "counter contention"
+        if pinned:
+            self._pinned_error(members, cpu, cause)
+        else:
+            for e in members:
+                e.blocked_by = cause
+            plan.excluded.extend(members)
+            plan.can_add_hw = False
+
+    def _group_sched_in(self, plan: _SchedPlan, members: list[PerfEvent], cpu: int) -> bool:
+        """group_sched_in() as one PMU transaction: x86_pmu_commit_txn() runs
+        x86_schedule_events() over the events already taken plus this group's, each with
+        the counter it had (on this CPU now, else last time). All or nothing."""
+        member_prev = [e.idx if (e.state == _ACTIVE and e.active_cpu == cpu) else e.prev_idx for e in members]
+        trial = assign_counters(plan.hws + [e.hw for e in members], plan.prevs + member_prev, plan.avail)
+        if trial is None:
+            return False
+        plan.chosen.extend(members)
+        plan.hws.extend(e.hw for e in members)
+        plan.prevs.extend(member_prev)
+        plan.mapping = trial
+        return True
+
+    def _pinned_error(self, members: list[PerfEvent], cpu: int, cause: str) -> None:
+        """merge_sched_in()'s pinned failure: perf_event_set_state(PERF_EVENT_STATE_ERROR);
+        the group stops counting until it is enabled again."""
+        for e in members:
+            if e.state == _ACTIVE:
+                self._sched_out(e)
+            e.state = EventState.ERROR
+            e.blocked_by = cause
+            e._set_ticking(self.cpus[cpu].now_ns(), False, False)
+            log.debug("perf.pinned_error", perf=self.name, eid=e.id, cpu=cpu, cause=cause)
+
+    def _apply(self, plan: _SchedPlan, cpu: int) -> None:
+        """x86_pmu_enable(): everything that leaves or moves goes out first (x86_pmu_stop of
+        each event whose counter changed, `match_prev_assignment`), then the groups left out
+        stop running (still enabled unless a guest context is loaded), then the new set comes
+        in at its counters (x86_pmu_start) and runs."""
+        ctx = self.ctx[cpu]
+        chosen, mapping = plan.chosen, plan.mapping
         new_idx = {id(e): mapping[i] for i, e in enumerate(chosen)}
         for e in list(ctx.active):
             if id(e) not in new_idx or new_idx[id(e)] != e.idx:
                 self._sched_out(e)
         now = self.cpus[cpu].now_ns()
-        for e in excluded:
-            if e.state == EventState.ACTIVE:
+        enabled = not plan.guest_loaded
+        for e in plan.excluded:
+            if e.state == _ACTIVE:
                 self._sched_out(e)
-            guest_paused = ctx.guest_loaded
-            e._set_ticking(now, not guest_paused, False)
+            e._set_ticking(now, enabled, False)
         for i, e in enumerate(chosen):
-            if e.state != EventState.ACTIVE:
+            if e.state != _ACTIVE:
                 self._sched_in(e, cpu, mapping[i])
             e.blocked_by = None
             e._set_ticking(now, True, True)

@@ -69,7 +69,9 @@ class PerfDriver(Protocol):
     def counter_mask(self, port: RegisterPort) -> int: ...
 
     def hw_event(self, attr: PerfEventAttr, port: RegisterPort) -> HwEvent:
-        """Translate attr (raise PerfError ENOENT/EINVAL/EOPNOTSUPP like hw_config)."""
+        """Translate attr (raise PerfError ENOENT/EINVAL/EOPNOTSUPP like hw_config). A
+        `type="hardware"` config arrives as one of the generic names of `PERF_HW_IDS` (the
+        core decoded PERF_COUNT_HW_* numbers): map it to the encoding, ENOENT if none."""
         ...
 
     def width(self, port: RegisterPort, idx: int) -> int: ...

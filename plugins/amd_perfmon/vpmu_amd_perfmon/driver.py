@@ -52,19 +52,6 @@ K7_GENERIC = {
     "stalled-cycles-frontend": 0x00D0,
     "stalled-cycles-backend": 0x00D1,
 }
-#: PERF_COUNT_HW_* numbers, for `type="hardware"` with an int config
-HW_IDS = (
-    "cycles",
-    "instructions",
-    "cache-references",
-    "cache-misses",
-    "branches",
-    "branch-misses",
-    "bus-cycles",
-    "stalled-cycles-frontend",
-    "stalled-cycles-backend",
-    "ref-cycles",
-)
 
 
 class AmdPerfDriver:
@@ -144,17 +131,12 @@ class AmdPerfDriver:
                 except ValueError:
                     raise PerfError(errno.EINVAL, f"raw config {cfg!r} is not a number") from None
             return cfg & es.RAW_EVENT_MASK  # amd_core_hw_config: AMD64_RAW_EVENT_MASK
-        name = attr.config
-        if isinstance(name, int):
-            if not 0 <= name < len(HW_IDS):
-                raise PerfError(errno.EINVAL, f"hardware config {name} out of range")
-            name = HW_IDS[name]
+        # the core decoded PERF_COUNT_HW_* numbers to names (decode_hw_config); a name the
+        # map lacks is amd_pmu_event_map() returning 0: -ENOENT in x86_setup_perfctr
         table = ZEN_GENERIC if info.zen else K7_GENERIC
-        if name not in table:
-            if name in HW_IDS:
-                raise PerfError(errno.ENOENT, f"{name}: no AMD encoding (amd_perfmon_event_map)")
-            raise PerfError(errno.EINVAL, f"unknown hardware event {name!r}")
-        code = table[name]
+        code = table.get(str(attr.config))
+        if code is None:
+            raise PerfError(errno.ENOENT, f"{attr.config}: no AMD encoding (amd_perfmon_event_map)")
         return es.encode(code & 0xFF, code >> 8)
 
     def start(self, port: RegisterPort, hw: HwEvent, idx: int, value: int) -> None:
