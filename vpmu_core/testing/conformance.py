@@ -25,7 +25,7 @@ from vpmu_core.hv.config import GuestPmuConfig
 from vpmu_core.hv.vcpu import KVM_COMMON_PMU_MSRS
 from vpmu_core.hw.pmc import sign_extend
 from vpmu_core.markers import ENTRY_POINT_GROUP
-from vpmu_core.perf.attr import PerfEventAttr
+from vpmu_core.perf.attr import PERF_HW_IDS, PerfEventAttr
 from vpmu_core.plugins.discovery import build_catalog
 from vpmu_core.testing.leakcheck import LeakChecker
 from vpmu_core.testing.ports import PhysicalPort, StubCpu
@@ -34,19 +34,9 @@ UNKNOWN_MSR = 0x0BAD_C0DE
 __all__ = ["ModeConformance", "PhysicalPort", "StubCpu", "VendorConformance", "load_plugin"]
 
 #: the generic perf event names (`PerfEventAttr(type="hardware", config=...)`), Linux's
-#: PERF_COUNT_HW_*; a driver answers ENOENT for the ones its hardware has no encoding for
-GENERIC_EVENTS = (
-    "cycles",
-    "instructions",
-    "cache-references",
-    "cache-misses",
-    "branches",
-    "branch-misses",
-    "bus-cycles",
-    "stalled-cycles-frontend",
-    "stalled-cycles-backend",
-    "ref-cycles",
-)
+#: PERF_COUNT_HW_* in their numbering; a driver answers ENOENT for the ones its hardware has
+#: no encoding for
+GENERIC_EVENTS = PERF_HW_IDS
 #: a span with every event kind non-zero and different, so a counter that counts the wrong
 #: kind reads a wrong number
 _KIND_SPAN = dict(
