@@ -178,6 +178,15 @@ class AmdCpuModel:
         _, n, ext, v2 = self._guest_shape(self.resolve_guest(guest))
         return amd_cpuid.build_table(**kw, ext_core=ext, perfmon_v2=v2, n_counters=n, guest=True)
 
+    def mediated_pmu_missing(self) -> list[str]:
+        """What this host lacks for a mediated vPMU: KVM's vendor op
+        `amd_pmu_is_mediated_pmu_supported()` (svm/pmu.c) requires PerfMonV2 (the global
+        control/status registers and STATUS_SET)."""
+        caps = self.caps
+        if caps.version < 2 or not caps.global_regs:
+            return [f"PerfMonV2 (global control/status registers), host PMU is v{caps.version}"]
+        return []
+
     def describe(self) -> dict[str, Any]:
         d = self.data
         return {

@@ -239,6 +239,18 @@ class IntelCpuModel:
     def cpuid_table(self, guest: GuestPmuConfig | None = None) -> CpuidTable:
         return build_cpuid(self.layout(guest), self.data.signature, self.data.max_leaf, self.features)
 
+    def mediated_pmu_missing(self) -> list[str]:
+        """What this host lacks for a mediated vPMU: KVM's vendor op
+        `intel_pmu_is_mediated_pmu_supported()` (vmx/pmu_intel.c) requires PMU v4+ (for
+        GLOBAL_STATUS_SET) and full-width writes (to load 48-bit counter values)."""
+        caps = self.caps
+        missing = []
+        if caps.version < 4:
+            missing.append(f"architectural PMU version 4 (GLOBAL_STATUS_SET), host has v{caps.version}")
+        if not caps.full_width_writes:
+            missing.append("full-width counter writes (PERF_CAPABILITIES.FW_WRITE)")
+        return missing
+
     def describe(self) -> dict[str, Any]:
         return {
             "name": self.name,

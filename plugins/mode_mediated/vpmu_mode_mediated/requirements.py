@@ -6,6 +6,8 @@ later (GLOBAL_STATUS_SET, MSR 0x391, to restore the guest's overflow bits) and f
 counter writes (to restore 48-bit counter values); AMD needs PerfMonV2 (version 2: the
 global control/status registers and STATUS_SET). Other vendors are judged by the same
 capabilities through the role methods: global control, status and a status-set register.
+The per-vendor rule is the model's `mediated_pmu_missing()` (KVM's vendor op
+`kvm_pmu_ops.is_mediated_pmu_supported`), so no vendor name is tested here.
 
 Composing the mode on a host without them fails with a `ConfigError` naming what is
 missing, the way KVM forces `enable_mediated_pmu` off with a message.
@@ -36,19 +38,12 @@ class VendorRules:
 
 def check_requirements(model: Any) -> VendorRules:
     """Raise `ConfigError` if the host model cannot run a mediated vPMU; else its rules."""
-    caps = model.caps
     pmu = model.make_pmu(None)
     roles = pmu.global_msrs()
-    vendor = getattr(model, "vendor", "unknown")
-    missing: list[str] = []
-    if vendor == "intel":
-        if caps.version < 4:
-            missing.append(f"architectural PMU version 4 (GLOBAL_STATUS_SET), host has v{caps.version}")
-        if not caps.full_width_writes:
-            missing.append("full-width counter writes (PERF_CAPABILITIES.FW_WRITE)")
-    elif vendor == "amd":
-        if caps.version < 2 or not caps.global_regs:
-            missing.append(f"PerfMonV2 (global control/status registers), host PMU is v{caps.version}")
+    # the vendor op (kvm_pmu_ops.is_mediated_pmu_supported, asked by kvm_init_pmu_capability):
+    # a model that has none is judged by its global registers alone
+    vendor_check = getattr(model, "mediated_pmu_missing", None)
+    missing: list[str] = list(vendor_check()) if vendor_check is not None else []
     for role in ("ctrl", "status", "status_clr", "status_set"):
         if role not in roles and not missing:
             missing.append(f"a global {role.replace('_', '-')} register")
