@@ -136,6 +136,12 @@ class Raw:
     def program(self, intr: bool = False) -> None:
         self.v.wrmsr(self.sel, EVENT_INSTRUCTIONS | USR | OS | EN | (INT if intr else 0))
 
+    def enable_counting(self) -> None:
+        """GLOBAL_CTRL off, the selector programmed, GLOBAL_CTRL on: the window opens."""
+        self.v.wrmsr(self.ctrl, 0)
+        self.program()
+        self.v.wrmsr(self.ctrl, 1)
+
     @property
     def hw_globals(self) -> bool:
         """GLOBAL_CTRL is executed by the hardware (mediated, counts equal the host's)."""
@@ -152,9 +158,7 @@ def test_counter_write_then_disable_reads_1001(cpu: str, mode: str) -> None:
     disabling write counts under the state before it: 1002."""
     v = vcpu_for(cpu, mode)
     g = Raw(v)
-    v.wrmsr(g.ctrl, 0)
-    g.program()
-    v.wrmsr(g.ctrl, 1)
+    g.enable_counting()
     v.execute(vpmu.Work(instructions=N))
     v.wrmsr(g.ctr, 1000)
     v.wrmsr(g.ctrl, 0)
@@ -192,9 +196,7 @@ def test_deny_filter_mid_window_reads_n_plus_1(cpu: str, mode: str) -> None:
     GLOBAL_CTRL: the enabling write counted before (nothing), so N."""
     v = vcpu_for(cpu, mode)
     g = Raw(v)
-    v.wrmsr(g.ctrl, 0)
-    g.program()
-    v.wrmsr(g.ctrl, 1)
+    g.enable_counting()
     v.execute(vpmu.Work(instructions=N))
     v.vm.set_pmu_event_filter(action="deny", events=[EVENT_INSTRUCTIONS])
     v.execute(vpmu.Work(instructions=N))
@@ -207,9 +209,7 @@ def test_deny_filter_mid_window_reads_n_plus_1(cpu: str, mode: str) -> None:
 def test_plain_window_reads_n_plus_1(cpu: str, mode: str) -> None:
     v = vcpu_for(cpu, mode)
     g = Raw(v)
-    v.wrmsr(g.ctrl, 0)
-    g.program()
-    v.wrmsr(g.ctrl, 1)
+    g.enable_counting()
     v.execute(vpmu.Work(instructions=N, branches=N // 10))
     v.wrmsr(g.ctrl, 0)
     assert v.rdmsr(g.ctr) == N + 1
@@ -251,9 +251,7 @@ def test_faulting_lbr_access_does_not_retire(cpu: str) -> None:
     host = vpmu.compose(cpu=cpu, mode="emulated", facilities=("lbr",), cpus=1)
     v = host.create_vm(vcpus=1, pin=[0], exits=vpmu.ExitProfile(rate_per_s=0)).vcpus[0]
     g = Raw(v)
-    v.wrmsr(g.ctrl, 0)
-    g.program()
-    v.wrmsr(g.ctrl, 1)
+    g.enable_counting()
     assert gp_vector(v.wrmsr, 0x1C9, 99) == 13  # MSR_LBR_TOS past the depth
     assert gp_vector(v.wrmsr, 0x680, 1 << 60) == 13  # non-canonical LBR_FROM_0
     assert v.rdmsr(g.ctr) == 1
@@ -382,9 +380,7 @@ def test_host_initiated_intel_rules(cpu: str, mode: str) -> None:
     guest instruction is involved."""
     v = vcpu_for(cpu, mode)
     g = Raw(v)
-    v.wrmsr(g.ctrl, 0)
-    g.program()
-    v.wrmsr(g.ctrl, 1)
+    g.enable_counting()
     assert gp_vector(v.wrmsr, MSR_GLOBAL_STATUS, 1) == 13
     exits = dict(v.stats.exits)
     v.host_set_msr(MSR_GLOBAL_STATUS, 1)
@@ -431,9 +427,7 @@ def test_save_state_is_expressible_through_host_msrs(cpu: str, mode: str) -> Non
     KVM_SET_MSRS of them on another vCPU gives the same guest view."""
     v = vcpu_for(cpu, mode)
     g = Raw(v)
-    v.wrmsr(g.ctrl, 0)
-    g.program()
-    v.wrmsr(g.ctrl, 1)
+    g.enable_counting()
     v.execute(vpmu.Work(instructions=N))
     v.wrmsr(g.ctrl, 0)
     msrs = {m: v.host_get_msr(m) for m in v.pmu.state_msrs()}
