@@ -35,7 +35,7 @@ The run loop fires them in this order (arch/x86/kvm/x86.c), for one vCPU:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 from vpmu_core.markers import hookspec
@@ -386,6 +386,25 @@ def vpmu_guest_counter_values(vcpu: Any) -> dict[str, int] | None:
     """
 
 
+@hookspec(firstresult=True)
+def vpmu_fast_forward_state(vcpu: Any) -> Hashable | None:
+    """The mode's structural state of ``vcpu`` at a background VM-exit, for the exact
+    fast-forward of exits (vpmu_core/hv/fast_forward.py): a hashable value that is equal
+    whenever an exit would do the same thing (flags, pending requests, what is loaded
+    where; never a counter value or a time). None = run every exit one by one (the
+    default: a mode that does not implement this hook never fast-forwards).
+
+    The core learns what one exit changes from two real ones at the same state, and adds it
+    in bulk; it refuses on its own any exit that is not a fixed point. A mode implementing
+    this promises only that its exit hooks do not look at values they do not change and
+    that are not part of this answer.
+
+    :param vcpu: the `VCpu` at the exit point (in guest mode, nothing pending).
+
+    .. versionadded:: 0.3
+    """
+
+
 #: the plain mode methods these hooks replace: a mode that still has one is refused at
 #: compose time with the hook's name (it would silently do nothing)
 LEGACY_MODE_METHODS = {
@@ -395,7 +414,7 @@ LEGACY_MODE_METHODS = {
     "filter_changed": "vpmu_filter_changed",
     "report": "vpmu_mode_report",
     "guest_counter_values": "vpmu_guest_counter_values",
-    "exits_are_inert": "(none: exits are never coalesced)",
+    "exits_are_inert": "vpmu_fast_forward_state",
 }
 
 

@@ -17,6 +17,7 @@ from vpmu_core import hookspecs
 from vpmu_core.costs import CostModel, cost_model
 from vpmu_core.engine.machine import Machine
 from vpmu_core.errors import ConfigError
+from vpmu_core.hv.fast_forward import enabled as ff_enabled
 from vpmu_core.markers import PROJECT
 from vpmu_core.perf.attr import PerfEventAttr
 from vpmu_core.plugins.discovery import Catalog, build_catalog, catalog, new_plugin_manager
@@ -68,6 +69,9 @@ class Host(Machine):
         #: every VM created on this host, in creation order; destroyed ones stay (flagged
         #: `vm.destroyed`) so the report keeps their figures
         self.vms: list[VM] = []
+        #: fast-forward background exits (exact; `VPMU_FF=0` for one by one): read when a
+        #: vCPU is created
+        self.fast_forward = ff_enabled()
         assert self.perf is not None
         self.perf.open_filter = self._open_filter
         self.pmi_claimers.append(self._claim_pmi)

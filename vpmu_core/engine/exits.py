@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import math
 import random
+from collections import deque
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -76,7 +79,7 @@ class _ReasonTable:
 class ExitProcess:
     """Draws the next background exit: gap in cycles, reason, fastpath, to userspace."""
 
-    __slots__ = ("rng", "mean_gap", "fast_table", "slow_table", "fast", "user", "next_gap")
+    __slots__ = ("rng", "mean_gap", "fast_table", "slow_table", "fast", "user", "next_gap", "_pending")
 
     def __init__(
         self, profile: ExitProfile, freq_hz: int, seed: int, fastpath_reasons: frozenset[str] = FASTPATH_REASONS
@@ -93,6 +96,8 @@ class ExitProcess:
         self.fast = profile.fastpath_share
         self.user = profile.userspace_share
         self.next_gap = self._draw_gap()
+        #: exits drawn ahead and given back (`push_back`), each with the gap drawn after it
+        self._pending: deque[tuple[tuple[str, bool, bool], int]] = deque()
 
     def _draw_gap(self) -> int:
         if self.mean_gap <= 0:
@@ -102,6 +107,9 @@ class ExitProcess:
     def draw(self) -> tuple[str, bool, bool]:
         """The exit that is due now: (reason, fastpath, to_userspace); re-arms the gap.
         The path is drawn first, then a reason of that path."""
+        if self._pending:
+            (reason, fastpath, userspace), self.next_gap = self._pending.popleft()
+            return reason, fastpath, userspace
         rng = self.rng
         u = rng.random()
         fastpath = u < self.fast
@@ -109,3 +117,55 @@ class ExitProcess:
         reason = (self.fast_table if fastpath else self.slow_table).pick(rng.random())
         self.next_gap = self._draw_gap()
         return reason, fastpath, userspace
+
+    def push_back(self, drawn: list[tuple[tuple[str, bool, bool], int]], gap_before: int) -> None:
+        """Give back exits drawn ahead (the fast-forward planner looked further than it ran),
+        in draw order, each with the gap drawn after it; `gap_before` is the gap before the
+        first. The next draws return them again, so the random stream is consumed exactly as
+        if they had never been drawn early."""
+        self._pending.extendleft(reversed(drawn))
+        self.next_gap = gap_before
+
+    # ---- drawing ahead in bulk (the fast-forward planner) ----------------------------------
+    def exit_table(self) -> list[tuple[str, bool, bool]]:
+        """Every exit this process can draw, indexed by the codes `peek` returns."""
+        return (
+            [(r, True, False) for r in self.fast_table.reasons]
+            + [(r, False, False) for r in self.slow_table.reasons]
+            + [(r, False, True) for r in self.slow_table.reasons]
+        )
+
+    def peek(self, m: int) -> tuple[Any, list[int]]:
+        """The next `m` exits (codes into `exit_table()`) and the gap drawn after each,
+        without consuming them. The values are those `m` draws would give: the same 32-bit
+        words of the same Mersenne Twister (`getrandbits(32 * k)` on a copy of the generator
+        yields them in order), `random()` = ((a >> 5) * 2**26 + (b >> 6)) / 2**53 in the same
+        float operations, Python's own log for the gaps."""
+        import numpy as np
+
+        if self._pending:
+            raise ValueError("peek with exits given back")
+        twin = random.Random()
+        twin.setstate(self.rng.getstate())
+        raw = twin.getrandbits(192 * m).to_bytes(24 * m, "little")
+        words = np.frombuffer(raw, dtype="<u4").astype(np.uint64).reshape(m, 3, 2)
+        u = ((words[:, :, 0] >> 5).astype(np.float64) * 67108864.0 + (words[:, :, 1] >> 6)) * (1.0 / 9007199254740992.0)
+        u_path, u_reason, u_gap = u[:, 0], u[:, 1], u[:, 2]
+        fast = u_path < self.fast
+        user = ~fast & (u_path < self.fast + self.user)
+        ft, st = self.fast_table, self.slow_table
+        nf, ns = len(ft.reasons), len(st.reasons)
+        fi = np.searchsorted(np.asarray(ft.cum), u_reason * ft.cum[-1], side="right")
+        si = np.searchsorted(np.asarray(st.cum), u_reason * st.cum[-1], side="right")
+        codes = np.where(fast, fi, nf + si + np.where(user, ns, 0))
+        mean = self.mean_gap
+        log = math.log
+        gaps = [max(1, int(-log(1.0 - x) * mean)) for x in u_gap.tolist()]
+        return codes, gaps
+
+    def skip(self, n: int, next_gap: int) -> None:
+        """Consume the next `n` exits as `n` draws would (after `peek`: six 32-bit words
+        each); `next_gap` is the gap drawn after the last of them."""
+        if n:
+            self.rng.getrandbits(192 * n)
+        self.next_gap = next_gap

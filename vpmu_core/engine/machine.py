@@ -84,6 +84,10 @@ class Machine:
         #: if claimed (perf_register_guest_info_callbacks; the mediated vPMU's PMI vector)
         self.pmi_claimers: list[Callable[[HostCpu, Pmc, int], bool]] = []
 
+    #: fast-forward background VM-exits where a mode allows it (hv/fast_forward.py); exact,
+    #: so off only to measure it or to shadow it (`VPMU_FF=0`)
+    fast_forward: bool = True
+
     def set_tracer(self, tracer: Any) -> None:
         """Record a timeline: VM-entries/exits, PMIs, counter ownership, event states."""
         self.tracer = tracer

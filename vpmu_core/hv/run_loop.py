@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from vpmu_core.engine.cpu import HostCpu
     from vpmu_core.engine.exits import ExitProcess
     from vpmu_core.host import Host
+    from vpmu_core.hv.fast_forward import FastForward
     from vpmu_core.hv.lapic import LvtPc
     from vpmu_core.hv.vcpu import VcpuStats, VcpuTask
     from vpmu_core.hv.vm import VM
@@ -74,6 +75,7 @@ class RunLoop:
         guest_tick_cycles: int
         _guest_tick_left: int
         guest_tick: Callable[[Any], None] | None  # called with the VCpu
+        fast_forward: FastForward | None
 
         @property
         def cpu(self) -> HostCpu: ...
@@ -305,8 +307,12 @@ class RunLoop:
                 queue.popleft()
             ep.next_gap -= c
             if ep.next_gap <= 0:
-                reason, fast, user = ep.draw()
-                self._exit(reason, fast, user)
+                ff = self.fast_forward
+                if ff is None:
+                    reason, fast, user = ep.draw()
+                    self._exit(reason, fast, user)
+                else:
+                    used += ff.exit_due(queue, budget - used, c)
             if cpu.now >= cpu.next_mux:
                 # the host tick is an external interrupt: a slow-path exit (perf rotates in it)
                 self._exit("external_interrupt", False, False, handler=cpu.timer_tick)

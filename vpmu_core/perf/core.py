@@ -124,6 +124,9 @@ class PerfSubsystem:
         self._batch: list[Callable[[], Any] | None] = [getattr(c.port, "batched", None) for c in cpus]
         #: optional timeline recorder (vpmu trace): counters(perf, cpu, t_ns, {idx: event})
         self.tracer: Any = None
+        #: observer of every enabled/running transition (the VM-exit fast-forward records
+        #: when, inside an exit, each event starts and stops ticking): (event, enabled, running)
+        self.ticking_log: Callable[[PerfEvent, bool, bool], None] | None = None
         #: ground truth of what an event should count: event -> cumulative count now
         self.truth_source: Callable[[PerfEvent], int] | None = None
 

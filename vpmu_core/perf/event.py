@@ -95,6 +95,9 @@ class PerfEvent:
         self._tstamp = now_ns
 
     def _set_ticking(self, now_ns: int, enabled: bool, running: bool) -> None:
+        log = self.subsystem.ticking_log
+        if log is not None:
+            log(self, enabled, running)
         self._sync(now_ns)
         self._t_enabled = enabled
         self._t_running = running

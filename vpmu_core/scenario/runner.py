@@ -10,12 +10,14 @@ seed therefore give the same report, byte for byte.
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from vpmu_core.errors import ConfigError, GuestFault, PerfError
+from vpmu_core.hv import state_walk
 from vpmu_core.hv.config import GuestPmuConfig
+from vpmu_core.hv.fast_forward import verify_requested, whole_view
 from vpmu_core.logs import get_logger
 from vpmu_core.perf.attr import PerfEventAttr
 from vpmu_core.scenario.schema import FREQ_HZ_MAX, FREQ_HZ_MIN, GuestPerfSession, HostPerfSession, Scenario
@@ -378,6 +380,11 @@ class _Run:
 
     # ---- run ------------------------------------------------------------------------------
     def run(self, progress: Callable[[int, int], None] | None) -> None:
+        for _ in self.steps(progress):
+            pass
+
+    def steps(self, progress: Callable[[int, int], None] | None = None) -> Iterator[int]:
+        """Run the scenario step by step, yielding the time after each step."""
         host, dur = self.host, self.scn.duration_ns
         step = max(1, dur // STEPS)
         times = sorted({a.t_ns for a in self.actions if a.t_ns <= dur} | set(range(step, dur, step)) | {dur})
@@ -396,6 +403,7 @@ class _Run:
                 self.steady = (t, *self._overhead_now())
             if progress is not None:
                 progress(t, dur)
+            yield t
 
     def _overhead_now(self) -> tuple[int, int]:
         cycles = exits = 0
@@ -412,6 +420,30 @@ class _Run:
         t0, c0, e0 = self.steady
         c1, e1 = self._overhead_now()
         return {"from_ns": t0, "exits": e1 - e0, "overhead_cycles": c1 - c0}
+
+
+#: VPMU_FF_VERIFY compares the whole state of the two runs this many times over a run
+VERIFY_POINTS = 8
+
+
+class FastForwardMismatch(AssertionError):
+    """VPMU_FF_VERIFY: the fast-forwarded run and its one-by-one twin differ."""
+
+
+def _run_shadowed(r: _Run, twin: _Run, progress: Callable[[int, int], None] | None) -> None:
+    """VPMU_FF_VERIFY: run `r` (fast-forward on) and `twin` (one exit at a time) in lockstep
+    and compare their whole state (every value reachable from the host) at VERIFY_POINTS
+    steps and at the end; a difference names the first values that moved apart."""
+    twin.build()
+    every = max(1, STEPS // VERIFY_POINTS)
+    for n, (t, t2) in enumerate(zip(r.steps(progress), twin.steps(), strict=True)):
+        assert t == t2
+        if n % every == 0 or t >= r.scn.duration_ns:
+            a, b = whole_view(r.host), whole_view(twin.host)
+            if a != b:
+                raise FastForwardMismatch(
+                    f"fast-forward differs from one-by-one at t={t} ns: " + "; ".join(state_walk.diff(a, b))
+                )
 
 
 def _mean_max(values: list[float]) -> tuple[float, float]:
@@ -489,6 +521,10 @@ def run_scenario(
     """Compose, run and report. Raises ConfigError (bad composition) or PerfError/... (run)."""
     host = compose_host(scn, catalog)
     timeline = None
+    shadow = None
+    if verify_requested() and host.fast_forward and not trace:
+        shadow = compose_host(scn, catalog)
+        shadow.fast_forward = False
     if trace:
         from vpmu_core.metrics.timeline import Timeline
 
@@ -496,7 +532,10 @@ def run_scenario(
         host.set_tracer(timeline)
     r = _Run(scn, host, timeline)
     r.build()
-    r.run(progress)
+    if shadow is None:
+        r.run(progress)
+    else:
+        _run_shadowed(r, _Run(scn, shadow, None), progress)
     if timeline is not None:
         timeline.finish(host.now_ns)
     report = host.report()

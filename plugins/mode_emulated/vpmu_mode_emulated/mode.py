@@ -21,6 +21,7 @@ Host/GuestOnly), exactly as KVM relies on perf for it.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Hashable
 from typing import Any
 
 from vpmu_core.api import KVM_7_0, UPGRADE_V5_VERSION, KvmPmuCaps, get_logger, hookimpl, parse_bool
@@ -282,6 +283,35 @@ class EmulatedMode:
         """KVM_SET_MSRS done by the core; every counter is reprogrammed before KVM_RUN."""
         kpmu = self.kpmu(vcpu)
         kpmu.request_reprogram(kpmu.all_valid_pmc_idx)
+
+    @hookimpl
+    def vpmu_fast_forward_state(self, vcpu: Any) -> Hashable | None:
+        """The `struct kvm_pmu` flags an exit depends on (pending KVM_REQ_PMU, reprogram
+        bits, lazy release) and which perf event backs each counter, paused or not."""
+        kpmu = self.kpmu(vcpu)
+        if kpmu.busy or kpmu.vlbrs:
+            return None
+        pmcs = tuple(
+            (
+                idx,
+                kp.is_paused,
+                kp.current_config,
+                kp.intr,
+                kp.ever_active,
+                None if kp.perf_event is None else kp.perf_event.id,
+            )
+            for idx, kp in sorted(kpmu.pmcs.items())
+        )
+        return (
+            "emulated",
+            kpmu.req_pmu,
+            kpmu.reprogram_pmi,
+            kpmu.pmc_in_use,
+            kpmu.need_cleanup,
+            kpmu.scheduled_out,
+            self._loaded.get(vcpu.cpu.index) is vcpu,
+            pmcs,
+        )
 
     # ---- reports ------------------------------------------------------------------------------
     @hookimpl

@@ -27,6 +27,7 @@ next VM-entry after the one that resumed the guest.
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from typing import Any
 
 from vpmu_core.api import KVM_7_0, UPGRADE_V5_VERSION, KvmPmuCaps, get_logger, hookimpl
@@ -166,6 +167,26 @@ class MediatedMode:
                 self.switcher.reprogram_selector(vcpu, idx)
             self.switcher.reprogram_fixed_ctrl(vcpu)
             st.filter_dirty = False
+
+    @hookimpl
+    def vpmu_fast_forward_state(self, vcpu: Any) -> Hashable | None:
+        """Where the vCPU's context is loaded, the CPU's LVTPC routing, the pending filter
+        refresh and the selectors programmed in hardware."""
+        st = self._st(vcpu)
+        if st is None:
+            return ("mediated", None)
+        cs = self.switcher.cpus[vcpu.cpu.index]
+        return (
+            "mediated",
+            self.options.switch_at,
+            st.enabled,
+            st.loaded_cpu,
+            st.filter_dirty,
+            tuple(sorted(st.eventsel_hw.items())),
+            st.fixed_ctrl_hw,
+            cs.loaded is vcpu,
+            cs.lvtpc,
+        )
 
     @hookimpl
     def vpmu_vm_exit(self, vcpu: Any, reason: str, fastpath: bool) -> None:

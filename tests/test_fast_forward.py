@@ -1,0 +1,207 @@
+"""The exact fast-forward of background VM-exits (vpmu_core/hv/fast_forward.py).
+
+Every check compares a fast-forwarded run with its one-by-one twin on the whole state (every
+value reachable from the host, hv/state_walk.py), not on a few figures: a fast-forward that
+is right about counts but wrong about a time or a ledger line fails here. The planted-bug
+tests prove the comparison can fail.
+"""
+
+from __future__ import annotations
+
+import random
+from types import SimpleNamespace
+
+import pytest
+
+import vpmu_core as vpmu
+from tests.golden_corpus import cases, golden_path, render
+from vpmu_core.engine.exits import ExitProcess
+from vpmu_core.hv import fast_forward as ffm
+from vpmu_core.hv import state_walk
+from vpmu_core.perf.event import PerfEvent
+from vpmu_core.scenario.runner import FastForwardMismatch
+
+PLACEMENTS = [
+    ("emulated", {}),
+    ("mediated", {"switch_at": "run_loop"}),
+    ("mediated", {"switch_at": "exit"}),
+    ("mediated", {"switch_at": "vcpu_run"}),
+]
+
+
+def _busy_host(mode: str, opts: dict[str, str], ff: bool, host_events: int) -> vpmu.Host:
+    """1M exits/s, a sampling guest, host events (one of them sampling) on the vCPU's CPU."""
+    host = vpmu.compose(cpu="intel/icelake", mode=mode, mode_options=opts, cpus=1)
+    host.fast_forward = ff
+    for i in range(host_events):
+        attr = vpmu.PerfEventAttr(
+            config="cycles" if i % 2 else "instructions", exclude_guest=True, sample_period=50_000 if i == 2 else 0
+        )
+        host.perf_event_open(attr, pid=-1, cpu=0)
+    vm = host.create_vm(vcpus=1, pin=[0], exits=vpmu.ExitProfile(rate_per_s=1_000_000, fastpath_share=0.5))
+    gp = vm.guest_perf
+    gp.perf_event_open(vpmu.PerfEventAttr(config="instructions", sample_period=1_000_003), cpu=0)
+    for ev in ("cycles", "branches", "branch-misses"):
+        gp.perf_event_open(vpmu.PerfEventAttr(config=ev), cpu=0)
+    v = vm.vcpus[0]
+    cycles = 6_000 * host.freq_hz // 1_000_000
+    v.execute(vpmu.Work(instructions=cycles, cycles=cycles, branches=cycles // 10))
+    v.execute(vpmu.Work(instructions=cycles // 3, cycles=cycles // 2, branches=cycles // 10, cpl=3))
+    return host
+
+
+@pytest.mark.parametrize("host_events", [0, 3])
+@pytest.mark.parametrize(("mode", "opts"), PLACEMENTS, ids=["emulated", "run_loop", "exit", "vcpu_run"])
+def test_whole_state_matches_one_by_one(mode: str, opts: dict[str, str], host_events: int) -> None:
+    fast = _busy_host(mode, opts, True, host_events)
+    slow = _busy_host(mode, opts, False, host_events)
+    ff = fast.vms[0].vcpus[0].fast_forward
+    assert ff is not None and ff.probes > 0, "the fast-forward never looked: this test checks nothing"
+    learned = [k for st in ff.sigs.values() for k in st.kinds.values() if k is not None]
+    if opts.get("switch_at") == "exit":
+        # every exit puts and loads the context: nothing to add in bulk, all run for real
+        assert learned and all(k.needs_real for k in learned) and ff.batched_exits == 0
+    else:
+        assert ff.batched_exits > 0, "the fast-forward never ran: this test checks nothing"
+    assert slow.vms[0].vcpus[0].fast_forward is None
+    a, b = ffm.whole_view(fast), ffm.whole_view(slow)
+    assert state_walk.diff(a, b) == []
+    assert fast.report() == slow.report()
+
+
+def test_emulated_fast_forwards_most_exits() -> None:
+    """Not a timing: the share of exits that ran in batches (a fast-forward that silently
+    stopped batching would keep every report right and this figure low)."""
+    host = _busy_host("emulated", {}, True, 0)
+    v = host.vms[0].vcpus[0]
+    assert v.fast_forward is not None
+    assert v.fast_forward.batched_exits > 0.9 * v.stats.total_exits
+
+
+def test_planted_wrong_delta_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Plant a bug (each learned exit adds one cycle too many to the cost ledger) and check
+    the whole-state comparison sees it."""
+    real_learn = ffm._learn
+
+    def bad_learn(a: ffm.Probe, b: ffm.Probe, vcpu: object) -> ffm.ExitKind | None:
+        k = real_learn(a, b, vcpu)  # type: ignore[arg-type]
+        if k is not None:
+            k.deltas = [(p, d + 1 if p[0] == "ledger" else d) for p, d in k.deltas]
+        return k
+
+    monkeypatch.setattr(ffm, "_learn", bad_learn)
+    fast = _busy_host("emulated", {}, True, 0)
+    slow = _busy_host("emulated", {}, False, 0)
+    assert state_walk.diff(ffm.whole_view(fast), ffm.whole_view(slow))
+
+
+class _Ev:
+    """The time fields of a perf event, driven by PerfEvent's own code."""
+
+    _sync = PerfEvent._sync
+    _set_ticking = PerfEvent._set_ticking
+
+    def __init__(self) -> None:
+        self.subsystem = SimpleNamespace(ticking_log=None)
+        self.enabled_ns = self.running_ns = self._tstamp = 0
+        self._t_enabled, self._t_running = True, False
+
+
+def test_retime_equals_perf_syncing_at_each_transition() -> None:
+    """Perf times after a batch: `_retime` against PerfEvent._set_ticking called at every
+    transition of every exit at its exact cycle (nanosecond floors depend on position)."""
+    freq = 2_900_000_000
+    rng = random.Random(3)
+    kinds = {
+        ("a", False, False): ffm.ExitKind(1234, [], False, [(1, 100, True, True), (1, 1100, True, False)], 0),
+        ("b", True, False): ffm.ExitKind(777, [], False, [], 0),
+    }
+    exits = [rng.choice(list(kinds)) for _ in range(300)]
+    pos, t = [], 0
+    for ex in exits:
+        pos.append(t)
+        t += kinds[ex].dur + rng.randrange(1, 5000)
+    t0 = 123_456_789
+    ref = _Ev()
+    ref._set_ticking(t0 * 10**9 // freq, True, False)  # type: ignore[arg-type]
+    for ex, p in zip(exits, pos, strict=True):
+        for _, off, en, run in kinds[ex].log:
+            ref._set_ticking((t0 + p + off) * 10**9 // freq, en, run)  # type: ignore[arg-type]
+    got = _Ev()
+    got._set_ticking(t0 * 10**9 // freq, True, False)  # type: ignore[arg-type]
+    times0 = {1: (got.enabled_ns, got.running_ns, got._tstamp, True, False)}
+    ff = ffm.FastForward.__new__(ffm.FastForward)
+    ff.vcpu = SimpleNamespace(host=SimpleNamespace(freq_hz=freq))  # type: ignore[assignment]
+    ff._retime(times0, {1: got}, exits, pos, kinds, t0)  # type: ignore[arg-type,dict-item]
+    assert (got.enabled_ns, got.running_ns, got._tstamp) == (ref.enabled_ns, ref.running_ns, ref._tstamp)
+    # one window over the whole batch (no retime) would be off: the check can fail
+    assert ref.running_ns != (t0 + pos[-1] + 1100) * 10**9 // freq - (t0 + pos[0] + 100) * 10**9 // freq
+
+
+def test_push_back_replays_the_same_stream() -> None:
+    """Exits drawn ahead and given back come out again, with their gaps, then the stream goes
+    on as if they had never been drawn early (the planner's look-ahead changes nothing)."""
+    prof = vpmu.ExitProfile(rate_per_s=100_000, fastpath_share=0.4)
+    ref, ep = ExitProcess(prof, 3_000_000_000, 7), ExitProcess(prof, 3_000_000_000, 7)
+    want = []
+    for _ in range(60):
+        g = ref.next_gap
+        want.append((g, ref.draw()))
+    got: list[tuple[int, tuple[str, bool, bool]]] = []
+    rng = random.Random(1)
+    while len(got) < 60:
+        gap_before = ep.next_gap
+        ahead = []
+        for _ in range(rng.randrange(1, 5)):
+            ex = ep.draw()
+            ahead.append((ex, ep.next_gap))
+        ep.push_back(ahead, gap_before)
+        for _ in range(rng.randrange(1, len(ahead) + 1)):
+            g = ep.next_gap
+            got.append((g, ep.draw()))
+    assert got[:60] == want
+
+
+def test_no_mode_hook_means_one_by_one() -> None:
+    """A mode that does not implement vpmu_fast_forward_state never fast-forwards."""
+    host = vpmu.compose(cpu="intel/icelake", mode="emulated", cpus=1)
+    host.hooks.fast_forward_state = lambda **kw: None  # the mode answers "not now" forever
+    vm = host.create_vm(vcpus=1, pin=[0], exits=vpmu.ExitProfile(rate_per_s=1_000_000))
+    v = vm.vcpus[0]
+    v.execute(vpmu.Work(instructions=3_000_000, cycles=3_000_000))
+    assert v.fast_forward is not None and v.fast_forward.batches == 0 and v.stats.total_exits > 500
+
+
+@pytest.mark.parametrize("mode", ["emulated", "mediated:switch_at=run_loop", "mediated:switch_at=vcpu_run"])
+def test_verify_switch_catches_a_planted_bug(mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """VPMU_FF_VERIFY=1 shadows a scenario run with its one-by-one twin: with a planted bug
+    it must raise, naming the values that moved apart."""
+    from vpmu_core.cli.main import load_catalog
+    from vpmu_core.scenario.loader import load
+    from vpmu_core.scenario.runner import run_scenario
+
+    real_learn = ffm._learn
+
+    def bad_learn(a: ffm.Probe, b: ffm.Probe, vcpu: object) -> ffm.ExitKind | None:
+        k = real_learn(a, b, vcpu)  # type: ignore[arg-type]
+        if k is not None:
+            k.deltas = [(p, 2 * d if p[0] == "truth" else d) for p, d in k.deltas]
+        return k
+
+    monkeypatch.setattr(ffm, "_learn", bad_learn)
+    monkeypatch.setattr(ffm, "PROBE_SHARE", 1)  # learn at once: the run is short
+    monkeypatch.setenv("VPMU_FF_VERIFY", "1")
+    cat = load_catalog()
+    scn, _ = load("cloud_mix", mode=mode, sets=["duration_ns=20000000"], catalog=cat)
+    with pytest.raises(FastForwardMismatch, match="truth"):
+        run_scenario(scn, catalog=cat)
+
+
+@pytest.mark.parametrize("case", cases(), ids=str)
+def test_verify_switch_passes_on_every_shipped_scenario(case: tuple[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """VPMU_FF_VERIFY=1 on every shipped scenario in every mode and placement: the whole
+    state of the fast-forwarded run equals its one-by-one twin at every compared step, and
+    the report is the golden one."""
+    monkeypatch.setenv("VPMU_FF_VERIFY", "1")
+    scenario, mode = case
+    assert render(scenario, mode) == golden_path(scenario, mode).read_text()
