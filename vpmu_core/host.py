@@ -17,6 +17,7 @@ from vpmu_core import hookspecs
 from vpmu_core.costs import CostModel, cost_model
 from vpmu_core.engine.machine import Machine
 from vpmu_core.errors import ConfigError
+from vpmu_core.hv.config import FACILITY_SWITCHES
 from vpmu_core.markers import PROJECT
 from vpmu_core.perf.attr import PerfEventAttr
 from vpmu_core.plugins.discovery import Catalog, build_catalog, catalog, new_plugin_manager
@@ -48,6 +49,7 @@ class Host(Machine):
         mux_interval_ns: int = 4_000_000,
         sched_slice_ns: int = 3_000_000,
         composition: dict[str, Any] | None = None,
+        facility_switches: dict[str, str] | None = None,
     ) -> None:
         super().__init__(
             model=model,
@@ -63,6 +65,9 @@ class Host(Machine):
         self.mode_name = mode_name
         self.mode_options = mode_options
         self.composition = composition or {}
+        #: installed facility name -> the GuestPmuConfig field that switches it for a guest
+        #: (`FacilitySpec.guest_switch`), in catalog order
+        self.facility_switches: dict[str, str] = dict(facility_switches or {})
         #: the composition's plugin manager (set by compose(); registration is closed)
         self.plugin_manager: pluggy.PluginManager | None = None
         #: every VM created on this host, in creation order; destroyed ones stay (flagged
@@ -85,8 +90,7 @@ class Host(Machine):
         """Record a timeline: VM-entries/exits, PMIs, counter ownership, event states."""
         super().set_tracer(tracer)
         for vm in self.vms:
-            if vm._guest_perf is not None:
-                vm._guest_perf.perf.tracer = tracer
+            vm.set_tracer(tracer)
 
     # ---- VMs --------------------------------------------------------------------------------
     def create_vm(
@@ -124,7 +128,8 @@ class Host(Machine):
     def report(self) -> Any:
         from vpmu_core.metrics.report import build_report
 
-        return build_report(self)
+        vms = (vm.snapshot() for vm in self.vms)  # taken after the host's events are read
+        return build_report(self, vms, lambda: self.hooks.mode_report(host=self), self.composition)
 
 
 def _warn_legacy_methods(mode: str, obj: Any) -> None:
@@ -195,6 +200,14 @@ def compose(
             cost = cost_model(getattr(model, "cost_preset", "intel"), dict(costs or {}))
         except Exception as e:
             raise ConfigError("costs", str(e), ", ".join(CostModel.model_fields)) from None
+    switches = {n: s.guest_switch for n, s in cat.facilities.items() if s.guest_switch is not None}
+    for n, sw in switches.items():
+        if sw not in FACILITY_SWITCHES:
+            raise ConfigError(
+                "facility",
+                f"{n!r} declares guest_switch {sw!r}, not a GuestPmuConfig switch",
+                _choices(FACILITY_SWITCHES),
+            )
     mode_spec = cat.modes[mode]
     opts = dict(mode_options or {})
     unknown = sorted(set(opts) - set(mode_spec.options))
@@ -219,6 +232,7 @@ def compose(
         cpus=cpus,
         seed=seed,
         mux_interval_ns=mux_interval_ns,
+        facility_switches=switches,
         composition={
             "cpu": cpu,
             "mode": mode,

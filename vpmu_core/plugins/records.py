@@ -41,6 +41,10 @@ class FacilitySpec(_Spec):
 
     factory: Callable[[Any, dict[str, Any]], Any]
     applies_to: Callable[[Any], bool] = lambda model: True
+    #: the `GuestPmuConfig` field that gives a guest this facility (e.g. "lbr": both LBR
+    #: facilities; `lbr=False` hides it, `lbr=True` needs one of the facilities that name
+    #: it), or None (`vpmu_core.hv.config.FACILITY_SWITCHES` lists the fields)
+    guest_switch: str | None = None
 
 
 class ModeSpec(_Spec):
