@@ -14,13 +14,14 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from vpmu_core import hookspecs
-from vpmu_core.costs import CostModel, cost_model
+from vpmu_core.costs import CostModel, compose_cost_model, cost_model
 from vpmu_core.engine.machine import Machine
 from vpmu_core.errors import ConfigError
 from vpmu_core.hv.config import FACILITY_SWITCHES
 from vpmu_core.markers import PROJECT
 from vpmu_core.perf.attr import PerfEventAttr
 from vpmu_core.plugins.discovery import Catalog, build_catalog, catalog, new_plugin_manager
+from vpmu_core.plugins.records import CpuModelSpec, FacilitySpec, ModeSpec
 from vpmu_core.plugins.resolve import ResolvedHooks
 
 if TYPE_CHECKING:
@@ -150,6 +151,50 @@ def _choices(names: Iterable[str]) -> str:
     return ", ".join(sorted(names)) or "(none installed)"
 
 
+def _compose_costs(
+    cat: Catalog,
+    model: Any,
+    mspec: CpuModelSpec,
+    fspecs: list[FacilitySpec],
+    mode_spec: ModeSpec,
+    costs: CostModel | Mapping[str, Any] | None,
+) -> CostModel:
+    """The composition's cost model: the core's fields plus those the composed model,
+    facilities and mode declare, under the preset (`costs["preset"]`, else the model's
+    `cost_preset`), then the overrides. An override of a field only a plugin that is not
+    composed declares changes nothing (a scenario's mediated costs under emulated); a field
+    no installed plugin declares, or a preset none names, is a `ConfigError`."""
+    composed = [mspec, *fspecs, mode_spec]
+    try:
+        fields = compose_cost_model((f"{type(s).__name__} {s.name!r}", s.costs) for s in composed)
+    except ValueError as e:
+        raise ConfigError("costs", str(e)) from None
+    if isinstance(costs, CostModel):
+        # a whole cost model: every field of it as given, the composed ones' defaults for the rest
+        given = costs.model_dump()
+        return fields(**{k: v for k, v in given.items() if k in fields.model_fields})
+    overrides = dict(costs or {})
+    asked = overrides.pop("preset", None)
+    preset = asked or getattr(model, "cost_preset", None)
+    known = cat.cost_presets()
+    if preset is not None and preset not in known:
+        where = "costs.preset" if asked else f"cost_preset of {mspec.name}"
+        raise ConfigError(where, f"unknown cost preset {preset!r}", _choices(known))
+    allowed = cat.cost_fields()
+    unknown = sorted(set(overrides) - set(allowed))
+    if unknown:
+        raise ConfigError("costs", f"unknown cost field(s) {unknown}", _choices([*allowed, "preset"]))
+    values: dict[str, Any] = {}
+    if preset is not None:
+        for s in composed:
+            values.update(s.cost_presets.get(preset, {}))
+    values.update({k: v for k, v in overrides.items() if k in fields.model_fields})
+    try:
+        return cost_model(None, values, model=fields)
+    except Exception as e:
+        raise ConfigError("costs", str(e), _choices(fields.model_fields)) from None
+
+
 def compose(
     cpu: str,
     mode: str,
@@ -193,13 +238,7 @@ def compose(
             ok = [n for n, s in cat.facilities.items() if s.applies_to(model)]
             raise ConfigError("facility", f"{f!r} does not apply to {cpu}", _choices(ok))
         fac_objs[f] = fspec.factory(model, dict((facility_options or {}).get(f, {})))
-    if isinstance(costs, CostModel):
-        cost = costs
-    else:
-        try:
-            cost = cost_model(getattr(model, "cost_preset", "intel"), dict(costs or {}))
-        except Exception as e:
-            raise ConfigError("costs", str(e), ", ".join(CostModel.model_fields)) from None
+    cost = _compose_costs(cat, model, mspec, [cat.facilities[f] for f in facilities], cat.modes[mode], costs)
     switches = {n: s.guest_switch for n, s in cat.facilities.items() if s.guest_switch is not None}
     for n, sw in switches.items():
         if sw not in FACILITY_SWITCHES:

@@ -252,7 +252,7 @@ class ToyModel:
     driver_class: type[ToyDriver] = ToyDriver
     vendor = "toy"
     freq_hz = 3_000_000_000
-    cost_preset = "intel"
+    cost_preset = "toy"
     features: dict[str, Any] = {}
 
     def __init__(self, options: dict[str, Any]) -> None:
@@ -307,7 +307,11 @@ class ReferenceMode:
 
 @hookimpl
 def vpmu_register_cpu_models(register: Any) -> None:
-    register(CpuModelSpec(name="toy/basic", vendor="toy", factory=ToyModel, description="test fixture CPU"))
+    register(
+        CpuModelSpec(
+            name="toy/basic", vendor="toy", factory=ToyModel, description="test fixture CPU", cost_presets={"toy": {}}
+        )
+    )
 
 
 @hookimpl
