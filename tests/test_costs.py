@@ -94,7 +94,7 @@ def _widget_host(costs: dict[str, Any] | None = None) -> Any:
 
 
 def test_a_mode_declared_cost_field_is_charged_with_its_preset_and_override() -> None:
-    for costs, per_exit in ((None, 5), ({"widget_exit": 9}, 9), ({"preset": "toy"}, 5)):
+    for costs, per_exit in ((None, 77), ({"widget_exit": 9}, 9), ({"preset": "toy"}, 5)):
         host = _widget_host(costs)
         v = host.create_vm(vcpus=1, exits=vpmu.ExitProfile(rate_per_s=200_000)).vcpus[0]
         v.execute(vpmu.Work(instructions=3_000_000))

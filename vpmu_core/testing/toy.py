@@ -252,7 +252,7 @@ class ToyModel:
     driver_class: type[ToyDriver] = ToyDriver
     vendor = "toy"
     freq_hz = 3_000_000_000
-    cost_preset = "toy"
+    cost_preset: str | None = None  # the core's defaults
     features: dict[str, Any] = {}
 
     def __init__(self, options: dict[str, Any]) -> None:
