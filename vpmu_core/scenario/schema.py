@@ -81,7 +81,14 @@ def _cost_overrides_model() -> type[BaseModel]:
         assert f.annotation is not None, f"CostModel.{name} has a type"
         fields[name] = (f.annotation | None, Field(None, ge=0, description=f.description))
     return create_model(
-        "CostOverrides", __config__=ConfigDict(extra="allow"), __doc__="Cost model overrides (host cycles).", **fields
+        "CostOverrides",
+        __config__=ConfigDict(
+            extra="allow",
+            # the extra keys are plugins' cost fields: non-negative numbers (checked by name at validate)
+            json_schema_extra={"additionalProperties": {"type": "number", "minimum": 0}},
+        ),
+        __doc__="Cost model overrides (host cycles).",
+        **fields,
     )
 
 
