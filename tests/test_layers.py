@@ -99,3 +99,30 @@ def test_no_import_circle_between_units():
     for u in sorted(edges):
         if u not in seen:
             assert (cycle := visit(u)) is None, " -> ".join(cycle)
+
+
+def _private_reach_ins(path: Path) -> list[str]:
+    """`obj._name` where obj is not the module's own `self`/`cls` (dunders aside)."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if (
+            isinstance(node, ast.Attribute)
+            and node.attr.startswith("_")
+            and not node.attr.startswith("__")
+            and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))
+        ):
+            out.append(f"{path.name}:{node.lineno}: {ast.unparse(node)}")
+    return out
+
+
+def test_metrics_reads_snapshots_not_private_state():
+    """The report reads the snapshot each layer contributes (`VM.snapshot()`,
+    `perf.snapshot.snapshot_event`), never another package's private attributes."""
+    found = [hit for path in sorted((ROOT / "metrics").rglob("*.py")) for hit in _private_reach_ins(path)]
+    assert found == []
+
+
+def test_the_reach_in_check_sees_one(tmp_path):
+    bad = tmp_path / "x.py"
+    bad.write_text("def f(vm, self):\n    return vm._guest_perf, self._ok, vm.__class__\n")
+    assert _private_reach_ins(bad) == ["x.py:2: vm._guest_perf"]

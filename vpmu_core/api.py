@@ -6,7 +6,9 @@ and docs/writing-plugins.md.
 
 Records and hooks
     `hookimpl` (the marker; another project's marker registers nothing), `CpuModelSpec`,
-    `FacilitySpec`, `ModeSpec` (what the registration hooks register).
+    `FacilitySpec`, `ModeSpec` (what the registration hooks register; each may declare
+    `costs=` its own cost fields, a `CostFields` subclass with one `CostField(default,
+    description=...)` each, and `cost_presets=` its numbers per preset name).
 
 Vendor side
     `PmuBase` (subclass it; its abstract methods are mandatory, see its docstring),
@@ -49,6 +51,8 @@ physical PMU contract"): `vcpu.pmu`, `vcpu.cpu.pmu`, `vcpu.host.perf`, `vcpu.cha
 
 from __future__ import annotations
 
+from vpmu_core.costs import CostFields
+from vpmu_core.costs import Field as CostField
 from vpmu_core.errors import ConfigError, GuestFault, PerfError, gp
 from vpmu_core.events import N_KINDS, EventKind, Work
 from vpmu_core.hv.config import GuestPmuConfig
@@ -75,35 +79,36 @@ from vpmu_core.seeds import derive_seed
 
 __all__ = [
     "ALWAYS_ON",
-    "EAX",
-    "EBX",
-    "ECX",
-    "EDX",
-    "EMULATED_INSTRUCTION",
-    "FIXED_BASE",
-    "GENERIC_HW_EVENTS",
-    "KVM_COMMON_PMU_MSRS",
-    "N_KINDS",
-    "ONE_INSTRUCTION",
     "ConfigError",
+    "CostField",
+    "CostFields",
     "CounterBackend",
     "CounterWrite",
     "CpuModel",
     "CpuModelSpec",
     "CpuidTable",
+    "EAX",
+    "EBX",
+    "ECX",
+    "EDX",
+    "EMULATED_INSTRUCTION",
     "EventKind",
     "EventState",
-    "GlobalCtrlSplit",
+    "FIXED_BASE",
     "Facility",
     "FacilitySpec",
     "FacilityState",
+    "GENERIC_HW_EVENTS",
+    "GlobalCtrlSplit",
     "GuestFault",
     "GuestPmuConfig",
-    "KVM_7_0",
-    "KvmPmuCaps",
-    "UPGRADE_V5_VERSION",
     "HwEvent",
+    "KVM_7_0",
+    "KVM_COMMON_PMU_MSRS",
+    "KvmPmuCaps",
     "ModeSpec",
+    "N_KINDS",
+    "ONE_INSTRUCTION",
     "Overflow",
     "OverflowHandler",
     "PerfDriver",
@@ -116,6 +121,7 @@ __all__ = [
     "Register",
     "RegisterPort",
     "Regs",
+    "UPGRADE_V5_VERSION",
     "Work",
     "clamp_guest",
     "derive_seed",

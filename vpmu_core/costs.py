@@ -1,16 +1,31 @@
 """The cost model: every operation the hypervisor or perf performs charges host cycles.
 
+The core owns the fields of what every mode does (VM-exits and entries, PMI injection, the
+PMU instructions RDMSR/WRMSR/RDPMC/XSAVES, host perf's own operations); a mode, facility or
+vendor plugin declares the fields of its own design and its presets on its spec
+(`ModeSpec(costs=MyCosts, cost_presets={...})`), and `compose()` merges them into one model
+(`compose_cost_model`). Presets are named by the plugins (intel_arch: `intel`, the baseline
+the defaults are; amd_perfmon: `amd`); an unknown one is an error naming the known ones.
+
 Defaults come from ../shared/facts/costs.md ("Suggested default cost model"), host cycles
-at 3.0 GHz; the tag says how each number is known (M measured, S stated, D derived,
-E estimate, C from kernel source). Two presets: `intel` (SPR/EMR) and `amd` (Zen4/Turin).
-Scenarios override single fields.
+at 3.0 GHz (SPR/EMR); the tag says how each number is known (M measured, S stated,
+D derived, E estimate, C from kernel source). Scenarios override single fields.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, create_model
+from pydantic import Field as Field  # re-exported: plugins declare their cost fields with it
+
+
+class CostFields(BaseModel):
+    """Base of the cost fields a plugin declares (`ModeSpec(costs=...)`): one `Field(default,
+    description=...)` per operation, in host cycles; the default is the baseline number."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
 class CostModel(BaseModel):
@@ -26,11 +41,6 @@ class CostModel(BaseModel):
     rdmsr_pmu: int = Field(80, description="RDMSR of a PMU MSR (E)")
     wrmsr_pmu: int = Field(110, description="WRMSR of a PMU MSR (D: elision commit b0b6a8d3be16)")
     rdpmc: int = Field(25, description="RDPMC (E)")
-    kvm_emulated_msr_access: int = Field(400, description="KVM emulation of a vPMU MSR on top of the exit (E)")
-    mediated_switch_fixed: int = Field(
-        400, description="per put+load pair: GLOBAL_CTRL, status sync, LVTPC x2, perf ctx (D: calibration)"
-    )
-    lvtpc_switch: int = Field(50, description="one LVTPC write (part of mediated_switch_fixed) (E)")
     perf_event_create: int = Field(30000, description="perf_event_create_kernel_counter (E from D 11-17us per pair)")
     perf_event_release: int = Field(15000, description="perf_event_release_kernel (E)")
     perf_event_reprogram: int = Field(4500, description="pause + perf_event_period + enable on the same config (E)")
@@ -45,20 +55,40 @@ class CostModel(BaseModel):
     exit_host_ipc_x100: int = Field(50, description="host instructions per cycle x100 while KVM handles an exit (E)")
 
 
-PRESETS: dict[str, dict[str, int | float]] = {
-    "intel": {},
-    "amd": {
-        "vmexit_full_simple": 2500,
-        "vmexit_fastpath": 1250,
-        "vmexit_to_userspace_extra": 6000,
-        "rdmsr_pmu": 100,
-        "wrmsr_pmu": 175,
-        "mediated_switch_fixed": 1450,
-    },
-}
+#: a preset: field -> value (host cycles) for the fields whose numbers differ from the defaults
+CostValues = Mapping[str, int | float]
 
 
-def cost_model(preset: str = "intel", overrides: dict[str, Any] | None = None) -> CostModel:
-    base: dict[str, Any] = dict(PRESETS.get(preset, {}))
+def compose_cost_model(declared: Iterable[tuple[str, type[BaseModel] | None]]) -> type[CostModel]:
+    """`CostModel` plus the fields each `(owner, model)` declares (a mode's, a facility's, a
+    vendor's), as one model. A field declared twice (or one the core has) is a `ValueError`."""
+    fields: dict[str, Any] = {}
+    owner_of = dict.fromkeys(CostModel.model_fields, "the core")
+    for owner, model in declared:
+        if model is None:
+            continue
+        for name, info in model.model_fields.items():
+            if name in owner_of:
+                raise ValueError(f"cost field {name!r} of {owner} is already declared by {owner_of[name]}")
+            owner_of[name] = owner
+            fields[name] = (info.annotation, info)
+    if not fields:
+        return CostModel
+    return create_model("ComposedCostModel", __base__=CostModel, **fields)
+
+
+def cost_model(
+    preset: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    model: type[CostModel] = CostModel,
+    presets: Mapping[str, CostValues] | None = None,
+) -> CostModel:
+    """`model` with `presets[preset]` and then `overrides` applied. `preset` None = the
+    defaults; a name `presets` does not have is a `ValueError` naming the ones it has."""
+    known = presets or {}
+    if preset is not None and preset not in known:
+        raise ValueError(f"unknown cost preset {preset!r} (allowed: {', '.join(sorted(known)) or 'none'})")
+    base: dict[str, Any] = dict(known.get(preset, {})) if preset is not None else {}
     base.update(overrides or {})
-    return CostModel(**base)
+    return model(**base)

@@ -36,9 +36,22 @@ The run loop fires them in this order (arch/x86/kvm/x86.c), for one vCPU:
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vpmu_core.markers import hookspec
+
+if TYPE_CHECKING:  # the pytest way: real types for the specs, no import at run time
+    import click
+
+    from vpmu_core.engine.cpu import HostCpu
+    from vpmu_core.host import Host
+    from vpmu_core.hv.config import GuestPmuConfig
+    from vpmu_core.hv.vcpu import VCpu
+    from vpmu_core.hv.vm import VM
+    from vpmu_core.hv.xsave import XsaveArea
+    from vpmu_core.hw.cpuid import CpuidTable
+    from vpmu_core.hw.pmc import Pmc
+    from vpmu_core.perf.attr import PerfEventAttr
 
 # ---------------------------------------------------------------------------------------
 # Registration hooks
@@ -87,7 +100,7 @@ def vpmu_register_modes(register: Callable[..., None]) -> None:
 
 
 @hookspec
-def vpmu_register_commands(cli: Any) -> None:
+def vpmu_register_commands(cli: click.Group) -> None:
     """Add subcommands to the ``vpmu`` command.
 
     :param cli: the root ``click.Group``; call ``cli.add_command(cmd)``.
@@ -112,99 +125,129 @@ def vpmu_register_scenarios(register: Callable[..., None]) -> None:
 
 
 @hookspec
-def vpmu_vm_create(vm: Any) -> None:
+def vpmu_vm_create(vm: VM) -> None:
     """A VM was created (KVM_CREATE_VM). Per-VM state may be attached to ``vm.mode_state``.
+
+    :param vm: the `VM` (``vm.vcpus``, ``vm.mode_state``, ``vm.filter``).
 
     .. versionadded:: 0.1
     """
 
 
 @hookspec
-def vpmu_vm_destroy(vm: Any) -> None:
+def vpmu_vm_destroy(vm: VM) -> None:
     """A VM is destroyed: release every resource it holds (kvm_arch_destroy_vm ->
     kvm_pmu_destroy; the mediated PMU reference, perf_release_mediated_pmu). Called after
     every vCPU was scheduled out; its vCPUs then leave the host. Keep what the report shows
     (per-vCPU figures) readable: the report lists destroyed VMs.
 
+    :param vm: the `VM` (``vm.vcpus``, ``vm.mode_state``, ``vm.filter``).
+
     .. versionadded:: 0.1
     """
 
 
 @hookspec
-def vpmu_vcpu_create(vcpu: Any) -> None:
+def vpmu_vcpu_create(vcpu: VCpu) -> None:
     """A vCPU was created (KVM_CREATE_VCPU). Raise ``PerfError`` to refuse (e.g. EBUSY).
 
+    :param vcpu: the `VCpu` (``vcpu.pmu``: its guest PMU; ``vcpu.cpu``: the host CPU it is on).
+
     .. versionadded:: 0.1
     """
 
 
 @hookspec
-def vpmu_vcpu_load(vcpu: Any, cpu: Any) -> None:
+def vpmu_vcpu_load(vcpu: VCpu, cpu: HostCpu) -> None:
     """The vCPU task is scheduled in on host ``cpu`` (kvm_arch_vcpu_load / sched in).
 
+    :param vcpu: the `VCpu` (``vcpu.pmu``: its guest PMU; ``vcpu.cpu``: the host CPU it is on).
+    :param cpu: the `HostCpu` (``cpu.pmu`` the physical PMU).
+
     .. versionadded:: 0.1
     """
 
 
 @hookspec
-def vpmu_vcpu_put(vcpu: Any, cpu: Any) -> None:
+def vpmu_vcpu_put(vcpu: VCpu, cpu: HostCpu) -> None:
     """The vCPU task is scheduled out of host ``cpu`` (kvm_arch_vcpu_put).
 
+    :param vcpu: the `VCpu` (``vcpu.pmu``: its guest PMU; ``vcpu.cpu``: the host CPU it is on).
+    :param cpu: the `HostCpu` (``cpu.pmu`` the physical PMU).
+
     .. versionadded:: 0.1
     """
 
 
 @hookspec
-def vpmu_vcpu_run_enter(vcpu: Any) -> None:
+def vpmu_vcpu_run_enter(vcpu: VCpu) -> None:
     """KVM_RUN ioctl entered (userspace -> kernel).
 
+    :param vcpu: the `VCpu` (``vcpu.pmu``: its guest PMU; ``vcpu.cpu``: the host CPU it is on).
+
     .. versionadded:: 0.1
     """
 
 
 @hookspec
-def vpmu_vcpu_run_leave(vcpu: Any) -> None:
+def vpmu_vcpu_run_leave(vcpu: VCpu) -> None:
     """KVM_RUN returns to userspace.
 
+    :param vcpu: the `VCpu` (``vcpu.pmu``: its guest PMU; ``vcpu.cpu``: the host CPU it is on).
+
     .. versionadded:: 0.1
     """
 
 
 @hookspec
-def vpmu_run_loop_enter(vcpu: Any) -> None:
+def vpmu_run_loop_enter(vcpu: VCpu) -> None:
     """The inner run loop is entered (IRQs off, before the first VM-entry of the loop).
 
+    :param vcpu: the `VCpu` (``vcpu.pmu``: its guest PMU; ``vcpu.cpu``: the host CPU it is on).
+
     .. versionadded:: 0.1
     """
 
 
 @hookspec
-def vpmu_run_loop_leave(vcpu: Any) -> None:
+def vpmu_run_loop_leave(vcpu: VCpu) -> None:
     """The inner run loop is left after a slow-path exit (IRQs still off).
 
+    :param vcpu: the `VCpu` (``vcpu.pmu``: its guest PMU; ``vcpu.cpu``: the host CPU it is on).
+
     .. versionadded:: 0.1
     """
 
 
 @hookspec
-def vpmu_vm_entry(vcpu: Any) -> None:
+def vpmu_vm_entry(vcpu: VCpu) -> None:
     """Right before VM-entry: service requests (KVM_REQ_PMU), apply entry MSR loads.
 
+    :param vcpu: the `VCpu` (``vcpu.pmu``: its guest PMU; ``vcpu.cpu``: the host CPU it is on).
+
     .. versionadded:: 0.1
     """
 
 
 @hookspec
-def vpmu_vm_exit(vcpu: Any, reason: str, fastpath: bool) -> None:
+def vpmu_vm_exit(vcpu: VCpu, reason: str, fastpath: bool) -> None:
     """Right after a VM-exit with its ``reason``; ``fastpath`` exits stay in the inner loop.
+
+    :param vcpu: the `VCpu` (``vcpu.pmu``: its guest PMU; ``vcpu.cpu``: the host CPU it is on).
+    :param reason: the exit reason (e.g. ``"wrmsr"``, ``"hlt"``, ``"pmi"``).
+    :param fastpath: True for an exit handled in the fastpath (the inner loop re-enters).
 
     .. versionadded:: 0.1
     """
 
 
 @hookspec(firstresult=True)
-def vpmu_msr_intercepted(vcpu: Any, msr: int, write: bool) -> bool | None:
+def vpmu_msr_intercepted(vcpu: VCpu, msr: int, write: bool) -> bool | None:
     """Whether a guest access to ``msr`` VM-exits. First answer wins; None = intercepted.
+
+    :param vcpu: the `VCpu` (``vcpu.pmu``: its guest PMU; ``vcpu.cpu``: the host CPU it is on).
+    :param msr: the MSR index.
+    :param write: True for WRMSR, False for RDMSR.
 
     :return: False to let the access go to the hardware register (passthrough).
 
@@ -213,8 +256,11 @@ def vpmu_msr_intercepted(vcpu: Any, msr: int, write: bool) -> bool | None:
 
 
 @hookspec(firstresult=True)
-def vpmu_guest_rdmsr(vcpu: Any, msr: int) -> int | None:
+def vpmu_guest_rdmsr(vcpu: VCpu, msr: int) -> int | None:
     """Emulate an intercepted guest RDMSR. Raise ``GuestFault`` for #GP.
+
+    :param vcpu: the `VCpu` (``vcpu.pmu``: its guest PMU; ``vcpu.cpu``: the host CPU it is on).
+    :param msr: the MSR index.
 
     :return: the value, or None to let the core read ``vcpu.pmu``/facility state.
 
@@ -223,8 +269,12 @@ def vpmu_guest_rdmsr(vcpu: Any, msr: int) -> int | None:
 
 
 @hookspec(firstresult=True)
-def vpmu_guest_wrmsr(vcpu: Any, msr: int, value: int) -> bool | None:
+def vpmu_guest_wrmsr(vcpu: VCpu, msr: int, value: int) -> bool | None:
     """Emulate an intercepted guest WRMSR. Raise ``GuestFault`` for #GP.
+
+    :param vcpu: the `VCpu` (``vcpu.pmu``: its guest PMU; ``vcpu.cpu``: the host CPU it is on).
+    :param msr: the MSR index.
+    :param value: the value the guest writes.
 
     :return: True if handled, None to let the core write ``vcpu.pmu``/facility state.
 
@@ -233,28 +283,35 @@ def vpmu_guest_wrmsr(vcpu: Any, msr: int, value: int) -> bool | None:
 
 
 @hookspec(firstresult=True)
-def vpmu_rdpmc_intercepted(vcpu: Any) -> bool | None:
+def vpmu_rdpmc_intercepted(vcpu: VCpu) -> bool | None:
     """Whether RDPMC VM-exits for this vCPU. None = intercepted.
+
+    :param vcpu: the `VCpu` (``vcpu.pmu``: its guest PMU; ``vcpu.cpu``: the host CPU it is on).
 
     .. versionadded:: 0.1
     """
 
 
 @hookspec(firstresult=True)
-def vpmu_guest_rdpmc(vcpu: Any, ecx: int) -> int | None:
+def vpmu_guest_rdpmc(vcpu: VCpu, ecx: int) -> int | None:
     """Emulate an intercepted RDPMC (raise ``GuestFault`` for #GP); None = core default.
+
+    :param vcpu: the `VCpu` (``vcpu.pmu``: its guest PMU; ``vcpu.cpu``: the host CPU it is on).
+    :param ecx: the RDPMC selector (ECX) the guest passed.
 
     .. versionadded:: 0.1
     """
 
 
 @hookspec
-def vpmu_instruction_retired(vcpu: Any) -> None:
+def vpmu_instruction_retired(vcpu: VCpu) -> None:
     """An instruction KVM emulates (an intercepted WRMSR, RDMSR, RDPMC or CPUID) completed:
     called inside its VM-exit, after its effect (`kvm_skip_emulated_instruction()` ->
     `kvm_pmu_instruction_retired()`), never for one that faulted. The counting window of
     DESIGN §5: count it under the PMU state as it is now (new GLOBAL_CTRL, selectors,
     counter values, event filter).
+
+    :param vcpu: the `VCpu` (``vcpu.pmu``: its guest PMU; ``vcpu.cpu``: the host CPU it is on).
 
     .. versionadded:: 0.1
     .. versionchanged:: 0.2
@@ -264,59 +321,83 @@ def vpmu_instruction_retired(vcpu: Any) -> None:
 
 
 @hookspec
-def vpmu_guest_cpuid(vcpu: Any, table: Any) -> None:
+def vpmu_guest_cpuid(vcpu: VCpu, table: CpuidTable) -> None:
     """Adjust the guest CPUID table once at vCPU creation (e.g. hide a facility).
 
+    :param vcpu: the `VCpu` (``vcpu.pmu``: its guest PMU; ``vcpu.cpu``: the host CPU it is on).
+    :param table: the guest's `CpuidTable`, adjusted in place.
+
     .. versionadded:: 0.1
     """
 
 
 @hookspec(firstresult=True)
-def vpmu_host_pmi(cpu: Any, pmc: Any, overshoot: int) -> bool | None:
+def vpmu_host_pmi(cpu: HostCpu, pmc: Pmc, overshoot: int) -> bool | None:
     """A host PMI for counter ``pmc`` on ``cpu``. True = claimed (e.g. a mediated guest's).
 
+    :param cpu: the `HostCpu` (``cpu.pmu`` the physical PMU).
+    :param pmc: the overflowed `Pmc` of the physical PMU.
+    :param overshoot: events counted past the wrap before the PMI (skid).
+
     .. versionadded:: 0.1
     """
 
 
 @hookspec(firstresult=True)
-def vpmu_host_perf_event_open(attr: Any, pid: int, cpu: int) -> int | None:
+def vpmu_host_perf_event_open(attr: PerfEventAttr, pid: int, cpu: int) -> int | None:
     """A host perf_event_open: return an errno to refuse it, None to allow.
 
+    :param attr: the `PerfEventAttr` of the event being opened.
+    :param pid: the task pid (-1 for a per-CPU event).
+    :param cpu: the host CPU index of the event (-1 for a task event on any CPU).
+
     .. versionadded:: 0.1
     """
 
 
 @hookspec(firstresult=True)
-def vpmu_guest_xsaves(vcpu: Any, mask: int) -> Any:
+def vpmu_guest_xsaves(vcpu: VCpu, mask: int) -> XsaveArea | None:
     """Guest XSAVES of PMU components in ``mask``; None = the core saves vCPU state.
 
+    :param vcpu: the `VCpu` (``vcpu.pmu``: its guest PMU; ``vcpu.cpu``: the host CPU it is on).
+    :param mask: the requested-feature bitmap (RFBM) of the XSAVE state components.
+
     .. versionadded:: 0.1
     """
 
 
 @hookspec(firstresult=True)
-def vpmu_guest_xrstors(vcpu: Any, area: Any, mask: int) -> bool | None:
+def vpmu_guest_xrstors(vcpu: VCpu, area: XsaveArea, mask: int) -> bool | None:
     """Guest XRSTORS of PMU components; None = the core restores vCPU state.
+
+    :param vcpu: the `VCpu` (``vcpu.pmu``: its guest PMU; ``vcpu.cpu``: the host CPU it is on).
+    :param area: the `XsaveArea` the guest restores from.
+    :param mask: the requested-feature bitmap (RFBM) of the XSAVE state components.
 
     .. versionadded:: 0.1
     """
 
 
 @hookspec
-def vpmu_vcpu_save_state(vcpu: Any, state: dict[str, Any]) -> None:
+def vpmu_vcpu_save_state(vcpu: VCpu, state: dict[str, Any]) -> None:
     """Add the mode's vPMU state to a migration ``state`` (sync live counts first). The state
     is JSON-safe (docs/migration-state.md): put the mode's own data, if any, under
     ``state["mode_state"]``; other top-level keys make restore refuse the state.
 
+    :param vcpu: the `VCpu` (``vcpu.pmu``: its guest PMU; ``vcpu.cpu``: the host CPU it is on).
+    :param state: the migration state dict (JSON-safe, docs/migration-state.md).
+
     .. versionadded:: 0.1
     """
 
 
 @hookspec
-def vpmu_vcpu_restore_state(vcpu: Any, state: dict[str, Any]) -> None:
+def vpmu_vcpu_restore_state(vcpu: VCpu, state: dict[str, Any]) -> None:
     """Restore the mode's vPMU state from ``state`` (KVM_SET_MSRS then KVM_RUN): called after
     the core checked the whole state and wrote the registers (the vCPU is out of guest mode).
+
+    :param vcpu: the `VCpu` (``vcpu.pmu``: its guest PMU; ``vcpu.cpu``: the host CPU it is on).
+    :param state: the migration state dict (JSON-safe, docs/migration-state.md).
 
     .. versionadded:: 0.1
     """
@@ -328,7 +409,7 @@ def vpmu_vcpu_restore_state(vcpu: Any, state: dict[str, Any]) -> None:
 
 
 @hookspec
-def vpmu_host_created(host: Any) -> None:
+def vpmu_host_created(host: Host) -> None:
     """The composed host is built (its CPUs, host perf and ledgers exist, no VM yet): attach
     to the machine, e.g. watch host perf reschedules or build per-CPU state.
 
@@ -339,7 +420,7 @@ def vpmu_host_created(host: Any) -> None:
 
 
 @hookspec(firstresult=True)
-def vpmu_limit_guest_pmu(cfg: Any) -> Any:
+def vpmu_limit_guest_pmu(cfg: GuestPmuConfig) -> GuestPmuConfig | None:
     """The mode's caps on a guest PMU, applied the way ``kvm_pmu_refresh`` clamps CPUID.
 
     :param cfg: the `GuestPmuConfig` resolved against the host model.
@@ -355,39 +436,47 @@ def vpmu_facility_allowed(name: str) -> bool | None:
     """Whether guests may get facility ``name`` under this mode (the merged mediated vPMU
     gives none). None = allowed.
 
+    :param name: the facility name (e.g. as registered by a facility plugin).
+
     .. versionadded:: 0.2 (was the plain ``facility_allowed(name)`` method)
     """
 
 
 @hookspec
-def vpmu_filter_changed(vcpu: Any) -> None:
+def vpmu_filter_changed(vcpu: VCpu) -> None:
     """KVM_SET_PMU_EVENT_FILTER changed the VM's filter: re-evaluate ``vcpu``'s counters
     before its next VM-entry (kick it if it is in guest mode).
+
+    :param vcpu: the `VCpu` (``vcpu.pmu``: its guest PMU; ``vcpu.cpu``: the host CPU it is on).
 
     .. versionadded:: 0.2 (was the plain ``filter_changed(vcpu)`` method)
     """
 
 
 @hookspec(firstresult=True)
-def vpmu_mode_report(host: Any) -> dict[str, Any] | None:
+def vpmu_mode_report(host: Host) -> dict[str, Any] | None:
     """The report's ``mode`` section (JSON-safe, sorted-key friendly); None = empty.
+
+    :param host: the composed `vpmu_core.host.Host`.
 
     .. versionadded:: 0.2 (was the plain ``report(host)`` method)
     """
 
 
 @hookspec(firstresult=True)
-def vpmu_guest_counter_values(vcpu: Any) -> dict[str, int] | None:
+def vpmu_guest_counter_values(vcpu: VCpu) -> dict[str, int] | None:
     """What the guest would read from each of ``vcpu``'s counters now, by counter name (the
     report's ``guest_counters``, the trace's counter tracks). None = the core reads the
     guest PMU's registers.
+
+    :param vcpu: the `VCpu` (``vcpu.pmu``: its guest PMU; ``vcpu.cpu``: the host CPU it is on).
 
     .. versionadded:: 0.2 (was the plain ``guest_counter_values(vcpu)`` method)
     """
 
 
 @hookspec(firstresult=True)
-def vpmu_fast_forward_state(vcpu: Any) -> Hashable | None:
+def vpmu_fast_forward_state(vcpu: VCpu) -> Hashable | None:
     """The mode's structural state of ``vcpu`` at a background VM-exit, for the exact
     fast-forward of exits (vpmu_core/hv/fast_forward.py): a hashable value that is equal
     whenever an exit would do the same thing (flags, pending requests, what is loaded

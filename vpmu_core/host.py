@@ -14,13 +14,15 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from vpmu_core import hookspecs
-from vpmu_core.costs import CostModel, cost_model
+from vpmu_core.costs import CostModel, compose_cost_model, cost_model
 from vpmu_core.engine.machine import Machine
 from vpmu_core.errors import ConfigError
+from vpmu_core.hv.config import FACILITY_SWITCHES
 from vpmu_core.hv.fast_forward import enabled as ff_enabled
 from vpmu_core.markers import PROJECT
 from vpmu_core.perf.attr import PerfEventAttr
 from vpmu_core.plugins.discovery import Catalog, build_catalog, catalog, new_plugin_manager
+from vpmu_core.plugins.records import CpuModelSpec, FacilitySpec, ModeSpec
 from vpmu_core.plugins.resolve import ResolvedHooks
 
 if TYPE_CHECKING:
@@ -49,6 +51,7 @@ class Host(Machine):
         mux_interval_ns: int = 4_000_000,
         sched_slice_ns: int = 3_000_000,
         composition: dict[str, Any] | None = None,
+        facility_switches: dict[str, str] | None = None,
     ) -> None:
         super().__init__(
             model=model,
@@ -64,6 +67,9 @@ class Host(Machine):
         self.mode_name = mode_name
         self.mode_options = mode_options
         self.composition = composition or {}
+        #: installed facility name -> the GuestPmuConfig field that switches it for a guest
+        #: (`FacilitySpec.guest_switch`), in catalog order
+        self.facility_switches: dict[str, str] = dict(facility_switches or {})
         #: the composition's plugin manager (set by compose(); registration is closed)
         self.plugin_manager: pluggy.PluginManager | None = None
         #: every VM created on this host, in creation order; destroyed ones stay (flagged
@@ -89,8 +95,7 @@ class Host(Machine):
         """Record a timeline: VM-entries/exits, PMIs, counter ownership, event states."""
         super().set_tracer(tracer)
         for vm in self.vms:
-            if vm._guest_perf is not None:
-                vm._guest_perf.perf.tracer = tracer
+            vm.set_tracer(tracer)
 
     # ---- VMs --------------------------------------------------------------------------------
     def create_vm(
@@ -128,7 +133,8 @@ class Host(Machine):
     def report(self) -> Any:
         from vpmu_core.metrics.report import build_report
 
-        return build_report(self)
+        vms = (vm.snapshot() for vm in self.vms)  # taken after the host's events are read
+        return build_report(self, vms, lambda: self.hooks.mode_report(host=self), self.composition)
 
 
 def _warn_legacy_methods(mode: str, obj: Any) -> None:
@@ -147,6 +153,50 @@ def _warn_legacy_methods(mode: str, obj: Any) -> None:
 
 def _choices(names: Iterable[str]) -> str:
     return ", ".join(sorted(names)) or "(none installed)"
+
+
+def _compose_costs(
+    cat: Catalog,
+    model: Any,
+    mspec: CpuModelSpec,
+    fspecs: list[FacilitySpec],
+    mode_spec: ModeSpec,
+    costs: CostModel | Mapping[str, Any] | None,
+) -> CostModel:
+    """The composition's cost model: the core's fields plus those the composed model,
+    facilities and mode declare, under the preset (`costs["preset"]`, else the model's
+    `cost_preset`), then the overrides. An override of a field only a plugin that is not
+    composed declares changes nothing (a scenario's mediated costs under emulated); a field
+    no installed plugin declares, or a preset none names, is a `ConfigError`."""
+    composed = [mspec, *fspecs, mode_spec]
+    try:
+        fields = compose_cost_model((f"{type(s).__name__} {s.name!r}", s.costs) for s in composed)
+    except ValueError as e:
+        raise ConfigError("costs", str(e)) from None
+    if isinstance(costs, CostModel):
+        # a whole cost model: every field of it as given, the composed ones' defaults for the rest
+        given = costs.model_dump()
+        return fields(**{k: v for k, v in given.items() if k in fields.model_fields})
+    overrides = dict(costs or {})
+    asked = overrides.pop("preset", None)
+    preset = asked or getattr(model, "cost_preset", None)
+    known = cat.cost_presets()
+    if preset is not None and preset not in known:
+        where = "costs.preset" if asked else f"cost_preset of {mspec.name}"
+        raise ConfigError(where, f"unknown cost preset {preset!r}", _choices(known))
+    allowed = cat.cost_fields()
+    unknown = sorted(set(overrides) - set(allowed))
+    if unknown:
+        raise ConfigError("costs", f"unknown cost field(s) {unknown}", _choices([*allowed, "preset"]))
+    values: dict[str, Any] = {}
+    if preset is not None:
+        for s in composed:
+            values.update(s.cost_presets.get(preset, {}))
+    values.update({k: v for k, v in overrides.items() if k in fields.model_fields})
+    try:
+        return cost_model(None, values, model=fields)
+    except Exception as e:
+        raise ConfigError("costs", str(e), _choices(fields.model_fields)) from None
 
 
 def compose(
@@ -192,13 +242,15 @@ def compose(
             ok = [n for n, s in cat.facilities.items() if s.applies_to(model)]
             raise ConfigError("facility", f"{f!r} does not apply to {cpu}", _choices(ok))
         fac_objs[f] = fspec.factory(model, dict((facility_options or {}).get(f, {})))
-    if isinstance(costs, CostModel):
-        cost = costs
-    else:
-        try:
-            cost = cost_model(getattr(model, "cost_preset", "intel"), dict(costs or {}))
-        except Exception as e:
-            raise ConfigError("costs", str(e), ", ".join(CostModel.model_fields)) from None
+    cost = _compose_costs(cat, model, mspec, [cat.facilities[f] for f in facilities], cat.modes[mode], costs)
+    switches = {n: s.guest_switch for n, s in cat.facilities.items() if s.guest_switch is not None}
+    for n, sw in switches.items():
+        if sw not in FACILITY_SWITCHES:
+            raise ConfigError(
+                "facility",
+                f"{n!r} declares guest_switch {sw!r}, not a GuestPmuConfig switch",
+                _choices(FACILITY_SWITCHES),
+            )
     mode_spec = cat.modes[mode]
     opts = dict(mode_options or {})
     unknown = sorted(set(opts) - set(mode_spec.options))
@@ -223,6 +275,7 @@ def compose(
         cpus=cpus,
         seed=seed,
         mux_interval_ns=mux_interval_ns,
+        facility_switches=switches,
         composition={
             "cpu": cpu,
             "mode": mode,

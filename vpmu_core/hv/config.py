@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field
+
+#: the `GuestPmuConfig` fields that switch facilities for a guest, with what they give (for
+#: messages). A facility names its switch in its `FacilitySpec.guest_switch`; the core knows
+#: only this field, never the facilities behind it.
+FACILITY_SWITCHES = {"lbr": "LBR"}
 
 
 class GuestPmuConfig(BaseModel):
@@ -21,4 +28,4 @@ class GuestPmuConfig(BaseModel):
     #: hidden event still counts if the host supports it. None = every event available.
     unavailable_events: int | None = Field(None, ge=0, lt=1 << 32)
     #: facility-specific settings (e.g. {"arch_lbr": {"depth": 32}})
-    facility_options: dict[str, dict] = Field(default_factory=dict)
+    facility_options: dict[str, dict[str, Any]] = Field(default_factory=dict)

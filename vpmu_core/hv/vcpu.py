@@ -29,6 +29,7 @@ from vpmu_core.hv.fast_forward import FastForward
 from vpmu_core.hv.guest_facing import guest_facing
 from vpmu_core.hv.lapic import LvtPc
 from vpmu_core.hv.run_loop import Pmi, RunLoop
+from vpmu_core.hv.snapshot import VcpuSnapshot
 from vpmu_core.logs import get_logger
 from vpmu_core.seeds import derive_seed
 
@@ -175,6 +176,24 @@ class VCpu(RunLoop, Emulation):
 
     def now_ns(self) -> int:
         return self.cpu.now_ns()
+
+    def snapshot(self) -> VcpuSnapshot:
+        """The vCPU's figures now, as a plain record (the report's source)."""
+        st = self.stats
+        vals = self.hooks.guest_counter_values(vcpu=self)
+        if vals is None:
+            vals = {f"{p.idx:#x}": self.pmu.read_counter(p) for p in self.pmu.pmcs}
+        return VcpuSnapshot(
+            name=self.name,
+            exits=dict(sorted(st.exits.items())),
+            total_exits=st.total_exits,
+            fastpath_exits=st.fastpath_exits,
+            userspace_exits=st.userspace_exits,
+            guest_cycles=st.guest_cycles,
+            pmis=len(self.pmis),
+            guest_counters=vals,
+            facilities={n: f.summary() for n, f in sorted(self.facilities.items()) if hasattr(f, "summary")},
+        )
 
     @guest_facing
     def save_state(self) -> dict[str, Any]:

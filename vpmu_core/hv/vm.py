@@ -6,7 +6,10 @@ import errno
 from typing import TYPE_CHECKING, Any, Literal
 
 from vpmu_core.errors import ConfigError, PerfError, VmDestroyedError
+from vpmu_core.hv.config import FACILITY_SWITCHES
 from vpmu_core.hv.filter import MAX_EVENTS, PmuEventFilter
+from vpmu_core.hv.snapshot import VmSnapshot
+from vpmu_core.perf.snapshot import snapshot_event
 
 if TYPE_CHECKING:
     from vpmu_core.engine.exits import ExitProfile
@@ -44,19 +47,27 @@ class VM:
         self.host = host
         self.name = name
         allowed = host.hooks.facility_allowed
-        if allowed(name="lbr") is False and allowed(name="arch_lbr") is False:
-            # the mode gives guests no LBR (merged mediated vPMU): CPUID and
-            # PERF_CAPABILITIES must not advertise it either
-            if pmu.lbr:
-                raise ConfigError("pmu.lbr", f"mode {host.mode_name!r} gives guests no LBR", "false")
-            pmu = pmu.model_copy(update={"lbr": False})
-        if not any(n in host.facilities for n in ("lbr", "arch_lbr")):
-            # no LBR facility composed: the guest really has no LBR MSRs, so nothing may
-            # advertise them (PERF_CAPABILITIES[5:0] is non-zero only with the LBR MSRs:
-            # vmx_get_perf_capabilities(), intel_pmu_refresh() -> intel_pmu_lbr_is_enabled())
-            if pmu.lbr:
-                raise ConfigError("pmu.lbr", "a guest LBR needs the lbr or arch_lbr facility", "false")
-            pmu = pmu.model_copy(update={"lbr": False})
+        for switch, what in FACILITY_SWITCHES.items():
+            # the installed facilities this config field switches (FacilitySpec.guest_switch)
+            names = [n for n, s in host.facility_switches.items() if s == switch]
+            if names and all(allowed(name=n) is False for n in names):
+                # the mode gives guests none of them (merged mediated vPMU: no LBR): CPUID
+                # and PERF_CAPABILITIES must not advertise it either
+                if getattr(pmu, switch):
+                    raise ConfigError(f"pmu.{switch}", f"mode {host.mode_name!r} gives guests no {what}", "false")
+                pmu = pmu.model_copy(update={switch: False})
+            if not any(n in host.facilities for n in names):
+                # none of them composed: the guest really has none of their MSRs, so nothing
+                # may advertise them (PERF_CAPABILITIES[5:0] is non-zero only with the LBR MSRs:
+                # vmx_get_perf_capabilities(), intel_pmu_refresh() -> intel_pmu_lbr_is_enabled())
+                if getattr(pmu, switch):
+                    needs = (
+                        f"the {' or '.join(names)} facility"
+                        if names
+                        else f"a facility that gives it (none installed gives {what})"
+                    )
+                    raise ConfigError(f"pmu.{switch}", f"a guest {what} needs {needs}", "false")
+                pmu = pmu.model_copy(update={switch: False})
         self.pmu_config = host.model.resolve_guest(pmu)
         limited = host.hooks.limit_guest_pmu(cfg=self.pmu_config)
         if limited is not None:
@@ -93,9 +104,11 @@ class VM:
         return f"VM({self.name}, vcpus={len(self.vcpus)})"
 
     def facility_enabled(self, name: str) -> bool:
-        """A facility is exposed to the guest unless the config turns it off (lbr=False) or
+        """A facility is exposed to the guest unless the config turns its switch off (its
+        `FacilitySpec.guest_switch`, e.g. lbr=False) or
         the mode does not give guests that facility (`vpmu_facility_allowed`)."""
-        if name in ("lbr", "arch_lbr") and self.pmu_config.lbr is False:
+        switch = self.host.facility_switches.get(name)
+        if switch is not None and getattr(self.pmu_config, switch) is False:
             return False
         return self.host.hooks.facility_allowed(name=name) is not False
 
@@ -128,6 +141,28 @@ class VM:
 
             self._guest_perf = GuestPerf(self)
         return self._guest_perf
+
+    def set_tracer(self, tracer: Any) -> None:
+        """Let guest perf (if the guest opened it) record into `tracer` too."""
+        if self._guest_perf is not None:
+            self._guest_perf.perf.tracer = tracer
+
+    def snapshot(self) -> VmSnapshot:
+        """The VM's figures now, as plain records (the report's source): guest perf events
+        first (reading them is what a guest `read(2)` does), then each vCPU."""
+        gp = self._guest_perf
+        events = (
+            tuple(snapshot_event(ev, gp.perf.truth_of(ev)) for ev in sorted(gp.events, key=lambda e: e.id))
+            if gp is not None
+            else ()
+        )
+        return VmSnapshot(
+            name=self.name,
+            vcpus=tuple(v.snapshot() for v in self.vcpus),
+            guest_events=events,
+            guest_perf_stats=gp.perf.stats.as_dict() if gp is not None else None,
+            guest_kernel_errors=tuple(gp.errors) if gp is not None else (),
+        )
 
     def destroy(self) -> None:
         """Destroy the VM (DESIGN §5 `vm.destroy()`): the VMM closed its last VM and vCPU file

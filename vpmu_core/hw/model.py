@@ -35,8 +35,9 @@ class CpuModel(Protocol):
     vendor: str
     freq_hz: int
     caps: PmuCapabilities
-    #: name of the cost preset the model's defaults come from ("intel", "amd", ...)
-    cost_preset: str
+    #: name of the cost preset the model's numbers come from ("intel", "amd", ...: a preset
+    #: some installed spec declares in `cost_presets`), None for the core's defaults
+    cost_preset: str | None
 
     def make_pmu(self, guest: GuestPmuConfig | None = None) -> PmuBase:
         """A PMU register model: physical when `guest` is None, else the guest-visible PMU."""

@@ -61,11 +61,11 @@ class PmuBase(ABC):
     """Base of every vendor PMU register model. See module docstring.
 
     Mandatory (abstract: a vendor class missing one fails at construction with TypeError):
-    `_decode`, `rdpmc`, `eventsel_msr`, `counter_msrs`, `control_msrs`, `rdpmc_ecx`,
-    `raise_overflow`. Optional, with the default said in each docstring: `eventsel_msrs`
-    (mandatory in practice for a vendor with selector aliases), `global_msrs`,
-    `fixed_ctrl_msr`, `hw_eventsel`, `global_status`, `set_global_status`,
-    `describe`, `state_msrs`.
+    `_decode`, `rdpmc`, `eventsel_msr`, `counter_msrs`, `control_msrs`, `rdpmc_ecx`.
+    Optional, with the default said in each docstring: `eventsel_msrs` (mandatory in
+    practice for a vendor with selector aliases), `global_msrs`, `fixed_ctrl_msr`,
+    `hw_eventsel`, `raise_overflow`, `global_status`, `set_global_status` (the last three
+    share one default over `status_register`), `describe`, `state_msrs`.
 
     What modes read (accessors, never vendor layouts): `pmcs` (GP then fixed `Pmc`s),
     `pmc(idx)`, `all_counter_mask`, `msr_indexes`, `has_msr(msr)`, `entry_loads` (physical
@@ -77,6 +77,10 @@ class PmuBase(ABC):
     #: True where VM-entry/VM-exit switch the global control atomically (Intel VMCS
     #: PERF_GLOBAL_CTRL load/save fields); False where software must write it (AMD).
     atomic_global_ctrl_switch: bool = False
+    #: the overflow status register (GLOBAL_STATUS: Intel v2+, AMD PerfMonV2) that the
+    #: default `raise_overflow`, `global_status` and `set_global_status` keep; None where
+    #: the PMU has none (Intel v1, AMD before PerfMonV2): overflows then only wrap
+    status_register: Register | None = None
 
     def __init__(self, *, guest: bool = False) -> None:
         self.guest = guest
@@ -376,19 +380,27 @@ class PmuBase(ABC):
         AMD forces GuestOnly). Identity by default."""
         return value
 
-    @abstractmethod
     def raise_overflow(self, pmc: Pmc) -> bool:
-        """Record an overflow of `pmc` (status bit where the PMU has one); True = raise a PMI."""
-        raise NotImplementedError
+        """Record an overflow of `pmc`: its bit in `status_register` where the PMU has one
+        (SDM 20.2.2, APM 13.2.2 PerfMonV2). True = raise a PMI: the counter's interrupt
+        enable (INT / the fixed PMI bit), as both vendors do. Override for anything else."""
+        reg = self.status_register
+        if reg is not None:
+            reg.value |= 1 << pmc.idx
+        return pmc.int_en
 
     @property
     def global_status(self) -> int:
-        """The overflow status bits (optional; default 0: no status register)."""
-        return 0
+        """The overflow status bits (0 without a `status_register`)."""
+        reg = self.status_register
+        return reg.value if reg is not None else 0
 
     def set_global_status(self, value: int) -> None:
-        """Optional. Host-side (not guest-visible) write of the whole status, for context switches."""
-        return None
+        """Host-side (not guest-visible) write of the whole status, for context switches:
+        the bits the status register holds (its `writable` mask); no-op without one."""
+        reg = self.status_register
+        if reg is not None:
+            reg.value = value & reg.writable
 
     def describe(self) -> dict[str, Any]:
         return {

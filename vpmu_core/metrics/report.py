@@ -4,14 +4,16 @@ same scenario and seed give byte-identical JSON."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from vpmu_core.events import EventKind
 from vpmu_core.perf.attr import EventState
-from vpmu_core.perf.event import PerfEvent
+from vpmu_core.perf.snapshot import EventSnapshot, snapshot_event
 
 if TYPE_CHECKING:
-    from vpmu_core.host import Host
+    from vpmu_core.engine.machine import Machine
+    from vpmu_core.hv.snapshot import VmSnapshot
 
 REPORT_SCHEMA_VERSION = 1
 
@@ -22,25 +24,21 @@ def _pct(a: int, b: int) -> float | None:
     return round((a - b) * 100.0 / b, 4)
 
 
-def _event_row(ev: PerfEvent, scope: str, truth: int) -> dict[str, Any]:
-    c = ev.read() if not ev.closed else None
-    value = c.value if c else ev.count
-    enabled = c.time_enabled if c else ev.enabled_ns
-    running = c.time_running if c else ev.running_ns
+def _event_row(ev: EventSnapshot, scope: str) -> dict[str, Any]:
+    value, enabled, running, truth = ev.value, ev.time_enabled_ns, ev.time_running_ns, ev.truth
     scaled = value * enabled // running if running else 0
-    kind = EventKind(ev.hw.kind).name.lower() if ev.hw.kind is not None else None
     return {
         "scope": scope,
         "id": ev.id,
-        "label": ev.attr.label(),
-        "kind": kind,
+        "label": ev.label,
+        "kind": ev.kind,
         "owner": ev.owner,
         "pid": ev.pid,
         "cpu": ev.cpu,
-        "pinned": ev.attr.pinned,
-        "exclude_guest": ev.attr.exclude_guest,
-        "exclude_host": ev.attr.exclude_host,
-        "state": ev.state.name,
+        "pinned": ev.pinned,
+        "exclude_guest": ev.exclude_guest,
+        "exclude_host": ev.exclude_host,
+        "state": ev.state,
         "value": value,
         "time_enabled_ns": enabled,
         "time_running_ns": running,
@@ -53,19 +51,27 @@ def _event_row(ev: PerfEvent, scope: str, truth: int) -> dict[str, Any]:
     }
 
 
-def build_report(host: Host) -> dict[str, Any]:
-    """Build the report of everything that happened on `host` so far."""
+def build_report(
+    host: Machine,
+    vms: Iterable[VmSnapshot],
+    mode: Callable[[], dict[str, Any] | None],
+    composition: dict[str, Any],
+) -> dict[str, Any]:
+    """Build the report of everything that happened so far: `host` is the machine (its
+    perf, ledgers and clock), `vms` the snapshot each VM contributes (`VM.snapshot()`), `mode`
+    gives the mode's own section (`vpmu_mode_report`), `composition` what was composed.
+
+    Taking a snapshot reads the guest's counters (guest time passes), so `vms` is consumed
+    after the host's events are read, and `mode` called last: pass a lazy iterable."""
     now = host.now_ns
     assert host.perf is not None
     events = []
     for ev in sorted(host.user_events, key=lambda e: e.id):
-        events.append(_event_row(ev, "host", host.perf.truth_of(ev)))
-    for vm in host.vms:
-        gp = vm._guest_perf
-        if gp is None:
-            continue
-        for ev in sorted(gp.events, key=lambda e: e.id):
-            events.append(_event_row(ev, f"guest:{vm.name}", gp.perf.truth_of(ev)))
+        events.append(_event_row(snapshot_event(ev, host.perf.truth_of(ev)), "host"))
+    vms = list(vms)
+    for vm in vms:
+        for gev in vm.guest_events:
+            events.append(_event_row(gev, f"guest:{vm.name}"))
     silent: list[dict[str, Any]] = [
         {
             "owner": iv.owner,
@@ -95,55 +101,41 @@ def build_report(host: Host) -> dict[str, Any]:
             {"id": row["id"], "label": row["label"], "lost": lost, "truth": row["truth"], "reason": reason}
         )
     overhead: dict[str, Any] = {}
-    for vm in host.vms:
+    for vm in vms:
         for v in vm.vcpus:
-            st = v.stats
-            total_exits = st.total_exits
+            total_exits = v.total_exits
             cyc = host.costs_ledger.cycles[v.name]
             total_cycles = sum(cyc.values())
-            guest_s = st.guest_cycles / host.freq_hz
+            guest_s = v.guest_cycles / host.freq_hz
             overhead[v.name] = {
-                "exits": dict(sorted(st.exits.items())),
+                "exits": v.exits,
                 "total_exits": total_exits,
-                "fastpath_exits": st.fastpath_exits,
-                "userspace_exits": st.userspace_exits,
-                "guest_cycles": st.guest_cycles,
+                "fastpath_exits": v.fastpath_exits,
+                "userspace_exits": v.userspace_exits,
+                "guest_cycles": v.guest_cycles,
                 "guest_instructions": host.truth.total(v.name, EventKind.INSTRUCTIONS, guest=True),
                 "overhead_cycles": dict(sorted(cyc.items())),
                 "calls": dict(sorted(host.costs_ledger.calls[v.name].items())),
                 "total_overhead_cycles": total_cycles,
                 "cycles_per_exit": round(total_cycles / total_exits, 2) if total_exits else 0.0,
                 "overhead_cycles_per_guest_second": round(total_cycles / guest_s, 1) if guest_s else 0.0,
-                "pmis": len(v.pmis),
+                "pmis": v.pmis,
             }
     overhead["host"] = {
         "overhead_cycles": dict(sorted(host.costs_ledger.cycles["host"].items())),
         "calls": dict(sorted(host.costs_ledger.calls["host"].items())),
     }
-    guest_counters = {}
-    for vm in host.vms:
-        for v in vm.vcpus:
-            vals = host.hooks.guest_counter_values(vcpu=v)
-            if vals is None:
-                vals = {f"{p.idx:#x}": v.pmu.read_counter(p) for p in v.pmu.pmcs}
-            guest_counters[v.name] = vals
-    facilities: dict[str, Any] = {}
-    for vm in host.vms:
-        for v in vm.vcpus:
-            rows = {n: f.summary() for n, f in sorted(v.facilities.items()) if hasattr(f, "summary")}
-            if rows:
-                facilities[v.name] = rows
+    guest_counters = {v.name: v.guest_counters for vm in vms for v in vm.vcpus}
+    facilities: dict[str, Any] = {v.name: v.facilities for vm in vms for v in vm.vcpus if v.facilities}
     perf_api = {"host": host.perf.stats.as_dict()}
-    for vm in host.vms:
-        if vm._guest_perf is not None:
-            perf_api[f"guest:{vm.name}"] = vm._guest_perf.perf.stats.as_dict()
-    mode_stats = host.hooks.mode_report(host=host)
-    guest_errors = [
-        {"vm": vm.name, **e} for vm in host.vms if vm._guest_perf is not None for e in vm._guest_perf.errors
-    ]
+    for vm in vms:
+        if vm.guest_perf_stats is not None:
+            perf_api[f"guest:{vm.name}"] = vm.guest_perf_stats
+    mode_stats = mode()
+    guest_errors = [{"vm": vm.name, **e} for vm in vms for e in vm.guest_kernel_errors]
     out = {
         "schema": REPORT_SCHEMA_VERSION,
-        "composition": host.composition,
+        "composition": composition,
         "duration_ns": now,
         "events": events,
         "silent_errors": silent,

@@ -18,6 +18,7 @@ import pluggy
 from stevedore import ExtensionManager
 
 from vpmu_core import hookspecs
+from vpmu_core.costs import CostModel
 from vpmu_core.errors import ConfigError
 from vpmu_core.logs import get_logger
 from vpmu_core.markers import ENTRY_POINT_GROUP, PROJECT
@@ -45,6 +46,21 @@ class Catalog:
 
     def plugin(self, name: str) -> PluginRecord | None:
         return next((p for p in self.plugins if p.name == name), None)
+
+    def specs(self) -> list[CpuModelSpec | FacilitySpec | ModeSpec]:
+        """Every registered model, facility and mode, in that order."""
+        return [*self.cpu_models.values(), *self.facilities.values(), *self.modes.values()]
+
+    def cost_fields(self) -> list[str]:
+        """Every cost field a scenario may set: the core's and every installed spec's."""
+        out = list(CostModel.model_fields)
+        for spec in self.specs():
+            out += [n for n in (spec.costs.model_fields if spec.costs is not None else ()) if n not in out]
+        return out
+
+    def cost_presets(self) -> list[str]:
+        """Every preset name an installed spec declares."""
+        return sorted({name for spec in self.specs() for name in spec.cost_presets})
 
 
 def new_plugin_manager() -> pluggy.PluginManager:

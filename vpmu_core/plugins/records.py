@@ -20,6 +20,14 @@ class _Spec(BaseModel):
     options: dict[str, str] = Field(default_factory=dict)
     #: filled by the loader: the plugin (entry point name) that registered it
     plugin: str = ""
+    #: the cost fields of this model's, facility's or mode's own design: a pydantic model
+    #: whose fields (host cycles, defaults = the baseline numbers) compose() merges into the
+    #: core's `CostModel` when this is composed (vpmu_core/costs.py)
+    costs: type[BaseModel] | None = None
+    #: preset name -> {field: value}: the numbers of a preset (`costs: {preset: amd}` or the
+    #: CPU model's `cost_preset`) for fields this declares (a mode's own) or the core's (a
+    #: vendor's); a preset no installed spec names is an error
+    cost_presets: dict[str, dict[str, int | float]] = Field(default_factory=dict)
 
     @field_validator("name")
     @classmethod
@@ -41,6 +49,10 @@ class FacilitySpec(_Spec):
 
     factory: Callable[[Any, dict[str, Any]], Any]
     applies_to: Callable[[Any], bool] = lambda model: True
+    #: the `GuestPmuConfig` field that gives a guest this facility (e.g. "lbr": both LBR
+    #: facilities; `lbr=False` hides it, `lbr=True` needs one of the facilities that name
+    #: it), or None (`vpmu_core.hv.config.FACILITY_SWITCHES` lists the fields)
+    guest_switch: str | None = None
 
 
 class ModeSpec(_Spec):

@@ -223,11 +223,36 @@ def format_validation_error(err: ValidationError, source: str) -> str:
     return text
 
 
-def validate(data: Mapping[str, Any], source: str = "<scenario>") -> Scenario:
+def validate(data: Mapping[str, Any], source: str = "<scenario>", catalog: Any | None = None) -> Scenario:
     try:
-        return Scenario.model_validate(dict(data))
+        scn = Scenario.model_validate(dict(data))
     except ValidationError as e:
         raise ScenarioError(source, format_validation_error(e, source)) from None
+    _check_plugin_costs(scn, source, catalog)
+    return scn
+
+
+def _check_plugin_costs(scn: Scenario, source: str, catalog: Any | None) -> None:
+    """The `costs:` keys beyond the core's are the cost fields plugins declare: each must be
+    one an installed plugin declares (`catalog`, default the installed one), and a
+    non-negative number like the core's."""
+    extra = scn.costs.model_extra or {}
+    if not extra:
+        return
+    if catalog is None:
+        from vpmu_core.plugins.discovery import catalog as installed
+
+        catalog = installed()
+    known = catalog.cost_fields()
+    for key, value in extra.items():
+        if key not in known:
+            raise ScenarioError(
+                source, f"costs.{key}: unknown field (allowed: {', '.join(sorted([*known, 'preset']))})"
+            )
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ScenarioError(source, f"costs.{key}: Input should be a valid number (got {value!r})")
+        if value < 0:
+            raise ScenarioError(source, f"costs.{key}: Input should be greater than or equal to 0 (got {value!r})")
 
 
 def load(
@@ -269,7 +294,7 @@ def load(
             apply_set(data, parts, value)
         except ConfigError as e:
             raise ScenarioError(source, str(e)) from None
-    return validate(data, source), source
+    return validate(data, source, catalog), source
 
 
 def _names(catalog: Any | None, kind: str) -> str:
@@ -297,10 +322,12 @@ def resolved(scn: Scenario, costs: Any | None = None) -> dict[str, Any]:
     profile (rate, shares, reason weights), the full cost model with the overrides
     applied (`costs`: the composed host's, which includes the CPU vendor's preset), and
     each perf session's fields."""
-    from vpmu_core.costs import cost_model
+    from vpmu_core.costs import CostModel
 
     data = scn.model_dump(mode="json", by_alias=True)
-    data["costs"] = (costs or cost_model("intel", scn.cost_overrides())).model_dump(mode="json")
+    if costs is None:  # no host composed: the core's fields, with the scenario's overrides of them
+        costs = CostModel(**{k: v for k, v in scn.cost_overrides().items() if k in CostModel.model_fields})
+    data["costs"] = costs.model_dump(mode="json")
     for v, spec in zip(data["vms"], scn.vms, strict=True):
         v["exits"] = spec.exits.build().model_dump(mode="json")
     return data

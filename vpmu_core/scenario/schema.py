@@ -69,14 +69,26 @@ class _Strict(BaseModel):
 
 
 def _cost_overrides_model() -> type[BaseModel]:
-    """CostModel with every field optional: a scenario overrides single fields."""
-    fields: dict[str, Any] = {}
+    """CostModel with every field optional: a scenario overrides single fields. The fields
+    plugins declare (a mode's own) are extra keys here, checked against the installed
+    plugins when the scenario is validated (`loader.validate`) and the composed host's at
+    compose; `preset` picks a cost preset by name (default: the CPU model's)."""
+    fields: dict[str, Any] = {
+        "preset": (str | None, Field(None, description="cost preset, e.g. intel or amd (default: the CPU model's)"))
+    }
     for name, f in CostModel.model_fields.items():
         # a negative cost would make overhead (and time) run backwards
         assert f.annotation is not None, f"CostModel.{name} has a type"
         fields[name] = (f.annotation | None, Field(None, ge=0, description=f.description))
     return create_model(
-        "CostOverrides", __config__=ConfigDict(extra="forbid"), __doc__="Cost model overrides (host cycles).", **fields
+        "CostOverrides",
+        __config__=ConfigDict(
+            extra="allow",
+            # the extra keys are plugins' cost fields: non-negative numbers (checked by name at validate)
+            json_schema_extra={"additionalProperties": {"type": "number", "minimum": 0}},
+        ),
+        __doc__="Cost model overrides (host cycles).",
+        **fields,
     )
 
 

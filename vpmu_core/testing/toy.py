@@ -66,6 +66,7 @@ class ToyPmu(PmuBase):
             Register("GLOBAL_CTRL", reset=(1 << gp_n) - 1, writable=valid, on_write=lambda o, n: self.refresh(o ^ n)),
         )
         self.gstatus = self.add_register(GSTATUS, Register("GLOBAL_STATUS", writable=valid, read_only=True))
+        self.status_register = self.gstatus  # PmuBase's raise_overflow/global_status keep it
         self.add_register(
             GSTATUS_CLR, Register("GLOBAL_STATUS_CLR", writable=valid, reads_as=0, write_1_to_clear=self.gstatus)
         )
@@ -147,17 +148,6 @@ class ToyPmu(PmuBase):
 
     def rdpmc_ecx(self, pmc: Pmc) -> int:
         return (1 << 30) | (pmc.idx - FIXED_BASE) if pmc.is_fixed else pmc.idx
-
-    def raise_overflow(self, pmc: Pmc) -> bool:
-        self.gstatus.value |= 1 << pmc.idx
-        return pmc.int_en
-
-    @property
-    def global_status(self) -> int:
-        return self.gstatus.value
-
-    def set_global_status(self, value: int) -> None:
-        self.gstatus.value = value
 
 
 class ToyDriver:
@@ -262,7 +252,7 @@ class ToyModel:
     driver_class: type[ToyDriver] = ToyDriver
     vendor = "toy"
     freq_hz = 3_000_000_000
-    cost_preset = "intel"
+    cost_preset: str | None = None  # the core's defaults
     features: dict[str, Any] = {}
 
     def __init__(self, options: dict[str, Any]) -> None:
@@ -317,7 +307,11 @@ class ReferenceMode:
 
 @hookimpl
 def vpmu_register_cpu_models(register: Any) -> None:
-    register(CpuModelSpec(name="toy/basic", vendor="toy", factory=ToyModel, description="test fixture CPU"))
+    register(
+        CpuModelSpec(
+            name="toy/basic", vendor="toy", factory=ToyModel, description="test fixture CPU", cost_presets={"toy": {}}
+        )
+    )
 
 
 @hookimpl

@@ -18,7 +18,7 @@ __version__ = "0.1.0"
 @hookimpl
 def vpmu_register_cpu_models(register: Callable[..., None]) -> None:
     """Register amd/k8, amd/zen2 and amd/zen4."""
-    from vpmu_amd_perfmon.models import MODEL_OPTIONS, MODELS
+    from vpmu_amd_perfmon.models import COST_PRESETS, MODEL_OPTIONS, MODELS
 
     for name, data in MODELS.items():
         register(
@@ -28,6 +28,7 @@ def vpmu_register_cpu_models(register: Callable[..., None]) -> None:
                 factory=partial(_factory, name),
                 description=data.description,
                 options=dict(MODEL_OPTIONS),
+                cost_presets=COST_PRESETS,
             )
         )
 

@@ -21,6 +21,17 @@ log = get_logger("vpmu.amd_perfmon")
 
 DEFAULT_FREQ_HZ = 3_000_000_000
 MODEL_OPTIONS = {"freq_hz": f"core clock in Hz (default {DEFAULT_FREQ_HZ})"}
+#: the `amd` cost preset (Zen4/Turin, ../shared/facts/costs.md) for the core's fields; the
+#: mediated mode declares its own field's AMD number itself
+COST_PRESETS: dict[str, dict[str, int | float]] = {
+    "amd": {
+        "vmexit_full_simple": 2500,
+        "vmexit_fastpath": 1250,
+        "vmexit_to_userspace_extra": 6000,
+        "rdmsr_pmu": 100,
+        "wrmsr_pmu": 175,
+    }
+}
 
 
 @dataclass(frozen=True)

@@ -76,6 +76,8 @@ class AmdPmu(PmuBase):
         self._global_ctl = self._counter_bits if perfmon_v2 else 0
         #: PerfCntrGlobalStatus (PerfMonV2), the target of the CLR/SET registers
         self._status = Register("PerfCntrGlobalStatus", writable=self._counter_bits, read_only=True)
+        #: PmuBase's raise_overflow/global_status/set_global_status keep it (PerfMonV2 only)
+        self.status_register = self._status if perfmon_v2 else None
         self._sel_valid = es.GUEST_VALID if guest else es.HW_VALID
         #: SVM LBR virtualization (CPUID 8000_000AH EDX[1], KVM module parameter `lbrv`)
         self.lbrv = lbrv
@@ -259,20 +261,6 @@ class AmdPmu(PmuBase):
         v6 26/44: eventsel_hw = data & ~HostOnly | GuestOnly), since AMD cannot switch
         GlobalCtl atomically at VMRUN/#VMEXIT."""
         return (value & ~es.HOST_ONLY) | es.GUEST_ONLY
-
-    def raise_overflow(self, pmc: Pmc) -> bool:
-        """PerfMonV2 records the overflow in GlobalStatus; without it the wrap is all there is.
-        Either way the PMI (LVTPC NMI) is raised only with INT set."""
-        if self.perfmon_v2:
-            self._status.value |= 1 << pmc.idx
-        return pmc.int_en
-
-    @property
-    def global_status(self) -> int:
-        return self._status.value
-
-    def set_global_status(self, value: int) -> None:
-        self._status.value = value & self._counter_bits
 
     @property
     def global_ctl(self) -> int:

@@ -14,7 +14,7 @@ from typing import Any
 
 from vpmu_core.api import CpuModelSpec
 from vpmu_intel_arch.events import Constraint, fixed_c
-from vpmu_intel_arch.models import IntelCpuModel, ModelData, no_options
+from vpmu_intel_arch.models import COST_PRESETS, IntelCpuModel, ModelData, no_options
 
 # arch/x86/events/intel/core.c `intel_grt_event_constraints`: the fixed counters only
 GRT_CONSTRAINTS: tuple[Constraint, ...] = (
@@ -46,4 +46,10 @@ def make_gracemont(options: dict[str, Any] | None = None) -> IntelCpuModel:
     return IntelCpuModel(GRACEMONT)
 
 
-SPEC = CpuModelSpec(name=GRACEMONT.name, vendor="intel", factory=make_gracemont, description=GRACEMONT.description)
+SPEC = CpuModelSpec(
+    name=GRACEMONT.name,
+    vendor="intel",
+    factory=make_gracemont,
+    description=GRACEMONT.description,
+    cost_presets=COST_PRESETS,
+)

@@ -114,6 +114,10 @@ def _skylake(n_gp: int) -> ModelData:
     )
 
 
+#: the cost preset of these models (`cost_preset = "intel"`): the core's defaults are the
+#: Intel numbers (SPR/EMR, ../shared/facts/costs.md), so it changes none of them
+COST_PRESETS: dict[str, dict[str, int | float]] = {"intel": {}}
+
 ICELAKE = ModelData(
     name="intel/icelake",
     description="Ice Lake client (PMU v5, 8 GP + 4 fixed incl. SLOTS, perf metrics, legacy LBR 32)",

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from vpmu_core.api import CpuModelSpec, hookimpl
 from vpmu_intel_arch import gracemont
-from vpmu_intel_arch.models import make_icelake, make_sapphirerapids, make_skylake
+from vpmu_intel_arch.models import COST_PRESETS, make_icelake, make_sapphirerapids, make_skylake
 
 
 @hookimpl
@@ -17,6 +17,7 @@ def vpmu_register_cpu_models(register: Callable[..., None]) -> None:
             name="intel/skylake",
             vendor="intel",
             factory=make_skylake,
+            cost_presets=COST_PRESETS,
             description="Skylake: PMU v4, 4 GP per thread (8 without SMT) + 3 fixed, 48-bit, legacy LBR 32",
             options={"smt": "SMT on (default): 4 GP counters per thread; off: 8"},
         )
@@ -26,6 +27,7 @@ def vpmu_register_cpu_models(register: Callable[..., None]) -> None:
             name="intel/icelake",
             vendor="intel",
             factory=make_icelake,
+            cost_presets=COST_PRESETS,
             description="Ice Lake: PMU v5, 8 GP + 4 fixed (SLOTS), perf metrics, legacy LBR 32",
         )
     )
@@ -34,6 +36,7 @@ def vpmu_register_cpu_models(register: Callable[..., None]) -> None:
             name="intel/sapphirerapids",
             vendor="intel",
             factory=make_sapphirerapids,
+            cost_presets=COST_PRESETS,
             description="Sapphire Rapids: PMU v5, 8 GP + 4 fixed, perf metrics, Arch LBR",
         )
     )

@@ -103,7 +103,6 @@ class IntelPmu(PmuBase):
         # SDM Vol. 3B 20.2.2: "at RESET all GP enable bits of IA32_PERF_GLOBAL_CTRL are set"
         # (KVM intel_pmu_refresh does the same, fixed bits clear).
         self._global_ctrl = layout.gp_mask if layout.version >= 2 else 0
-        self._global_status = 0
         self._debugctl = 0
         self._perf_caps = layout.perf_caps
         # perf metrics: topdown counts accrued while SLOTS (fixed3) counts, see `accrue`.
@@ -117,6 +116,10 @@ class IntelPmu(PmuBase):
         self._global_status_rsvd = self._global_ctrl_rsvd & ~STATUS_OVFBUF_CONDCHGD
         if layout.version >= 4:
             self._global_status_rsvd &= ~STATUS_V4_FREEZE
+        #: IA32_PERF_GLOBAL_STATUS (v2+: SDM 20.2.2); PmuBase's raise_overflow/global_status/
+        #: set_global_status keep it (v1 has none)
+        self._status = Register("IA32_PERF_GLOBAL_STATUS", writable=~self._global_status_rsvd & (1 << 64) - 1)
+        self.status_register = self._status if layout.version >= 2 else None
         self._register_msrs()
         self.refresh()
 
@@ -169,7 +172,7 @@ class IntelPmu(PmuBase):
             self.add_counter(MSR_FIXED_CTR0 + i, pmc, "masked")
         self._reg(MSR_FIXED_CTR_CTRL, lambda: self._fixed_ctrl, self._write_fixed_ctrl)
         self._reg(MSR_GLOBAL_CTRL, lambda: self._global_ctrl, self._write_global_ctrl)
-        self._reg(MSR_GLOBAL_STATUS, lambda: self._global_status, self._write_global_status)
+        self._reg(MSR_GLOBAL_STATUS, lambda: self._status.value, self._write_global_status)
         # OVF_CTRL reads 0 in KVM (kvm_pmu_get_msr); write-1-to-clear (SDM 20.2.2).
         self._reg(MSR_GLOBAL_OVF_CTRL, lambda: 0, self._write_ovf_ctrl)
         if lay.version >= 4:
@@ -215,18 +218,18 @@ class IntelPmu(PmuBase):
             raise gp("GLOBAL_STATUS is read-only")
         if value & self._global_status_rsvd:
             raise gp(f"GLOBAL_STATUS {value:#x}: reserved bits")
-        self._global_status = value
+        self._status.value = value
 
     def _write_ovf_ctrl(self, value: int) -> None:
         # STATUS_RESET shares GLOBAL_STATUS's reserved bits (KVM pmu.c comment).
         if value & self._global_status_rsvd:
             raise gp(f"GLOBAL_OVF_CTRL {value:#x}: reserved bits")
-        self._global_status &= ~value
+        self._status.value &= ~value
 
     def _write_status_set(self, value: int) -> None:
         if value & self._global_status_rsvd:
             raise gp(f"GLOBAL_STATUS_SET {value:#x}: reserved bits")
-        self._global_status |= value
+        self._status.value |= value
 
     def _write_debugctl(self, value: int) -> None:
         """IA32_DEBUGCTL of a guest without LBR (vmx.c `vmx_get_supported_debugctl()`: LBR and
@@ -394,20 +397,6 @@ class IntelPmu(PmuBase):
 
     def rdpmc_ecx(self, pmc: Pmc) -> int:
         return RDPMC_FIXED | (pmc.idx - FIXED_BASE) if pmc.is_fixed else pmc.idx
-
-    def raise_overflow(self, pmc: Pmc) -> bool:
-        """Overflow sets GLOBAL_STATUS[idx] on v2+ (SDM 20.2.2) and raises a PMI when the
-        counter's INT bit / fixed PMI bit is set (SDM 20.2.1.1, 20.2.2)."""
-        if self.layout.version >= 2:
-            self._global_status |= 1 << pmc.idx
-        return pmc.int_en
-
-    @property
-    def global_status(self) -> int:
-        return self._global_status
-
-    def set_global_status(self, value: int) -> None:
-        self._global_status = value & ~self._global_status_rsvd
 
     @property
     def global_ctrl(self) -> int:

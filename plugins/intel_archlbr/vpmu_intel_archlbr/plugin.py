@@ -31,6 +31,7 @@ def vpmu_register_facilities(register: Callable[..., None]) -> None:
             name="lbr",
             factory=LegacyLbr,
             applies_to=_has("lbr"),
+            guest_switch="lbr",
             description="legacy LBR: DEBUGCTL, LBR_SELECT, TOS, FROM/TO/INFO at the model's bases and depth",
         )
     )
@@ -39,6 +40,7 @@ def vpmu_register_facilities(register: Callable[..., None]) -> None:
             name="arch_lbr",
             factory=ArchLbr,
             applies_to=_has("arch_lbr"),
+            guest_switch="lbr",
             description="Arch LBR: CPUID 1CH, LBR_CTL/DEPTH, records, XSAVES component 15, KVM depth rule",
             options={
                 "depth_rule": f"{' | '.join(DEPTH_RULES)}: guests may use only the host's depth (KVM) or any",

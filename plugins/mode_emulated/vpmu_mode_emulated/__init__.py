@@ -26,6 +26,7 @@ def _factory(model: Any, options: dict[str, Any]) -> Any:
 @hookimpl
 def vpmu_register_modes(register: Callable[..., None]) -> None:
     """Register the `emulated` mode."""
+    from vpmu_mode_emulated.costs import EmulatedCosts
     from vpmu_mode_emulated.mode import OPTIONS
 
     register(
@@ -34,6 +35,7 @@ def vpmu_register_modes(register: Callable[..., None]) -> None:
             factory=_factory,
             description="KVM emulated vPMU: guest counters backed by host perf events (silent errors under contention)",
             options=dict(OPTIONS),
+            costs=EmulatedCosts,
         )
     )
 

@@ -102,3 +102,19 @@ def test_elision_counts_in_report(host_factory, guest_driver) -> None:
     off = _run(host_factory, guest_driver, active=2, elide_writes="false")
     assert on["mode"]["elided_writes"] > 0 and off["mode"]["elided_writes"] == 0
     assert on["switch_cycles"] < off["switch_cycles"]
+
+
+def test_the_global_ctrl_vmread_is_a_declared_cost_field(host_factory, guest_driver) -> None:
+    """The VMREAD of the guest GLOBAL_CTRL after every exit (VMX) was a constant in the mode;
+    it is the mode's declared field `mediated_global_ctrl_vmread` now: default 20, overridable."""
+    from vpmu_mode_mediated.costs import MediatedCosts
+
+    assert MediatedCosts.model_fields["mediated_global_ctrl_vmread"].default == 20
+    for costs, per_read in ((None, 20), ({"mediated_global_ctrl_vmread": 7}, 7)):
+        host = host_factory("intel/skylake", costs=costs)  # 3 fixed: GLOBAL_CTRL passed through
+        v = host.create_vm(vcpus=1, pin=[0], exits=ExitProfile(rate_per_s=100_000)).vcpus[0]
+        guest_driver(v, "intel").global_ctrl(1)
+        v.execute(Work(instructions=3_000_000))
+        reads = host.report()["mode"]["global_ctrl_reads"]
+        assert reads > 0
+        assert v.stats.overhead_cycles["global_ctrl_read"] == per_read * reads

@@ -13,6 +13,7 @@ from typing import Any
 
 from vpmu_core.api import ModeSpec, hookimpl
 
+from vpmu_mode_mediated.costs import COST_PRESETS, MediatedCosts
 from vpmu_mode_mediated.mode import MediatedMode
 from vpmu_mode_mediated.options import OPTION_HELP
 
@@ -32,6 +33,8 @@ def vpmu_register_modes(register: Any) -> None:
             factory=make_mode,
             description="mediated passthrough vPMU (KVM, Linux 7.0): guest owns the PMU while loaded",
             options=dict(OPTION_HELP),
+            costs=MediatedCosts,
+            cost_presets=COST_PRESETS,
         )
     )
 

@@ -20,10 +20,6 @@ from typing import Any
 
 from vpmu_core.api import ConfigError
 
-#: VMREAD of the guest PERF_GLOBAL_CTRL field after every VM-exit on VMX. Commit
-#: d3ba32d1ff2a: caching it would shave "~15-20 cycles per exit" (S); the upper bound.
-VMCS_GLOBAL_CTRL_READ_CYCLES = 20
-
 
 @dataclass(frozen=True)
 class VendorRules:

@@ -41,7 +41,7 @@ from vpmu_core.api import get_logger
 
 from vpmu_mode_mediated.filtering import eventsel_hw, fixed_ctrl_hw
 from vpmu_mode_mediated.options import MediatedOptions
-from vpmu_mode_mediated.requirements import VMCS_GLOBAL_CTRL_READ_CYCLES, VendorRules
+from vpmu_mode_mediated.requirements import VendorRules
 from vpmu_mode_mediated.state import CpuState, VcpuState
 
 log = get_logger("vpmu.mode.mediated")
@@ -121,7 +121,8 @@ class Switcher:
 
     # ---- costs ----------------------------------------------------------------------------------
     def _ctrl_read_cycles(self) -> int:
-        return VMCS_GLOBAL_CTRL_READ_CYCLES if self.rules.atomic_global_ctrl else self.host.costs.rdmsr_pmu
+        c = self.host.costs
+        return int(c.mediated_global_ctrl_vmread) if self.rules.atomic_global_ctrl else int(c.rdmsr_pmu)
 
     def _fixed_share(self, vcpu: Any, half: int) -> None:
         """Half of the per-pair fixed cost (minus the per-exit GLOBAL_CTRL read, which every
