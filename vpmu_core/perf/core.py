@@ -266,6 +266,98 @@ class PerfSubsystem:
             self._set_period(ev)
             self.stats.reprograms += 1
 
+    def reprogram_in_place(self, ev: PerfEvent, period_of: Callable[[int], int]) -> int | None:
+        """KVM's reuse of an unchanged event (arch/x86/kvm/pmu.c `reprogram_counter`:
+        `pmc_pause_counter` = perf_event_pause(reset), then `pmc_resume_counter` =
+        perf_event_period + perf_event_enable) done in place: the event stops at its counter
+        (x86_pmu_stop, PERF_EF_UPDATE), the paused count is taken and zeroed, `period_of(count)`
+        gives the new sample period, and the event restarts at the same counter
+        (x86_pmu_start, PERF_EF_RELOAD). Returns the paused count.
+
+        Exactly what `pause` + `set_period` + `enable` do here, their two reschedules
+        included, when neither reschedule can move anything: a live single-event group on a
+        physical PMU, no guest context loaded, and every other group this CPU would offer to
+        merge_sched_in already ACTIVE (nothing waits for the freed counter, so each keeps its
+        counter through x86_schedule_events' fast path and the event gets its own back).
+        Otherwise returns None and changes nothing: the caller makes the three calls.
+        The caller guarantees no time passes between the three calls (KVM is inside an exit).
+        The `on_resched` observers are told twice, after the step (the emulated mode's
+        observer ignores a vCPU whose KVM is inside perf calls)."""
+        cpu = ev.active_cpu
+        if cpu is None or ev.state != _ACTIVE or ev.idx is None or ev.siblings or ev.leader is not ev:
+            return None
+        batch = self._batch[cpu]
+        if batch is None or self.tracer is not None or self.ctx[cpu].guest_loaded:
+            return None
+        if ev.task is not None:
+            if getattr(ev.task, "running_on", None) != cpu:
+                return None
+        elif ev.cpu != cpu:
+            return None
+        if not self._nothing_waits(cpu):
+            return None
+        with batch():
+            value = self._reprogram_in_place(ev, cpu, period_of)
+        for _ in range(2):
+            for fn in self.on_resched:
+                fn(cpu)
+        return value
+
+    def _nothing_waits(self, cpu: int) -> bool:
+        """Every enabled member of every group `_ordered_groups(cpu)` would offer is ACTIVE on
+        `cpu`, and they are all that is active there: a reschedule keeps them as they are."""
+        ctx = self.ctx[cpu]
+        task = self.cpus[cpu].current_task
+        n = 0
+        for groups, task_groups in ((ctx.groups, False), (task.perf_events if task is not None else (), True)):
+            for g in groups:
+                if g.closed or g.state <= _OFF or (task_groups and g.cpu not in (-1, cpu)):
+                    continue
+                for e in (g, *g.siblings) if g.siblings else (g,):
+                    if e.state > _OFF:
+                        if e.state != _ACTIVE or e.active_cpu != cpu:
+                            return False
+                        n += 1
+        return n == len(ctx.active)
+
+    def _reprogram_in_place(self, ev: PerfEvent, cpu: int, period_of: Callable[[int], int]) -> int:
+        """The state changes of disable + resched, the pause, set_period, enable + resched,
+        in their order, with what the two reschedules would find already decided."""
+        now = self.cpus[cpu].now_ns()
+        stats = self.stats
+        # perf_event_pause -> __perf_event_disable: the event alone goes out
+        stats.disables += 1
+        self._sched_out(ev)
+        ev._set_ticking(now, False, False)
+        ev.state = EventState.OFF
+        truth = self.truth_source
+        if ev.truth_open and truth is not None:
+            ev.truth += truth(ev) - ev.truth_start
+            ev.truth_open = False
+        # the reschedule after it keeps every other event where it is (merge_sched_in of each,
+        # x86_pmu_enable: nothing moves), so it only restarts their times at `now`
+        stats.reschedules += 1
+        for e in self.ctx[cpu].active:
+            e.blocked_by = None
+            e._set_ticking(now, True, True)
+        value = ev.count
+        ev.count = 0
+        # perf_event_period on an OFF event: the new period only
+        period = period_of(value)
+        ev.period = period
+        ev.period_left = period
+        # perf_event_enable -> ctx_resched: the event gets its previous counter back
+        stats.enables += 1
+        ev.state = EventState.INACTIVE
+        ev.blocked_by = None
+        stats.reschedules += 1
+        self._sched_in(ev, cpu, ev.prev_idx)
+        ev._set_ticking(now, True, True)
+        if truth is not None:
+            ev.truth_start = truth(ev)
+            ev.truth_open = True
+        return value
+
     def _resched_for(self, ev: PerfEvent, local: bool) -> None:
         leader = ev.leader
         if leader.task is not None:
