@@ -16,11 +16,13 @@ EVENTSEL_ENABLE = 1 << 22
 FIXED_FIELD_BITS = 4
 
 
-def eventsel_hw(vcpu: Any, idx: int) -> int:
-    """The selector value hardware gets for guest GP counter `idx`."""
+def eventsel_hw(vcpu: Any, idx: int, sel_msr: int | None = None) -> int:
+    """The selector value hardware gets for guest GP counter `idx` (`sel_msr`: its guest
+    selector MSR, when the caller has it)."""
     guest = vcpu.pmu
-    pmc = guest.pmc(idx)
-    sel = guest.rdmsr(guest.eventsel_msr(pmc))
+    if sel_msr is None:
+        sel_msr = guest.eventsel_msr(guest.pmc(idx))
+    sel = guest.rdmsr(sel_msr)
     if sel == 0:
         # an idle selector: KVM computes eventsel_hw on guest writes only (facts §2.7), so a
         # never-programmed counter keeps 0 in hardware and put does not need to zero it
