@@ -219,12 +219,25 @@ class PerfSubsystem:
             ev.truth_open = True
 
     def disable(self, ev: PerfEvent, local: bool = False) -> None:
+        """perf_event_disable() -> __perf_event_disable() (kernel/events/core.c): the event
+        goes out, a group leader with its whole group (`group_sched_out`, the siblings stay
+        enabled: INACTIVE), any other event alone (`event_sched_out`), and it goes OFF. Nothing
+        else is rescheduled: a group waiting for the freed counter gets it at the next
+        ctx_resched or mux rotation (`perf_rotate_context`), not here."""
         self.stats.disables += 1
         if ev.state == EventState.OFF:
             return
         cpu = ev.active_cpu
-        if ev.state == EventState.ACTIVE:
-            self._sched_out(ev)
+        if cpu is not None:
+            members = ev.group if ev.leader is ev else [ev]
+            batch = self._batch[cpu]
+            if batch is None:
+                for e in members:
+                    self._sched_out(e)
+            else:
+                with batch():
+                    for e in members:
+                        self._sched_out(e)
         ev._set_ticking(self.now_ns_for(ev), False, False)
         ev.state = EventState.OFF
         if ev.truth_open and self.truth_source is not None:
@@ -232,7 +245,13 @@ class PerfSubsystem:
             ev.truth_open = False
         if cpu is not None:
             self._maybe_ipi(cpu, local)
-            self.resched(cpu)
+            if self.tracer is not None:
+                self.tracer.counters(
+                    self.name,
+                    cpu,
+                    self.cpus[cpu].now_ns(),
+                    {e.idx: e for e in self.ctx[cpu].active if e.idx is not None},
+                )
 
     def pause(self, ev: PerfEvent) -> int:
         """perf_event_pause(event, reset=true): disable, return the count and zero it."""
@@ -274,15 +293,14 @@ class PerfSubsystem:
         gives the new sample period, and the event restarts at the same counter
         (x86_pmu_start, PERF_EF_RELOAD). Returns the paused count.
 
-        Exactly what `pause` + `set_period` + `enable` do here, their two reschedules
-        included, when neither reschedule can move anything: a live single-event group on a
-        physical PMU, no guest context loaded, and every other group this CPU would offer to
-        merge_sched_in already ACTIVE (nothing waits for the freed counter, so each keeps its
-        counter through x86_schedule_events' fast path and the event gets its own back).
-        Otherwise returns None and changes nothing: the caller makes the three calls.
-        The caller guarantees no time passes between the three calls (KVM is inside an exit).
-        The `on_resched` observers are told twice, after the step (the emulated mode's
-        observer ignores a vCPU whose KVM is inside perf calls)."""
+        Exactly what `pause` + `set_period` + `enable` do here, the enable's reschedule
+        (ctx_resched) included, when that reschedule cannot move anything: a live
+        single-event group on a physical PMU, no guest context loaded, and every other group
+        this CPU would offer to merge_sched_in already ACTIVE (nothing waits for the freed
+        counter, so each keeps its counter through x86_schedule_events' fast path and the
+        event gets its own back). Otherwise returns None and changes nothing: the caller
+        makes the three calls. The caller guarantees no time passes between the three calls
+        (KVM is inside an exit). The `on_resched` observers are told after the step."""
         cpu = ev.active_cpu
         if cpu is None or ev.state != _ACTIVE or ev.idx is None or ev.siblings or ev.leader is not ev:
             return None
@@ -298,9 +316,8 @@ class PerfSubsystem:
             return None
         with batch():
             value = self._reprogram_in_place(ev, cpu, period_of)
-        for _ in range(2):
-            for fn in self.on_resched:
-                fn(cpu)
+        for fn in self.on_resched:
+            fn(cpu)
         return value
 
     def _nothing_waits(self, cpu: int) -> bool:
@@ -321,8 +338,8 @@ class PerfSubsystem:
         return n == len(ctx.active)
 
     def _reprogram_in_place(self, ev: PerfEvent, cpu: int, period_of: Callable[[int], int]) -> int:
-        """The state changes of disable + resched, the pause, set_period, enable + resched,
-        in their order, with what the two reschedules would find already decided."""
+        """The state changes of disable, the pause, set_period and enable + resched, in their
+        order, with what the reschedule would find already decided."""
         now = self.cpus[cpu].now_ns()
         stats = self.stats
         # perf_event_pause -> __perf_event_disable: the event alone goes out
@@ -334,23 +351,22 @@ class PerfSubsystem:
         if ev.truth_open and truth is not None:
             ev.truth += truth(ev) - ev.truth_start
             ev.truth_open = False
-        # the reschedule after it keeps every other event where it is (merge_sched_in of each,
-        # x86_pmu_enable: nothing moves), so it only restarts their times at `now`
-        stats.reschedules += 1
-        for e in self.ctx[cpu].active:
-            e.blocked_by = None
-            e._set_ticking(now, True, True)
         value = ev.count
         ev.count = 0
         # perf_event_period on an OFF event: the new period only
         period = period_of(value)
         ev.period = period
         ev.period_left = period
-        # perf_event_enable -> ctx_resched: the event gets its previous counter back
+        # perf_event_enable -> ctx_resched: every other event stays where it is
+        # (merge_sched_in of each, x86_pmu_enable: nothing moves, their times restart at
+        # `now`) and the event gets its previous counter back
         stats.enables += 1
         ev.state = EventState.INACTIVE
         ev.blocked_by = None
         stats.reschedules += 1
+        for e in self.ctx[cpu].active:
+            e.blocked_by = None
+            e._set_ticking(now, True, True)
         self._sched_in(ev, cpu, ev.prev_idx)
         ev._set_ticking(now, True, True)
         if truth is not None:
