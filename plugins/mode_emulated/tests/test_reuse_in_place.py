@@ -58,6 +58,9 @@ def _run(cpu: str, seed: int) -> tuple[str, list[Any], int]:
         vcpus=1, pin=[0], exits=vpmu_core.ExitProfile(rate_per_s=rnd.choice([0, 20_000, 200_000]), fastpath_share=0.5)
     )
     v = vm.vcpus[0]
+    if seed % 2:
+        # a host task on the same CPU: the vCPU is preempted (sched out / in) on the way
+        host.spawn_task("noisy", cpu=0).execute(vpmu_core.Work(instructions=10**9, cycles=10**9))
     pmu = v.pmu
     codes = EVENT_CODES[pmu.vendor]
     gps = [p for p in pmu.pmcs if not p.is_fixed]
@@ -105,6 +108,8 @@ def _run(cpu: str, seed: int) -> tuple[str, list[Any], int]:
                 ev.enable()
             else:
                 ev.close()
+        elif op == 7 and seed % 2:
+            host.advance(ns=rnd.randrange(1, 2_000_000))  # the host task runs, the vCPU is put
         else:
             n = rnd.randrange(1, 4000)
             v.execute(vpmu_core.Work(instructions=n, cycles=n * 2, branches=n // 7))
@@ -167,3 +172,39 @@ def test_in_place_declines_when_a_group_waits() -> None:
     before = kp.counter
     assert host.perf.reprogram_in_place(ev, lambda count: 1 << 20) is None
     assert kp.counter == before
+
+
+class _ReportAlways(dict):  # type: ignore[type-arg]
+    """A `silent_reported` that never matches: every state goes to the tracker."""
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return object()
+
+    def __delitem__(self, key: Any) -> None:
+        self.pop(key, None)
+
+
+@pytest.mark.parametrize("cpu", MODELS[:2])
+def test_silent_errors_reported_on_change_equal_reporting_every_state(
+    cpu: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """silent.update tells the tracker only what changed; the intervals are those of
+    telling it every counter's state at every evaluation."""
+    import vpmu_mode_emulated.mode as mode_mod
+    from vpmu_mode_emulated.kvm_pmc import KvmPmu
+
+    class Always(KvmPmu):
+        def __init__(self, *a: Any, **k: Any) -> None:
+            super().__init__(*a, **k)
+            self.silent_reported = _ReportAlways()
+
+    intervals = 0
+    for seed in SEEDS:
+        fast = _run(cpu, seed)
+        monkeypatch.setattr(mode_mod, "KvmPmu", Always)
+        slow = _run(cpu, seed)
+        monkeypatch.undo()
+        assert fast[0] == slow[0], seed
+        assert fast[1] == slow[1], seed
+        intervals += len(json.loads(fast[0])["silent_errors"])
+    assert intervals > 0  # the programs do make guest counters silent

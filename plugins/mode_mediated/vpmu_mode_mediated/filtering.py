@@ -16,9 +16,9 @@ EVENTSEL_ENABLE = 1 << 22
 FIXED_FIELD_BITS = 4
 
 
-def eventsel_hw(vcpu: Any, idx: int, sel_msr: int | None = None) -> int:
+def eventsel_hw(vcpu: Any, idx: int, sel_msr: int | None = None, hw_pmu: Any = None) -> int:
     """The selector value hardware gets for guest GP counter `idx` (`sel_msr`: its guest
-    selector MSR, when the caller has it)."""
+    selector MSR, `hw_pmu`: the vCPU's physical PMU, when the caller has them)."""
     guest = vcpu.pmu
     if sel_msr is None:
         sel_msr = guest.eventsel_msr(guest.pmc(idx))
@@ -28,7 +28,7 @@ def eventsel_hw(vcpu: Any, idx: int, sel_msr: int | None = None) -> int:
         # never-programmed counter keeps 0 in hardware and put does not need to zero it
         # (the AMD calibration of costs.md assumes exactly that)
         return 0
-    hw = vcpu.cpu.pmu.hw_eventsel(sel)
+    hw = (hw_pmu if hw_pmu is not None else vcpu.cpu.pmu).hw_eventsel(sel)
     flt = vcpu.vm.filter
     if flt is not None and not flt.gp_allowed(sel):
         hw &= ~EVENTSEL_ENABLE

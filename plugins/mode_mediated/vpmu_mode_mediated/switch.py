@@ -219,7 +219,7 @@ class Switcher:
                     wrmsr += 1
                     stats.counter_writes += 1
                 if h_sel is not None:
-                    sel = eventsel_hw(vcpu, idx, g_sel)
+                    sel = eventsel_hw(vcpu, idx, g_sel, hw)
                     hw.wrmsr(h_sel, sel)
                     st.eventsel_hw[idx] = sel
                     wrmsr += 1
