@@ -194,3 +194,39 @@ def test_sampling_overflow_point_is_exact(host):
     host.advance(ns=1_000_000)
     assert ev.samples == 10 and len(seen) == 10
     assert ev.read().value == 10_500
+
+
+def test_disable_schedules_the_event_out_and_nothing_in(host):
+    """__perf_event_disable (kernel/events/core.c): the event (a leader: its group,
+    group_sched_out) goes out and OFF; no ctx_resched, so a flexible group waiting for a
+    counter gets the freed one at the next mux rotation, not at the disable."""
+    busy(host, ns=20_000_000)
+    # toy/basic: 4 GP counters and a fixed one for instructions; 5 cycles events: one waits
+    evs = [host.perf_event_open(A(config="cycles"), pid=-1, cpu=0) for _ in range(5)]
+    waiting = [e for e in evs if e.state == EventState.INACTIVE]
+    assert len(waiting) == 1
+    active = next(e for e in evs if e.state == EventState.ACTIVE)
+    n = host.perf.stats.reschedules
+    active.disable()
+    assert active.state == EventState.OFF
+    assert waiting[0].state == EventState.INACTIVE  # the freed counter stays free
+    assert host.perf.stats.reschedules == n
+    host.advance(ns=host.perf.mux_interval_ns + 1)
+    assert waiting[0].state == EventState.ACTIVE  # the rotation's reschedule takes it in
+    assert host.perf.stats.rotations >= 1
+
+
+def test_disabling_a_group_leader_takes_its_group_out(host):
+    busy(host)
+    leader = host.perf_event_open(A(config="cycles"), pid=-1, cpu=0)
+    sib = host.perf_event_open(A(config="cycles"), pid=-1, cpu=0, group=leader)
+    assert leader.state == sib.state == EventState.ACTIVE
+    leader.disable()
+    assert leader.state == EventState.OFF
+    # group_sched_out: the sibling stops counting but stays enabled
+    assert sib.state == EventState.INACTIVE and sib.idx is None
+    before = sib.read()
+    host.advance(ns=1_000_000)
+    after = sib.read()
+    assert after.value == before.value and after.time_running == before.time_running
+    assert after.time_enabled > before.time_enabled

@@ -14,8 +14,7 @@ vendor implements those differences behind that flag, citing the KVM source.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from vpmu_core.errors import gp
@@ -55,6 +54,22 @@ class CounterBackend:
 
 
 _DEFAULT_BACKEND = CounterBackend()
+
+
+class _Batch:
+    """`PmuBase.batched_refresh()`: a plain context manager (a generator-based one costs
+    several times more, and a reschedule or a context switch opens one each)."""
+
+    __slots__ = ("_pmu",)
+
+    def __init__(self, pmu: PmuBase) -> None:
+        self._pmu = pmu
+
+    def __enter__(self) -> None:
+        self._pmu._batch_depth += 1
+
+    def __exit__(self, *exc: object) -> None:
+        self._pmu._end_batch()
 
 
 class PmuBase(ABC):
@@ -238,19 +253,18 @@ class PmuBase(ABC):
             for fn in self.control_listeners:
                 fn(changed_mask)
 
-    @contextmanager
-    def batched_refresh(self) -> Iterator[None]:
+    def batched_refresh(self) -> _Batch:
         """Decode once for an atomic sequence of register writes in which nothing counts (a
         perf reschedule, a context switch): the writes only record what changed, and one
-        `refresh` with the union runs at the end, so observers see one notification."""
-        self._batch_depth += 1
-        try:
-            yield
-        finally:
-            self._batch_depth -= 1
-            if not self._batch_depth and self._batch_mask is not None:
-                mask, self._batch_mask = self._batch_mask, None
-                self.refresh(mask)
+        `refresh` with the union runs at the end, so observers see one notification.
+        A context manager (`with pmu.batched_refresh(): ...`); nests."""
+        return _Batch(self)
+
+    def _end_batch(self) -> None:
+        self._batch_depth -= 1
+        if not self._batch_depth and self._batch_mask is not None:
+            mask, self._batch_mask = self._batch_mask, None
+            self.refresh(mask)
 
     def set_guest_mode(self, guest_mode: bool) -> None:
         """Physical PMU: VM-entry (True) / VM-exit (False). Entry/exit MSR loads take effect."""
@@ -292,7 +306,13 @@ class PmuBase(ABC):
         biggest = max(counts)
         if biggest < self._headroom:
             return 0
-        room = min(p.mask - p.value for p in self.gp + self.fixed)
+        # min(mask - value) over every counter, as a plain loop (a generator costs more)
+        pmcs = self.gp + self.fixed
+        room = pmcs[0].mask - pmcs[0].value
+        for p in pmcs:
+            r = p.mask - p.value
+            if r < room:
+                room = r
         self._headroom = room
         if biggest < room:
             return 0

@@ -222,12 +222,25 @@ class PerfSubsystem:
             ev.truth_open = True
 
     def disable(self, ev: PerfEvent, local: bool = False) -> None:
+        """perf_event_disable() -> __perf_event_disable() (kernel/events/core.c): the event
+        goes out, a group leader with its whole group (`group_sched_out`, the siblings stay
+        enabled: INACTIVE), any other event alone (`event_sched_out`), and it goes OFF. Nothing
+        else is rescheduled: a group waiting for the freed counter gets it at the next
+        ctx_resched or mux rotation (`perf_rotate_context`), not here."""
         self.stats.disables += 1
         if ev.state == EventState.OFF:
             return
         cpu = ev.active_cpu
-        if ev.state == EventState.ACTIVE:
-            self._sched_out(ev)
+        if cpu is not None:
+            members = ev.group if ev.leader is ev else [ev]
+            batch = self._batch[cpu]
+            if batch is None:
+                for e in members:
+                    self._sched_out(e)
+            else:
+                with batch():
+                    for e in members:
+                        self._sched_out(e)
         ev._set_ticking(self.now_ns_for(ev), False, False)
         ev.state = EventState.OFF
         if ev.truth_open and self.truth_source is not None:
@@ -235,7 +248,13 @@ class PerfSubsystem:
             ev.truth_open = False
         if cpu is not None:
             self._maybe_ipi(cpu, local)
-            self.resched(cpu)
+            if self.tracer is not None:
+                self.tracer.counters(
+                    self.name,
+                    cpu,
+                    self.cpus[cpu].now_ns(),
+                    {e.idx: e for e in self.ctx[cpu].active if e.idx is not None},
+                )
 
     def pause(self, ev: PerfEvent) -> int:
         """perf_event_pause(event, reset=true): disable, return the count and zero it."""
@@ -268,6 +287,95 @@ class PerfSubsystem:
             ev.period_left = 0
             self._set_period(ev)
             self.stats.reprograms += 1
+
+    def reprogram_in_place(self, ev: PerfEvent, period_of: Callable[[int], int]) -> int | None:
+        """KVM's reuse of an unchanged event (arch/x86/kvm/pmu.c `reprogram_counter`:
+        `pmc_pause_counter` = perf_event_pause(reset), then `pmc_resume_counter` =
+        perf_event_period + perf_event_enable) done in place: the event stops at its counter
+        (x86_pmu_stop, PERF_EF_UPDATE), the paused count is taken and zeroed, `period_of(count)`
+        gives the new sample period, and the event restarts at the same counter
+        (x86_pmu_start, PERF_EF_RELOAD). Returns the paused count.
+
+        Exactly what `pause` + `set_period` + `enable` do here, the enable's reschedule
+        (ctx_resched) included, when that reschedule cannot move anything: a live
+        single-event group on a physical PMU, no guest context loaded, and every other group
+        this CPU would offer to merge_sched_in already ACTIVE (nothing waits for the freed
+        counter, so each keeps its counter through x86_schedule_events' fast path and the
+        event gets its own back). Otherwise returns None and changes nothing: the caller
+        makes the three calls. The caller guarantees no time passes between the three calls
+        (KVM is inside an exit). The `on_resched` observers are told after the step."""
+        cpu = ev.active_cpu
+        if cpu is None or ev.state != _ACTIVE or ev.idx is None or ev.siblings or ev.leader is not ev:
+            return None
+        batch = self._batch[cpu]
+        if batch is None or self.tracer is not None or self.ctx[cpu].guest_loaded:
+            return None
+        if ev.task is not None:
+            if getattr(ev.task, "running_on", None) != cpu:
+                return None
+        elif ev.cpu != cpu:
+            return None
+        if not self._nothing_waits(cpu):
+            return None
+        with batch():
+            value = self._reprogram_in_place(ev, cpu, period_of)
+        for fn in self.on_resched:
+            fn(cpu)
+        return value
+
+    def _nothing_waits(self, cpu: int) -> bool:
+        """Every enabled member of every group `_ordered_groups(cpu)` would offer is ACTIVE on
+        `cpu`, and they are all that is active there: a reschedule keeps them as they are."""
+        ctx = self.ctx[cpu]
+        task = self.cpus[cpu].current_task
+        n = 0
+        for groups, task_groups in ((ctx.groups, False), (task.perf_events if task is not None else (), True)):
+            for g in groups:
+                if g.closed or g.state <= _OFF or (task_groups and g.cpu not in (-1, cpu)):
+                    continue
+                for e in (g, *g.siblings) if g.siblings else (g,):
+                    if e.state > _OFF:
+                        if e.state != _ACTIVE or e.active_cpu != cpu:
+                            return False
+                        n += 1
+        return n == len(ctx.active)
+
+    def _reprogram_in_place(self, ev: PerfEvent, cpu: int, period_of: Callable[[int], int]) -> int:
+        """The state changes of disable, the pause, set_period and enable + resched, in their
+        order, with what the reschedule would find already decided."""
+        now = self.cpus[cpu].now_ns()
+        stats = self.stats
+        # perf_event_pause -> __perf_event_disable: the event alone goes out
+        stats.disables += 1
+        self._sched_out(ev)
+        ev._set_ticking(now, False, False)
+        ev.state = EventState.OFF
+        truth = self.truth_source
+        if ev.truth_open and truth is not None:
+            ev.truth += truth(ev) - ev.truth_start
+            ev.truth_open = False
+        value = ev.count
+        ev.count = 0
+        # perf_event_period on an OFF event: the new period only
+        period = period_of(value)
+        ev.period = period
+        ev.period_left = period
+        # perf_event_enable -> ctx_resched: every other event stays where it is
+        # (merge_sched_in of each, x86_pmu_enable: nothing moves, their times restart at
+        # `now`) and the event gets its previous counter back
+        stats.enables += 1
+        ev.state = EventState.INACTIVE
+        ev.blocked_by = None
+        stats.reschedules += 1
+        for e in self.ctx[cpu].active:
+            e.blocked_by = None
+            e._set_ticking(now, True, True)
+        self._sched_in(ev, cpu, ev.prev_idx)
+        ev._set_ticking(now, True, True)
+        if truth is not None:
+            ev.truth_start = truth(ev)
+            ev.truth_open = True
+        return value
 
     def _resched_for(self, ev: PerfEvent, local: bool) -> None:
         leader = ev.leader

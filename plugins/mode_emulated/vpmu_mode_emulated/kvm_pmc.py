@@ -39,6 +39,11 @@ class KvmPmc:
     intr: bool = False
     #: whether the current perf event has ever been seen ACTIVE (silent-error cause)
     ever_active: bool = False
+    #: `pmc_name(pmc)`, computed once (every VM-entry reports each counter by name)
+    name: str = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.name = pmc_name(self.pmc)
 
     @property
     def idx(self) -> int:
@@ -47,10 +52,6 @@ class KvmPmc:
     @property
     def mask(self) -> int:
         return self.pmc.mask
-
-    @property
-    def name(self) -> str:
-        return pmc_name(self.pmc)
 
 
 @dataclass(eq=False)
@@ -78,6 +79,9 @@ class KvmPmu:
     #: KVM is inside perf calls: perf's reschedule callbacks see half-updated state
     busy: bool = False
     vlbrs: dict[str, Vlbr] = field(default_factory=dict)
+    #: counter name -> the cause the silent-error tracker holds open for it (what this
+    #: vCPU last reported; only the emulated mode reports these counters)
+    silent_reported: dict[str, str] = field(default_factory=dict)
     #: KVM's perf calls for this vCPU (`KvmPerfCalls`)
     api: Any = None
     stats: Counter[str] = field(default_factory=Counter)

@@ -149,7 +149,9 @@ class EmulatedMode:
         """kvm_arch_vcpu_destroy -> kvm_pmu_destroy -> kvm_pmu_reset: `pmc_stop_counter` on
         every counter (fold the count, `pmc_release_perf_event`), then the vendor part
         (intel_pmu_destroy / `intel_pmu_release_guest_lbr_event`: the vLBR event). Perf frees
-        their counters and the LBR at once (perf_event_release_kernel reschedules). KVM then
+        their counters and the LBR at once (perf_event_release_kernel ->
+        __perf_remove_from_context: event_sched_out, no reschedule, so a host event waiting
+        for them gets them at its next reschedule or mux rotation). KVM then
         zeroes the counters and frees the vCPU; the model keeps the folded values so the
         report shows what the guest would have read at destroy time."""
         for vcpu in vm.vcpus:

@@ -78,6 +78,24 @@ class KvmPerfCalls:
             self.vcpu.charge("perf_event_enable", self.half_reuse)
         self.perf.enable(ev, local=True)
 
+    def reprogram_in_place(self, ev: PerfEvent, period_of: Any) -> int | None:
+        """pause + perf_event_period + enable of a live event, charged as one reuse, done in
+        place by perf when that is exactly what the three calls do (`PerfSubsystem.
+        reprogram_in_place`). Returns the paused count; None when perf declined (nothing was
+        done or charged: make the three calls). Only inside an exit, where charges wait for
+        the exit's end, so no time passes between the three calls either way."""
+        if not getattr(self.vcpu, "_in_exit", False):
+            return None
+        value = self.perf.reprogram_in_place(ev, period_of)
+        if value is None:
+            return None
+        st = self.stats
+        st["perf_event_pause"] += 1
+        self.charge_reuse()
+        st["perf_event_period"] += 1
+        st["perf_event_enable"] += 1
+        return value
+
     def charge_reuse(self) -> None:
         """A reuse: pause + perf_event_period + enable, charged as one reprogram."""
         self.stats["perf_event_reprogram"] += 1

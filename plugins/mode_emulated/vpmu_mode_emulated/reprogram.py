@@ -131,6 +131,38 @@ def pmc_reprogram_counter(kpmu: KvmPmu, kp: KvmPmc, config: int, api: KvmPerfCal
     return True
 
 
+def pmc_reuse_in_place(kpmu: KvmPmu, kp: KvmPmc, api: KvmPerfCalls) -> bool:
+    """`reprogram_counter` of an allowed counter whose config is unchanged and whose event is
+    live: `pmc_pause_counter`, the emulated-overflow check, `pmc_resume_counter`, with the
+    perf part (perf_event_pause + perf_event_period + perf_event_enable of the same event)
+    done in place by perf. False when perf declined: nothing changed, take the long way.
+    The overflow is injected after the event restarted instead of between the calls: it
+    touches only the guest's status and KVM_REQ_PMI, which none of the perf calls read."""
+    ev = kp.perf_event
+    if ev is None or ev.closed:
+        return False
+    wrapped = False
+
+    def period_of(paused: int) -> int:
+        # pmc_pause_counter's fold, then get_sample_period of the folded counter
+        nonlocal wrapped
+        counter = kp.counter + paused
+        prev = counter & kp.mask
+        counter += kp.emulated_counter
+        kp.counter = counter & kp.mask
+        kp.emulated_counter = 0
+        wrapped = kp.counter < prev
+        return get_sample_period(kp, kp.counter)
+
+    if api.reprogram_in_place(ev, period_of) is None:
+        return False
+    kp.is_paused = False
+    if wrapped:
+        kvm_pmu_overflow(kpmu, kp, in_pmi=False)
+    kpmu.stats["reprogram_reuse"] += 1
+    return True
+
+
 def reprogram_counter(kpmu: KvmPmu, kp: KvmPmc, api: KvmPerfCalls) -> bool:
     """`reprogram_counter`. Returns False when perf refused the event (retry later)."""
     vcpu = kpmu.vcpu
@@ -138,6 +170,8 @@ def reprogram_counter(kpmu: KvmPmu, kp: KvmPmc, api: KvmPerfCalls) -> bool:
     allowed = pmc_event_is_allowed(vcpu, p)
     # A reuse charges pause + period + enable as one `perf_event_reprogram`.
     will_reuse = allowed and kp.perf_event is not None and kp.current_config == _new_config(kp)
+    if will_reuse and not kp.is_paused and pmc_reuse_in_place(kpmu, kp, api):
+        return True
     emulated_overflow, paused = pmc_pause_counter(kp, api, charge=not will_reuse)
     if not allowed:
         kpmu.stats["reprogram_left_paused"] += 1

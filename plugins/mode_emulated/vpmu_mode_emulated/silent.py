@@ -61,8 +61,18 @@ def update(kpmu: KvmPmu) -> None:
     owner = vcpu.name
     now = vcpu.now_ns()
     loaded = vcpu.loaded_on is not None
+    reported = kpmu.silent_reported
     for kp in kpmu.pmcs.values():
-        cause = pmc_cause(kp, vcpu) if loaded else None
+        # pmc_cause, without the call for a counter the guest has not enabled
+        p = kp.pmc
+        cause = pmc_cause(kp, vcpu) if loaded and p.local_en and p.global_en else None
+        # the tracker's update is a no-op for a state it already has: report changes only
+        if reported.get(kp.name) == cause:
+            continue
+        if cause is None:
+            del reported[kp.name]
+        else:
+            reported[kp.name] = cause
         host.silent.update(owner, kp.name, cause is not None, cause or "", now)
     for name, vlbr in kpmu.vlbrs.items():
         cause = vlbr.silent_cause() if loaded else None
@@ -74,6 +84,7 @@ def close_all(kpmu: KvmPmu) -> None:
     """The vCPU is scheduled out: the guest runs nothing, so nothing is being lost."""
     vcpu = kpmu.vcpu
     now = vcpu.now_ns()
+    kpmu.silent_reported.clear()
     for kp in kpmu.pmcs.values():
         vcpu.host.silent.update(vcpu.name, kp.name, False, "", now)
     for name in kpmu.vlbrs:

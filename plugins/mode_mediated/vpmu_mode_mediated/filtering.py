@@ -16,17 +16,19 @@ EVENTSEL_ENABLE = 1 << 22
 FIXED_FIELD_BITS = 4
 
 
-def eventsel_hw(vcpu: Any, idx: int) -> int:
-    """The selector value hardware gets for guest GP counter `idx`."""
+def eventsel_hw(vcpu: Any, idx: int, sel_msr: int | None = None, hw_pmu: Any = None) -> int:
+    """The selector value hardware gets for guest GP counter `idx` (`sel_msr`: its guest
+    selector MSR, `hw_pmu`: the vCPU's physical PMU, when the caller has them)."""
     guest = vcpu.pmu
-    pmc = guest.pmc(idx)
-    sel = guest.rdmsr(guest.eventsel_msr(pmc))
+    if sel_msr is None:
+        sel_msr = guest.eventsel_msr(guest.pmc(idx))
+    sel = guest.rdmsr(sel_msr)
     if sel == 0:
         # an idle selector: KVM computes eventsel_hw on guest writes only (facts §2.7), so a
         # never-programmed counter keeps 0 in hardware and put does not need to zero it
         # (the AMD calibration of costs.md assumes exactly that)
         return 0
-    hw = vcpu.cpu.pmu.hw_eventsel(sel)
+    hw = (hw_pmu if hw_pmu is not None else vcpu.cpu.pmu).hw_eventsel(sel)
     flt = vcpu.vm.filter
     if flt is not None and not flt.gp_allowed(sel):
         hw &= ~EVENTSEL_ENABLE

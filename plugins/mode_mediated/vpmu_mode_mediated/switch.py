@@ -78,6 +78,29 @@ class Switcher:
         self.blind_cycles = 0
         self._hw_ctrl = 0
         self._hw_roles: dict[str, int] = {}
+        self._exposure_cache: dict[tuple[int, int], tuple[Any, ...]] = {}
+        #: (id(vcpu state), id(physical PMU)) -> the state, PMU and index tuples it was built
+        #: for (checked by identity on every use) and the counter pairs
+        self._pairs_cache: dict[tuple[int, int], tuple[Any, ...]] = {}
+
+    def _pairs(self, vcpu: Any, hw: Any) -> tuple[tuple[int, Any, Any, int | None, int | None], ...]:
+        """(idx, guest pmc, host pmc, guest selector MSR, host selector MSR) of every guest
+        counter in load order (GP then fixed; fixed counters have no selector), for the
+        physical PMU `hw`: looked up once per vCPU and CPU, not per counter per switch."""
+        st: VcpuState = vcpu.mode_state
+        guest = vcpu.pmu
+        key = id(st), id(hw)
+        c = self._pairs_cache.get(key)
+        if c is not None and c[0] is st and c[1] is guest and c[2] is hw and c[3] is st.gp_idx and c[4] is st.fixed_idx:
+            return c[5]
+        out = []
+        for idx in (*st.gp_idx, *st.fixed_idx):
+            g = guest.pmc(idx)
+            h = hw.pmc(idx)
+            out.append((idx, g, h, guest.eventsel_msr(g), hw.eventsel_msr(h)))
+        pairs = tuple(out)
+        self._pairs_cache[key] = (st, guest, hw, st.gp_idx, st.fixed_idx, pairs)
+        return pairs
 
     def attach(self, host: Any) -> None:
         self.host = host
@@ -184,34 +207,35 @@ class Switcher:
             # 4. counters and selectors
             rdpmc = wrmsr = 0
             elide = self.options.elide_writes
-            for idx in (*st.gp_idx, *st.fixed_idx):
-                g = guest.pmc(idx)
-                h = hw.pmc(idx)
+            stats = self.stats
+            for idx, g, h, g_sel, h_sel in self._pairs(vcpu, hw):
                 value = g.value & g.mask
                 # v6 34/44: skip the counter WRMSR when RDPMC shows hardware already holds it
                 if elide:
                     rdpmc += 1
                 if elide and h.value == value:
-                    self.stats.elided_writes += 1
+                    stats.elided_writes += 1
                 else:
                     hw.write_counter(h, value)
                     wrmsr += 1
-                    self.stats.counter_writes += 1
-                if not h.is_fixed:
-                    sel = eventsel_hw(vcpu, idx)
-                    hw.wrmsr(hw.eventsel_msr(h), sel)
+                    stats.counter_writes += 1
+                if h_sel is not None:
+                    sel = eventsel_hw(vcpu, idx, g_sel, hw)
+                    hw.wrmsr(h_sel, sel)
                     st.eventsel_hw[idx] = sel
                     wrmsr += 1
-                    self.stats.selector_writes += 1
+                    stats.selector_writes += 1
             # 5. vendor load: status, fixed control, global control
             wrmsr += self._sync_status(hw, guest.global_status & guest.all_counter_mask)
             if st.fixed_ctrl_msr is not None:
                 st.fixed_ctrl_hw = fixed_ctrl_hw(vcpu, st.fixed_ctrl_msr)
                 hw.wrmsr(hw.fixed_ctrl_msr(), st.fixed_ctrl_hw)
-        st.loaded_cpu = cpu.index
-        st.filter_dirty = False
-        cs.loaded = vcpu
-        self.apply_guest_ctrl(vcpu, charge=False)
+            st.loaded_cpu = cpu.index
+            st.filter_dirty = False
+            cs.loaded = vcpu
+            # the global control is the last write of the same sequence (VMX: the VMCS
+            # field VM-entry loads), so it shares the sequence's one decode
+            self.apply_guest_ctrl(vcpu, charge=False)
         self._charge(vcpu, rdpmc, wrmsr)
         st.loads += 1
         self.stats.loads += 1
@@ -281,18 +305,18 @@ class Switcher:
                 st.fixed_ctrl_hw = 0
                 wrmsr += 1
             # 2. counters: save (RDPMC), zero what is non-zero; GP selectors too
-            for idx in (*st.gp_idx, *st.fixed_idx):
-                g = guest.pmc(idx)
-                h = hw.pmc(idx)
+            backend_write = guest.backend.write
+            sels = st.eventsel_hw
+            for idx, g, h, _, h_sel in self._pairs(vcpu, hw):
                 rdpmc += 1
                 value = h.value
-                guest.backend.write(g, value)
+                backend_write(g, value)
                 if value:
                     hw.write_counter(h, 0)
                     wrmsr += 1
-                if st.eventsel_hw.get(idx):
-                    hw.wrmsr(hw.eventsel_msr(h), 0)
-                    st.eventsel_hw[idx] = 0
+                if sels.get(idx):
+                    hw.wrmsr(h_sel, 0)
+                    sels[idx] = 0
                     wrmsr += 1
         self._charge(vcpu, rdpmc, wrmsr)
         self._switch_facilities(vcpu, cpu, loading=False)
@@ -399,9 +423,22 @@ class Switcher:
         st: VcpuState = vcpu.mode_state
         hw = vcpu.cpu.pmu
         bad: list[str] = []
-        for idx in st.gp_idx + st.fixed_idx:
-            if hw.pmc(idx).value != vcpu.pmu.pmc(idx).value:
+        for idx, g, h, _, _ in self._pairs(vcpu, hw):
+            if h.value != g.value:
                 bad.append(f"pmc{idx} not the guest's value")
+        bad += self._exposure_leaks(st, hw)  # extends this check's own list, not the cached one
+        # the ledger keeps `where` and `what` of a failed check only
+        where = f"{vcpu.name} load on cpu{vcpu.cpu.index}" if bad else ""
+        self.host.leaks.check(not bad, where, "; ".join(bad), vcpu.now_ns())
+
+    def _exposure_leaks(self, st: VcpuState, hw: Any) -> list[str]:
+        """The load check's static part: host counters the guest does not have must stay
+        intercepted. It depends only on the vCPU's intercepts and the CPU's PMU layout."""
+        key = id(st), id(hw)
+        c = self._exposure_cache.get(key)
+        if c is not None and c[0] is st and c[1] is hw and c[2] is st.passthrough:
+            return c[3]
+        bad: list[str] = []
         exposed = set(st.gp_idx + st.fixed_idx)
         for h in hw.pmcs:
             if h.idx in exposed:
@@ -411,7 +448,8 @@ class Switcher:
                     bad.append(f"host pmc{h.idx} (MSR {msr:#x}) readable by the guest")
         if st.rdpmc_passthrough and len(exposed) != len(hw.pmcs):
             bad.append("RDPMC passed through with host counters the guest does not own")
-        self.host.leaks.check(not bad, f"{vcpu.name} load on cpu{vcpu.cpu.index}", "; ".join(bad), vcpu.now_ns())
+        self._exposure_cache[key] = (st, hw, st.passthrough, bad)
+        return bad
 
     def _check_put(self, vcpu: Any, cpu: Any) -> None:
         """After put: no guest value is left in the hardware counters, selectors, fixed
@@ -419,11 +457,9 @@ class Switcher:
         st: VcpuState = vcpu.mode_state
         hw = cpu.pmu
         bad: list[str] = []
-        for idx in st.gp_idx + st.fixed_idx:
-            h = hw.pmc(idx)
+        for idx, _, h, _, sel_msr in self._pairs(vcpu, hw):
             if h.value:
                 bad.append(f"pmc{idx} = {h.value:#x}")
-            sel_msr = hw.eventsel_msr(h)
             if sel_msr is not None and hw.rdmsr(sel_msr):
                 bad.append(f"selector {sel_msr:#x} = {hw.rdmsr(sel_msr):#x}")
         fc = hw.fixed_ctrl_msr()
@@ -435,4 +471,5 @@ class Switcher:
             bad.append("global control non-zero")
         if self.rules.atomic_global_ctrl and hw.entry_loads.get(self._hw_ctrl):
             bad.append("VM-entry GLOBAL_CTRL load still holds the guest value")
-        self.host.leaks.check(not bad, f"{vcpu.name} put on cpu{cpu.index}", "; ".join(bad), cpu.now_ns())
+        where = f"{vcpu.name} put on cpu{cpu.index}" if bad else ""
+        self.host.leaks.check(not bad, where, "; ".join(bad), cpu.now_ns())
