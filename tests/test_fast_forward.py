@@ -190,6 +190,7 @@ def test_verify_switch_catches_a_planted_bug(mode: str, monkeypatch: pytest.Monk
 
     monkeypatch.setattr(ffm, "_learn", bad_learn)
     monkeypatch.setattr(ffm, "PROBE_SHARE", 1)  # learn at once: the run is short
+    monkeypatch.setattr(ffm, "WARMUP_EXITS", 0)
     monkeypatch.setenv("VPMU_FF_VERIFY", "1")
     cat = load_catalog()
     scn, _ = load("cloud_mix", mode=mode, sets=["duration_ns=20000000"], catalog=cat)

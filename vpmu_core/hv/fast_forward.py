@@ -48,7 +48,9 @@ if TYPE_CHECKING:
 Exit = tuple[str, bool, bool]
 #: at most one exit in this many is a probe (a probe views the state twice: milliseconds;
 #: a short run with few exits stays one by one rather than pay for learning)
-PROBE_SHARE = 64
+PROBE_SHARE = 128
+#: a vCPU's first exits run one by one: a vCPU with few exits never pays for learning
+WARMUP_EXITS = 1000
 #: after this many exit points in a row that cannot start a batch, skip looking for
 #: 1, 2, 4, ... up to COOLDOWN_MAX exit points (a batch can start only on an exit that adds
 #: accumulators alone; the mediated placements that switch at every exit have none)
@@ -108,6 +110,7 @@ class ExitKind:
     needs_real: bool  # it writes last-value registers: it runs for real, at its exact point
     log: list[tuple[int, int, bool, bool]]  # perf transitions in the exit
     host_events: int  # an upper bound of events any counter takes in the exit
+    changed: frozenset[Path] = frozenset()  # every value it moved (accumulators or not)
 
 
 @dataclass
@@ -173,13 +176,13 @@ class FastForward:
         return state_walk.walk(self._roots(), self._stop(), SKIP_ATTRS)
 
     def _events(self) -> list[PerfEvent]:
+        """The host perf events an exit of this vCPU can touch: the CPU context's groups
+        and the vCPU task's, with their siblings."""
         v = self.vcpu
         perf = v.host.perf
         if perf is None:
             return []
-        idx = v.cpu.index
-        task = v.task
-        return [e for e in perf.events if not e.closed and (e.cpu == idx or e.task is task)]
+        return [e for leader in (*perf.ctx[v.cpu.index].groups, *v.task.perf_events) for e in leader.group]
 
     def signature(self) -> Any:
         """The structural state an exit depends on, or None when exits must run one by one."""
@@ -197,21 +200,13 @@ class FastForward:
             return None
 
         def pmu_sig(p: Any) -> tuple[Any, ...]:
-            plans = (
-                tuple((e[0].idx, e[1], e[2], e[3]) for e in p.plan(False)),
-                tuple((e[0].idx, e[1], e[2], e[3]) for e in p.plan(True)),
+            # the decoded controls of every counter (the counting plans follow from them),
+            # the mode switches and the overflow status: never a counter value
+            pmcs = tuple(
+                (c.config, c.usr, c.os, c.int_en, c.local_en, c.global_en, c.count_host, c.count_guest, c.exotic)
+                for c in p.pmcs
             )
-            msrs = list(p.control_msrs()) + list(p.global_msrs().values())
-            fixed = p.fixed_ctrl_msr()
-            if fixed is not None:
-                msrs.append(fixed)
-            regs = []
-            for m in msrs:
-                try:
-                    regs.append(p.rdmsr(m))
-                except Exception:  # a write-only or absent register
-                    regs.append(None)
-            return (p.guest_mode, p.virtualization_enabled, tuple(sorted(p.entry_loads.items())), plans, tuple(regs))
+            return (p.guest_mode, p.virtualization_enabled, tuple(sorted(p.entry_loads.items())), p.global_status, pmcs)
 
         events = tuple((e.id, e.state, e.idx, e._t_enabled, e._t_running) for e in self._events())
         return (
@@ -250,6 +245,9 @@ class FastForward:
         batch ran (0 when only this exit ran)."""
         v = self.vcpu
         ex = v.exit_process.draw()
+        if v.stats.total_exits < WARMUP_EXITS:
+            v._exit(*ex)  # too few exits yet for learning to pay
+            return 0
         if self._cooldown:
             self._cooldown -= 1
             v._exit(*ex)
@@ -259,7 +257,7 @@ class FastForward:
         if sig is not None and st is None:
             st = self.sigs[sig] = _SigState()
         if st is not None and ex not in st.kinds:
-            if self.probes * PROBE_SHARE > v.stats.total_exits:
+            if self.probes * PROBE_SHARE > v.stats.total_exits - WARMUP_EXITS:
                 v._exit(*ex)  # probes are costly: at most one exit in PROBE_SHARE is one
             else:
                 self.probes += 1
@@ -292,7 +290,18 @@ class FastForward:
             st.kinds[ex] = None
             return
         probes = st.probes.setdefault(ex, [])
-        probes.append(Probe(before, after, dur, log))
+        probe = Probe(before, after, dur, log)
+        probes.append(probe)
+        if len(probes) == 1:
+            # an exit of another reason on the same path is learned: one probe that shows
+            # exactly its changes (but for the exit-reason count) is enough
+            for other, k in st.kinds.items():
+                if k is not None and other[1:] == ex[1:]:
+                    learned = _learn_from_sibling(probe, k, other[0], ex[0], self.vcpu)
+                    if learned is not None:
+                        st.kinds[ex] = learned
+                        del st.probes[ex]
+                        return
         if len(probes) == 2:
             st.kinds[ex] = _learn(probes[0], probes[1], self.vcpu)
             del st.probes[ex]
@@ -593,4 +602,37 @@ def _learn(a: Probe, b: Probe, vcpu: VCpu) -> ExitKind | None:
         else:
             needs_real = True
     ipc = max(100, vcpu.costs.exit_host_ipc_x100)
-    return ExitKind(a.dur, deltas, needs_real, a.log, a.dur * ipc // 100 + 1)
+    changed = frozenset(p for p, v in b.after.items() if b.before[p] != v) | frozenset(
+        p for p, v in a.after.items() if a.before.get(p) != v
+    )
+    return ExitKind(a.dur, deltas, needs_real, a.log, a.dur * ipc // 100 + 1, changed)
+
+
+_EXITS_BY_REASON = ("vcpu", (0, "stats"), (0, "exits"))
+
+
+def _rename_reason(p: Path, old: str, new: str) -> Path:
+    return (*_EXITS_BY_REASON, (1, new)) if p[:3] == _EXITS_BY_REASON and p[3:] == ((1, old),) else p
+
+
+def _learn_from_sibling(p: Probe, sib: ExitKind, sib_reason: str, reason: str, vcpu: VCpu) -> ExitKind | None:
+    """What an exit does, from one probe and a learned exit of another reason on the same
+    path (fastpath, slow, to userspace): accepted only if the probe moved exactly what the
+    sibling moves, by exactly as much where the sibling is an accumulator, the exit-reason
+    count renamed. Otherwise a second probe decides (`_learn`)."""
+    if p.dur != sib.dur or p.log != sib.log or not set(p.before) <= set(p.after):
+        return None
+    moved = {}
+    for path, v1 in p.after.items():
+        v0 = p.before.get(path, 0)
+        if v0 != v1:
+            if type(v0) is not int or type(v1) is not int:
+                return None
+            moved[path] = v1 - v0
+    expected = {_rename_reason(q, sib_reason, reason) for q in sib.changed}
+    if not set(moved) <= expected:
+        return None
+    deltas = [(_rename_reason(q, sib_reason, reason), d) for q, d in sib.deltas]
+    if not sib.needs_real and dict(deltas) != moved:
+        return None
+    return ExitKind(sib.dur, deltas, sib.needs_real, sib.log, sib.host_events, frozenset(expected))
