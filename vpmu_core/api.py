@@ -51,31 +51,98 @@ physical PMU contract"): `vcpu.pmu`, `vcpu.cpu.pmu`, `vcpu.host.perf`, `vcpu.cha
 
 from __future__ import annotations
 
-from vpmu_core.costs import CostFields
-from vpmu_core.costs import Field as CostField
-from vpmu_core.errors import ConfigError, GuestFault, PerfError, gp
-from vpmu_core.events import N_KINDS, EventKind, Work
-from vpmu_core.hv.config import GuestPmuConfig
-from vpmu_core.hv.kvm_caps import KVM_7_0, UPGRADE_V5_VERSION, KvmPmuCaps
-from vpmu_core.hv.vcpu import EMULATED_INSTRUCTION, KVM_COMMON_PMU_MSRS, ONE_INSTRUCTION
-from vpmu_core.hw.counter import CounterWrite
-from vpmu_core.hw.cpuid import EAX, EBX, ECX, EDX, CpuidTable, Regs
-from vpmu_core.hw.enables import ALWAYS_ON, entry_split, fold_enables
-from vpmu_core.hw.entry_split import GlobalCtrlSplit
-from vpmu_core.hw.facility import Facility, FacilityState
-from vpmu_core.hw.guest_clamp import clamp_guest
-from vpmu_core.hw.model import CpuModel, PmuCapabilities
-from vpmu_core.hw.msr import Register
-from vpmu_core.hw.options import parse_bool, parse_int
-from vpmu_core.hw.pmc import FIXED_BASE, Pmc, sign_extend
-from vpmu_core.hw.pmu import CounterBackend, Overflow, PmuBase
-from vpmu_core.logs import get_logger
-from vpmu_core.markers import hookimpl
-from vpmu_core.perf.attr import GENERIC_HW_EVENTS, EventState, PerfEventAttr
-from vpmu_core.perf.driver import HwEvent, PerfDriver, RegisterPort
-from vpmu_core.perf.event import OverflowHandler, PerfEvent
-from vpmu_core.plugins.records import CpuModelSpec, FacilitySpec, ModeSpec
-from vpmu_core.seeds import derive_seed
+from importlib import import_module
+
+#: typing.TYPE_CHECKING without importing typing; mypy treats any name TYPE_CHECKING as true
+TYPE_CHECKING = False
+
+#: public name -> the module that defines it: a plugin's `from vpmu_core.api import X`
+#: imports only what X needs (PEP 562), so discovering plugins (`vpmu plugins`) does not
+#: import the engine and the hypervisor
+_EXPORTS = {
+    "CostField": "vpmu_core.costs",
+    "CostFields": "vpmu_core.costs",
+    "ConfigError": "vpmu_core.errors",
+    "GuestFault": "vpmu_core.errors",
+    "PerfError": "vpmu_core.errors",
+    "gp": "vpmu_core.errors",
+    "N_KINDS": "vpmu_core.events",
+    "EventKind": "vpmu_core.events",
+    "Work": "vpmu_core.events",
+    "GuestPmuConfig": "vpmu_core.hv.config",
+    "KVM_7_0": "vpmu_core.hv.kvm_caps",
+    "UPGRADE_V5_VERSION": "vpmu_core.hv.kvm_caps",
+    "KvmPmuCaps": "vpmu_core.hv.kvm_caps",
+    "EMULATED_INSTRUCTION": "vpmu_core.events",
+    "KVM_COMMON_PMU_MSRS": "vpmu_core.hv.kvm_caps",
+    "ONE_INSTRUCTION": "vpmu_core.events",
+    "CounterWrite": "vpmu_core.hw.counter",
+    "EAX": "vpmu_core.hw.cpuid",
+    "EBX": "vpmu_core.hw.cpuid",
+    "ECX": "vpmu_core.hw.cpuid",
+    "EDX": "vpmu_core.hw.cpuid",
+    "CpuidTable": "vpmu_core.hw.cpuid",
+    "Regs": "vpmu_core.hw.cpuid",
+    "ALWAYS_ON": "vpmu_core.hw.enables",
+    "entry_split": "vpmu_core.hw.enables",
+    "fold_enables": "vpmu_core.hw.enables",
+    "GlobalCtrlSplit": "vpmu_core.hw.entry_split",
+    "Facility": "vpmu_core.hw.facility",
+    "FacilityState": "vpmu_core.hw.facility",
+    "clamp_guest": "vpmu_core.hw.guest_clamp",
+    "CpuModel": "vpmu_core.hw.model",
+    "PmuCapabilities": "vpmu_core.hw.model",
+    "Register": "vpmu_core.hw.msr",
+    "parse_bool": "vpmu_core.hw.options",
+    "parse_int": "vpmu_core.hw.options",
+    "FIXED_BASE": "vpmu_core.hw.pmc",
+    "Pmc": "vpmu_core.hw.pmc",
+    "sign_extend": "vpmu_core.hw.pmc",
+    "CounterBackend": "vpmu_core.hw.pmu",
+    "Overflow": "vpmu_core.hw.pmu",
+    "PmuBase": "vpmu_core.hw.pmu",
+    "get_logger": "vpmu_core.logs",
+    "hookimpl": "vpmu_core.markers",
+    "GENERIC_HW_EVENTS": "vpmu_core.perf.attr",
+    "EventState": "vpmu_core.perf.attr",
+    "PerfEventAttr": "vpmu_core.perf.attr",
+    "HwEvent": "vpmu_core.perf.driver",
+    "PerfDriver": "vpmu_core.perf.driver",
+    "RegisterPort": "vpmu_core.perf.driver",
+    "OverflowHandler": "vpmu_core.perf.event",
+    "PerfEvent": "vpmu_core.perf.event",
+    "CpuModelSpec": "vpmu_core.plugins.records",
+    "FacilitySpec": "vpmu_core.plugins.records",
+    "ModeSpec": "vpmu_core.plugins.records",
+    "derive_seed": "vpmu_core.seeds",
+}
+
+if TYPE_CHECKING:
+    from typing import Any
+
+    from vpmu_core.costs import CostField, CostFields
+    from vpmu_core.errors import ConfigError, GuestFault, PerfError, gp
+    from vpmu_core.events import EMULATED_INSTRUCTION, N_KINDS, ONE_INSTRUCTION, EventKind, Work
+    from vpmu_core.hv.config import GuestPmuConfig
+    from vpmu_core.hv.kvm_caps import KVM_7_0, KVM_COMMON_PMU_MSRS, UPGRADE_V5_VERSION, KvmPmuCaps
+    from vpmu_core.hw.counter import CounterWrite
+    from vpmu_core.hw.cpuid import EAX, EBX, ECX, EDX, CpuidTable, Regs
+    from vpmu_core.hw.enables import ALWAYS_ON, entry_split, fold_enables
+    from vpmu_core.hw.entry_split import GlobalCtrlSplit
+    from vpmu_core.hw.facility import Facility, FacilityState
+    from vpmu_core.hw.guest_clamp import clamp_guest
+    from vpmu_core.hw.model import CpuModel, PmuCapabilities
+    from vpmu_core.hw.msr import Register
+    from vpmu_core.hw.options import parse_bool, parse_int
+    from vpmu_core.hw.pmc import FIXED_BASE, Pmc, sign_extend
+    from vpmu_core.hw.pmu import CounterBackend, Overflow, PmuBase
+    from vpmu_core.logs import get_logger
+    from vpmu_core.markers import hookimpl
+    from vpmu_core.perf.attr import GENERIC_HW_EVENTS, EventState, PerfEventAttr
+    from vpmu_core.perf.driver import HwEvent, PerfDriver, RegisterPort
+    from vpmu_core.perf.event import OverflowHandler, PerfEvent
+    from vpmu_core.plugins.records import CpuModelSpec, FacilitySpec, ModeSpec
+    from vpmu_core.seeds import derive_seed
 
 __all__ = [
     "ALWAYS_ON",
@@ -134,3 +201,16 @@ __all__ = [
     "parse_int",
     "sign_extend",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'vpmu_core.api' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value  # the next lookup is a plain module attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

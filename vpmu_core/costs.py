@@ -92,3 +92,7 @@ def cost_model(
     base: dict[str, Any] = dict(known.get(preset, {})) if preset is not None else {}
     base.update(overrides or {})
     return model(**base)
+
+
+#: `vpmu_core.api.CostField`: a plugin's cost field (pydantic's Field)
+CostField = Field

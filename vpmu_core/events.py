@@ -31,6 +31,12 @@ class EventKind(IntEnum):
 
 
 N_KINDS = len(EventKind)
+
+#: one retired instruction of one cycle (the counting-window unit)
+ONE_INSTRUCTION = (1, 1, 1) + (0,) * (N_KINDS - 3)
+#: an instruction KVM emulates: it retires in the guest but takes no guest cycles
+EMULATED_INSTRUCTION = (0, 1) + (0,) * (N_KINDS - 2)
+
 KIND_NAMES = {k: k.name.lower() for k in EventKind}
 _FIELDS = (
     "cycles",

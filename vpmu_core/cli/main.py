@@ -7,6 +7,7 @@ Logging: structlog is configured here only (warnings to stderr; `-v` info, `-vv`
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import os
 import sys
@@ -14,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 import click
 from pydantic import ValidationError
@@ -39,9 +40,16 @@ def configure_logging(verbosity: int) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("vpmu %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=level, handlers=[handler], force=True)
-    import structlog
+    # plugins that call structlog.get_logger() directly go through the same stdlib handler;
+    # importing structlog costs more than starting Python, so it is configured when
+    # something imports it (the library itself never does)
+    if "structlog" in sys.modules:
+        _configure_structlog(sys.modules["structlog"])
+    elif not any(isinstance(f, _ConfigureStructlogOnImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _ConfigureStructlogOnImport())
 
-    # plugins that call structlog.get_logger() directly go through the same stdlib handler
+
+def _configure_structlog(structlog: Any) -> None:
     structlog.configure(
         processors=[
             structlog.stdlib.filter_by_level,
@@ -52,6 +60,37 @@ def configure_logging(verbosity: int) -> None:
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=False,
     )
+
+
+class _ConfigureStructlogOnImport:
+    """A one-shot meta path finder: the first `import structlog` runs as usual, then
+    configures it (`_configure_structlog`) before the importer sees the module."""
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        if fullname != "structlog":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)
+        if spec is not None and spec.loader is not None:
+            spec.loader = cast(Any, _ConfiguringLoader(spec.loader))
+        return spec
+
+
+class _ConfiguringLoader:
+    """structlog's own loader, configuring the module once it has executed."""
+
+    def __init__(self, loader: Any) -> None:
+        self._loader = loader
+
+    def create_module(self, spec: Any) -> Any:
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: Any) -> None:
+        self._loader.exec_module(module)
+        _configure_structlog(module)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loader, name)
 
 
 def load_catalog() -> Any:

@@ -23,10 +23,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from vpmu_core.errors import GuestFault, PerfError, gp
-from vpmu_core.events import N_KINDS
+from vpmu_core.events import EMULATED_INSTRUCTION, N_KINDS, ONE_INSTRUCTION
 from vpmu_core.hv.guest_facing import guest_facing
+from vpmu_core.hv.kvm_caps import KVM_COMMON_PMU_MSRS
 from vpmu_core.hv.lapic import X2APIC_LVTPC
 from vpmu_core.ledgers.truth import slot as truth_slot
+
+__all__ = ["EMULATED_INSTRUCTION", "KVM_COMMON_PMU_MSRS", "ONE_INSTRUCTION", "Emulation"]
 
 if TYPE_CHECKING:
     from vpmu_core.engine.cpu import HostCpu
@@ -37,18 +40,7 @@ if TYPE_CHECKING:
     from vpmu_core.hv.xsave import Ia32Xss
 
 
-#: one retired instruction of one cycle (the counting-window unit)
-ONE_INSTRUCTION = (1, 1, 1) + (0,) * (N_KINDS - 3)
 _ZEROS = (0,) * (N_KINDS - 3)
-#: an instruction KVM emulates: it retires in the guest but takes no guest cycles
-EMULATED_INSTRUCTION = (0, 1) + (0,) * (N_KINDS - 2)
-
-#: Legacy PMU MSRs that KVM's common code answers when the vendor vPMU does not claim them
-#: (arch/x86/kvm/x86.c kvm_set_msr_common/kvm_get_msr_common: MSR_K7_EVNTSEL0..3,
-#: MSR_K7_PERFCTR0..3, MSR_P6_PERFCTR0..1, MSR_P6_EVNTSEL0..1 -> if !kvm_pmu_is_valid_msr(),
-#: reads return 0 and writes are dropped, no #GP). Selftest pmu_counters_test relies on it:
-#: "KVM drops writes to MSR_P6_PERFCTR[0|1] if the counters are unsupported".
-KVM_COMMON_PMU_MSRS = frozenset((0xC1, 0xC2, 0x186, 0x187, *range(0xC001_0000, 0xC001_0008)))
 
 
 class Emulation:

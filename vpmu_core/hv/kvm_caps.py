@@ -63,3 +63,11 @@ class KvmPmuCaps:
 
 #: what mainline KVM 7.0 gives, in both modes
 KVM_7_0 = KvmPmuCaps()
+
+
+#: Legacy PMU MSRs that KVM's common code answers when the vendor vPMU does not claim them
+#: (arch/x86/kvm/x86.c kvm_set_msr_common/kvm_get_msr_common: MSR_K7_EVNTSEL0..3,
+#: MSR_K7_PERFCTR0..3, MSR_P6_PERFCTR0..1, MSR_P6_EVNTSEL0..1 -> if !kvm_pmu_is_valid_msr(),
+#: reads return 0 and writes are dropped, no #GP). Selftest pmu_counters_test relies on it:
+#: "KVM drops writes to MSR_P6_PERFCTR[0|1] if the counters are unsupported".
+KVM_COMMON_PMU_MSRS = frozenset((0xC1, 0xC2, 0x186, 0x187, *range(0xC001_0000, 0xC001_0008)))

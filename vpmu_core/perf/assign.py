@@ -57,6 +57,12 @@ def assign_counters(events: Sequence[HwEvent], prev: Sequence[int | None], avail
     return _perf_assign_events(events, available)
 
 
+def fits_previous(events: Sequence[HwEvent], prev: Sequence[int | None], available: int) -> bool:
+    """Whether x86_schedule_events() would take its fast path: every event keeps `prev`
+    (the facility resources fitting too)."""
+    return resources_fit(events) and _reuse_prev(events, prev, available) is not None
+
+
 def _reuse_prev(events: Sequence[HwEvent], prev: Sequence[int | None], available: int) -> list[int | None] | None:
     """x86_schedule_events()'s fast path ("try to reuse previous register"): every event
     keeps the counter it had, if that counter is still in its constraint mask and no

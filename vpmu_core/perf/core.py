@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from vpmu_core.errors import PerfError
 from vpmu_core.logs import get_logger
-from vpmu_core.perf.assign import assign_counters
+from vpmu_core.perf.assign import assign_counters, fits_previous
 from vpmu_core.perf.attr import EventState, PerfEventAttr, decode_hw_config
 from vpmu_core.perf.driver import HwEvent, PerfDriver, RegisterPort
 from vpmu_core.perf.event import OverflowHandler, PerfEvent
@@ -46,6 +46,9 @@ class CpuContext:
         self.groups: list[PerfEvent] = []  # leaders, in rotation order
         self.active: list[PerfEvent] = []
         self.guest_loaded = False
+        #: what the last full ctx_resched() settled on, while a second one would change
+        #: nothing (see `_Settled`); None when unknown
+        self.settled: _Settled | None = None
 
 
 class _SchedPlan:
@@ -63,6 +66,8 @@ class _SchedPlan:
         "excluded",
         "can_add_hw",
         "cpu_pinned_active",
+        "stop_group",
+        "fixed_point",
     )
 
     def __init__(self, avail: int, guest_loaded: bool) -> None:
@@ -75,6 +80,49 @@ class _SchedPlan:
         self.excluded: list[PerfEvent] = []
         self.can_add_hw = True
         self.cpu_pinned_active = False
+        #: the flexible group whose failure stopped the flexible pass (can_add_hw = 0)
+        self.stop_group: PerfEvent | None = None
+        #: whether the same pass run again on the state it leaves would decide the same
+        self.fixed_point = True
+
+
+class _Settled:
+    """The outcome of the last full ctx_resched() of a CPU, kept so that installing one more
+    flexible group (`_install_plan`) can decide without walking every group again.
+
+    Valid while `gen` equals the subsystem's generation (bumped by every change to a
+    context that is not followed by a reschedule of that CPU), the CPU runs the same task,
+    the guest context is as it was, and the chosen events still hold `mapping`."""
+
+    __slots__ = (
+        "gen",
+        "task",
+        "guest_loaded",
+        "now_ns",
+        "chosen",
+        "hws",
+        "mapping",
+        "stop_group",
+        "stop_class",
+        "cpu_pinned_active",
+        "task_flexible_live",
+    )
+
+    def __init__(self, gen: int, task: Any | None, plan: _SchedPlan, now_ns: int, task_flexible_live: bool) -> None:
+        self.gen = gen
+        self.task = task
+        self.guest_loaded = plan.guest_loaded
+        self.now_ns = now_ns
+        self.chosen = list(plan.chosen)
+        self.hws = list(plan.hws)
+        self.mapping = list(plan.mapping)
+        self.stop_group = plan.stop_group
+        #: 2: the flexible pass stopped among the per-CPU flexible groups, 3: among the task's
+        self.stop_class = 3 if plan.stop_group is not None and plan.stop_group.task is not None else 2
+        self.cpu_pinned_active = plan.cpu_pinned_active
+        #: whether a live (enabled, open) flexible group of the current task follows the
+        #: per-CPU flexible ones in perf_event_sched_in order
+        self.task_flexible_live = task_flexible_live
 
 
 class PerfStats:
@@ -111,6 +159,9 @@ class PerfSubsystem:
         self.events: list[PerfEvent] = []
         self.stats = PerfStats()
         self._next_id = 1
+        #: generation of the contexts: bumped by every change to what a CPU would schedule
+        #: that is not followed by a reschedule of that CPU (it invalidates `ctx.settled`)
+        self._gen = 0
         #: optional veto on open: (attr, pid, cpu) -> errno or None (mode hook
         #: `vpmu_host_perf_event_open`, e.g. mediated refuses !exclude_guest events)
         self.open_filter: Callable[[PerfEventAttr, int, int], int | None] | None = None
@@ -199,14 +250,18 @@ class PerfSubsystem:
         else:
             self.ctx[cpu].groups.append(ev)
         log.debug("perf.open", perf=self.name, eid=ev.id, label=attr.label(), pid=pid, cpu=cpu, owner=owner)
-        if not attr.disabled:
-            self._enable(ev, local)
+        if attr.disabled:
+            self._gen += 1
+        else:
+            # perf_install_in_context(): a new group leader is appended to its context and
+            # goes in without re-deciding the others where that changes nothing (`_install_plan`)
+            self._enable(ev, local, installing=group is None)
         return ev
 
     def enable(self, ev: PerfEvent, local: bool = False) -> None:
         self._enable(ev, local)
 
-    def _enable(self, ev: PerfEvent, local: bool) -> None:
+    def _enable(self, ev: PerfEvent, local: bool, installing: bool = False) -> None:
         """Ground truth starts once the enable has run: the instructions of the driver that
         program the counter (a guest driver's WRMSRs retire) precede counting and are not
         the event's to count. The counting rule may still give the event the one
@@ -216,7 +271,8 @@ class PerfSubsystem:
         if ev.state in (EventState.OFF, EventState.ERROR):
             ev.state = EventState.INACTIVE
             ev.blocked_by = None
-            self._resched_for(ev, local)
+            if not self._resched_for(ev, local, ev if installing else None):
+                self._gen += 1
         if opening and self.truth_source is not None:
             ev.truth_start = self.truth_source(ev)
             ev.truth_open = True
@@ -255,6 +311,8 @@ class PerfSubsystem:
                     self.cpus[cpu].now_ns(),
                     {e.idx: e for e in self.ctx[cpu].active if e.idx is not None},
                 )
+        # no reschedule follows: the install record of the last full one is stale (perf/assign)
+        self._gen += 1
 
     def pause(self, ev: PerfEvent) -> int:
         """perf_event_pause(event, reset=true): disable, return the count and zero it."""
@@ -276,6 +334,7 @@ class PerfSubsystem:
         else:
             self.ctx[ev.cpu].groups.remove(ev)
         self.events.remove(ev)
+        self._gen += 1
 
     def set_period(self, ev: PerfEvent, period: int) -> None:
         """perf_event_period(): takes effect at once on a running counter (the core stops the
@@ -319,6 +378,7 @@ class PerfSubsystem:
             return None
         with batch():
             value = self._reprogram_in_place(ev, cpu, period_of)
+        self._gen += 1  # the context changed without a full reschedule (perf/assign's record)
         for fn in self.on_resched:
             fn(cpu)
         return value
@@ -377,16 +437,18 @@ class PerfSubsystem:
             ev.truth_open = True
         return value
 
-    def _resched_for(self, ev: PerfEvent, local: bool) -> None:
+    def _resched_for(self, ev: PerfEvent, local: bool, installed: PerfEvent | None = None) -> bool:
+        """Reschedule the CPU `ev`'s group is on, if it is on one; whether it was."""
         leader = ev.leader
         if leader.task is not None:
             cpu = getattr(leader.task, "running_on", None)
             if cpu is None:
-                return
+                return False
         else:
             cpu = leader.cpu
         self._maybe_ipi(cpu, local)
-        self.resched(cpu)
+        self.resched(cpu, installed)
+        return True
 
     def _maybe_ipi(self, cpu: int, local: bool) -> None:
         if not local:
@@ -407,18 +469,24 @@ class PerfSubsystem:
             prev.last_ns = now
         if prev is not None or (nxt is not None and nxt.perf_events):
             self.resched(cpu)
+        else:
+            self._gen += 1
 
     # ---- the scheduler ---------------------------------------------------------------------
-    def resched(self, cpu: int) -> None:
+    def resched(self, cpu: int, installed: PerfEvent | None = None) -> None:
         """ctx_resched(): recompute the active set of `cpu` in priority order, then tell the
-        observers. On a physical port the register writes of the switch are one decode."""
+        observers. On a physical port the register writes of the switch are one decode.
+
+        `installed`: the group leader __perf_install_in_context() just added to this CPU's
+        contexts; where the last full pass tells what a new one would decide for every other
+        group, only the new group is decided (`_install_plan`), with the same outcome."""
         self.stats.reschedules += 1
         batch = self._batch[cpu]
         if batch is None:
-            self._schedule(cpu)
+            self._schedule(cpu, installed)
         else:
             with batch():
-                self._schedule(cpu)
+                self._schedule(cpu, installed)
         for fn in self.on_resched:
             fn(cpu)
         if self.tracer is not None:
@@ -426,28 +494,112 @@ class PerfSubsystem:
                 self.name, cpu, self.cpus[cpu].now_ns(), {e.idx: e for e in self.ctx[cpu].active if e.idx is not None}
             )
 
-    def _schedule(self, cpu: int) -> None:
+    def _schedule(self, cpu: int, installed: PerfEvent | None = None) -> None:
         """ctx_resched() after ctx_sched_out(): every group, in `perf_event_sched_in` order, is
-        offered to `merge_sched_in`; then `x86_pmu_enable` applies the new active set."""
-        plan = _SchedPlan(self._avail[cpu], self.ctx[cpu].guest_loaded)
+        offered to `merge_sched_in`; then `x86_pmu_enable` applies the new active set.
+        An `installed` group may be decided alone (`_install_plan`)."""
+        ctx = self.ctx[cpu]
+        settled, ctx.settled = ctx.settled, None  # unknown until the new set is applied
+        if installed is not None and settled is not None:
+            plan = self._install_plan(cpu, installed, settled)
+            if plan is not None:
+                self._apply(plan, cpu)
+                settled.now_ns = self.cpus[cpu].now_ns()
+                ctx.settled = settled
+                return
+        plan = _SchedPlan(self._avail[cpu], ctx.guest_loaded)
         merge_sched_in = self._merge_sched_in
-        for g in self._ordered_groups(cpu):
-            merge_sched_in(plan, g, cpu)
+        classes = self._classes(cpu)
+        for groups in classes:
+            for g in groups:
+                merge_sched_in(plan, g, cpu)
         self._apply(plan, cpu)
+        task_flexible_live = any(not g.closed and g.state > _OFF for g in classes[3])
+        ctx.settled = (
+            _Settled(self._gen, self.cpus[cpu].current_task, plan, self.cpus[cpu].now_ns(), task_flexible_live)
+            if plan.fixed_point
+            else None
+        )
 
-    def _ordered_groups(self, cpu: int) -> list[PerfEvent]:
-        """ctx_resched() / perf_event_sched_in(): the priority order of the four classes,
-        per-CPU pinned, per-task pinned, per-CPU flexible, per-task flexible; within a
-        class, rotation order (the task's groups bound to another CPU are not this CPU's)."""
+    def _classes(self, cpu: int) -> tuple[list[PerfEvent], list[PerfEvent], list[PerfEvent], list[PerfEvent]]:
+        """ctx_resched() / perf_event_sched_in(): the four classes in priority order, per-CPU
+        pinned, per-task pinned, per-CPU flexible, per-task flexible; within a class,
+        rotation order (the task's groups bound to another CPU are not this CPU's)."""
         groups = self.ctx[cpu].groups
         task = self.cpus[cpu].current_task
         task_groups = [g for g in task.perf_events if g.cpu in (-1, cpu)] if task is not None else []
         return (
-            [g for g in groups if g.attr.pinned]
-            + [g for g in task_groups if g.attr.pinned]
-            + [g for g in groups if not g.attr.pinned]
-            + [g for g in task_groups if not g.attr.pinned]
+            [g for g in groups if g.attr.pinned],
+            [g for g in task_groups if g.attr.pinned],
+            [g for g in groups if not g.attr.pinned],
+            [g for g in task_groups if not g.attr.pinned],
         )
+
+    def _install_plan(self, cpu: int, ev: PerfEvent, s: _Settled) -> _SchedPlan | None:
+        """__perf_install_in_context() -> ctx_resched() for one new flexible group leader `ev`,
+        appended to its context (so last of its class), decided alone: the plan a full
+        pass would make, or None when only a full pass can tell. Updates `s` to the
+        outcome.
+
+        It can tell when the last full pass on this CPU (`ctx.settled`) is still what a
+        pass over the groups before `ev` would decide: then a guest context that is loaded
+        keeps `ev` out; a flexible pass that already stopped before `ev`
+        (merge_sched_in(): can_add_hw == 0) leaves it INACTIVE, waiting for rotation, and
+        nothing else moves; otherwise, if no live group follows `ev`, `group_sched_in()`
+        tries it against the counters the chosen events hold (x86_schedule_events(), fast
+        path first) and the groups before it keep what they have. The groups left out
+        before keep their state and their (lazily synced) times; the chosen ones are
+        applied as a full pass applies them."""
+        ctx = self.ctx[cpu]
+        if (
+            s.gen != self._gen
+            or ev.attr.pinned
+            or ev.siblings
+            or s.task is not self.cpus[cpu].current_task
+            or s.guest_loaded != ctx.guest_loaded
+            or len(ctx.active) != len(s.chosen)
+        ):
+            return None
+        if ev.task is not None:
+            if ev.task is not s.task or ev.cpu not in (-1, cpu):
+                return None
+            cls = 3
+        else:
+            cls = 2
+        for e, idx in zip(s.chosen, s.mapping, strict=True):
+            if e.closed or e.state != _ACTIVE or e.active_cpu != cpu or e.idx != idx:
+                return None
+        stop = s.stop_group
+        if stop is not None and (stop.closed or stop.state != EventState.INACTIVE):
+            return None
+        if self.cpus[cpu].now_ns() < s.now_ns:
+            return None  # lazily synced times need a clock that does not go back
+        plan = _SchedPlan(self._avail[cpu], s.guest_loaded)
+        plan.chosen = list(s.chosen)
+        plan.hws = list(s.hws)
+        plan.prevs = list(s.mapping)
+        plan.mapping = list(s.mapping)
+        plan.cpu_pinned_active = s.cpu_pinned_active
+        if s.guest_loaded:
+            plan.excluded.append(ev)
+            return plan
+        if stop is not None and s.stop_class <= cls:
+            ev.blocked_by = "multiplexed"
+            plan.excluded.append(ev)
+            return plan
+        if stop is not None or (cls == 2 and s.task_flexible_live):
+            return None
+        if self._group_sched_in(plan, [ev], cpu):
+            s.chosen, s.hws, s.mapping = list(plan.chosen), list(plan.hws), list(plan.mapping)
+            s.task_flexible_live = s.task_flexible_live or cls == 3
+        else:
+            # merge_sched_in()'s flexible failure; run again, the same trial fails the same way
+            ev.blocked_by = "host per-CPU pinned event" if s.cpu_pinned_active else "counter contention"
+            plan.excluded.append(ev)
+            plan.can_add_hw = False
+            s.stop_group = ev
+            s.stop_class = cls
+        return plan
 
     def _merge_sched_in(self, plan: _SchedPlan, g: PerfEvent, cpu: int) -> None:
         """merge_sched_in(): a group that is OFF or in ERROR is skipped; while a mediated guest
@@ -479,6 +631,12 @@ class PerfSubsystem:
                 e.blocked_by = cause
             plan.excluded.extend(members)
             plan.can_add_hw = False
+            plan.stop_group = g
+            # the pass run again sees the chosen events at their new counters: it decides
+            # the same unless this group then fits x86_schedule_events()' fast path
+            hws = plan.hws + [e.hw for e in members]
+            prevs = plan.mapping + [e.prev_idx for e in members]
+            plan.fixed_point = not fits_previous(hws, prevs, plan.avail)
 
     def _group_sched_in(self, plan: _SchedPlan, members: list[PerfEvent], cpu: int) -> bool:
         """group_sched_in() as one PMU transaction: x86_pmu_commit_txn() runs

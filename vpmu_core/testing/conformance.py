@@ -22,7 +22,7 @@ import pytest
 from vpmu_core.errors import GuestFault, PerfError
 from vpmu_core.events import EventKind, Work
 from vpmu_core.hv.config import GuestPmuConfig
-from vpmu_core.hv.vcpu import KVM_COMMON_PMU_MSRS
+from vpmu_core.hv.kvm_caps import KVM_COMMON_PMU_MSRS
 from vpmu_core.hw.pmc import sign_extend
 from vpmu_core.markers import ENTRY_POINT_GROUP
 from vpmu_core.perf.attr import PERF_HW_IDS, PerfEventAttr

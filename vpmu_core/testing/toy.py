@@ -23,9 +23,8 @@ import errno
 from typing import Any
 
 from vpmu_core.errors import ConfigError, PerfError, gp
-from vpmu_core.events import EventKind
+from vpmu_core.events import EMULATED_INSTRUCTION, EventKind
 from vpmu_core.hv.config import GuestPmuConfig
-from vpmu_core.hv.vcpu import EMULATED_INSTRUCTION
 from vpmu_core.hw.cpuid import CpuidTable
 from vpmu_core.hw.enables import entry_split, fold_enables
 from vpmu_core.hw.entry_split import GlobalCtrlSplit
