@@ -81,6 +81,20 @@ def test_pinned_error_is_sticky_until_reenabled(host):
     assert late.read().value > before
 
 
+def test_disable_leaves_an_error_event_in_error(host):
+    """kernel/events/core.c `_perf_event_disable`: an event at or below OFF (ERROR is below)
+    is left as it is; only an enable clears ERROR (`_perf_event_enable`)."""
+    busy(host, ns=20_000_000)
+    hogs = [host.perf_event_open(A(config="cycles", pinned=True), pid=-1, cpu=0) for _ in range(4)]
+    late = host.perf_event_open(A(config="cycles", pinned=True), pid=-1, cpu=0)
+    assert late.state == EventState.ERROR
+    late.disable()
+    assert late.state == EventState.ERROR
+    hogs[0].close()
+    late.enable()
+    assert late.state == EventState.ACTIVE
+
+
 def test_flexible_rotation_and_scaling(host):
     t = busy(host, ns=40_000_000)
     evs = [host.perf_event_open(A(config="instructions"), pid=-1, cpu=0) for _ in range(6)]

@@ -282,9 +282,11 @@ class PerfSubsystem:
         goes out, a group leader with its whole group (`group_sched_out`, the siblings stay
         enabled: INACTIVE), any other event alone (`event_sched_out`), and it goes OFF. Nothing
         else is rescheduled: a group waiting for the freed counter gets it at the next
-        ctx_resched or mux rotation (`perf_rotate_context`), not here."""
+        ctx_resched or mux rotation (`perf_rotate_context`), not here. An event that is OFF
+        or in ERROR is left as it is (`_perf_event_disable`: `state <= PERF_EVENT_STATE_OFF`
+        returns): a pinned event that failed stays in ERROR until an enable clears it."""
         self.stats.disables += 1
-        if ev.state == EventState.OFF:
+        if ev.state in (EventState.OFF, EventState.ERROR):
             return
         cpu = ev.active_cpu
         if cpu is not None:
