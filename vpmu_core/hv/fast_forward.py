@@ -56,6 +56,8 @@ WARMUP_EXITS = 1000
 #: accumulators alone; the mediated placements that switch at every exit have none)
 COOLDOWN_AFTER = 8
 COOLDOWN_MAX = 256
+#: batches must add at least this many exits in bulk per exit they run for real
+WORTH_IT = 3
 #: exits drawn ahead at most for one batch
 MAX_BATCH = 8192
 #: values whose change an exit's view must not show as an accumulator: perf times (recomputed
@@ -77,7 +79,9 @@ def verify_requested() -> bool:
 
 def whole_view(host: Any) -> dict[Path, Any]:
     """Everything of a host two runs can compare (the fast-forward's own caches left out)."""
-    keep_times = SKIP_ATTRS - {"enabled_ns", "running_ns", "_tstamp", "exit_process", "_headroom"}
+    # perf times and the exit process are compared; the PMU's overflow-headroom cache is not
+    # (a lower bound that only saves work: the fast-forward resets it)
+    keep_times = SKIP_ATTRS - {"enabled_ns", "running_ns", "_tstamp", "exit_process"}
     return state_walk.comparable(state_walk.walk({"host": host}, (), keep_times))
 
 
@@ -131,6 +135,8 @@ class FastForward:
         self._table: list[Exit] | None = None
         self._misses = 0  # exit points in a row that could not start a batch
         self._cooldown = 0  # exit points left to run one by one without looking
+        self._added = self._realed = 0  # recent exits added in bulk / run for real in batches
+        self._unworthy = 0  # batches in a row that were not worth it
 
     # ---- state ---------------------------------------------------------------------------
     def _roots(self) -> dict[str, Any]:
@@ -257,6 +263,13 @@ class FastForward:
         if sig is not None and st is None:
             st = self.sigs[sig] = _SigState()
         if st is not None and ex not in st.kinds:
+            learned = [k for k in st.kinds.values() if k is not None]
+            if len(st.kinds) >= 2 and all(k.needs_real for k in learned):
+                # every exit learned here runs for real (a mediated placement that switches
+                # at each exit): no batch could add anything in bulk; stop learning here
+                st.kinds[ex] = None
+                v._exit(*ex)
+                return 0
             if self.probes * PROBE_SHARE > v.stats.total_exits - WARMUP_EXITS:
                 v._exit(*ex)  # probes are costly: at most one exit in PROBE_SHARE is one
             else:
@@ -378,9 +391,19 @@ class FastForward:
         if len(exits) == 1:
             v._exit(*first)
             return 0
+        n_real = sum(1 for ex in exits if kinds[ex].needs_real)  # type: ignore[union-attr]
         ran = self._run_batch(exits, pos, guest_before, kinds, cur, t0)
         self.batches += 1
         self.batched_exits += len(exits)
+        # a batch pays only if most of its exits are added in bulk: where real exits (a
+        # mediated put/load) are as many as the others, one by one is as fast; back off
+        self._added = self._added * 7 // 8 + (len(exits) - n_real) * 8
+        self._realed = self._realed * 7 // 8 + n_real * 8
+        if self._realed * WORTH_IT > self._added:
+            self._unworthy += 1
+            self._cooldown = min(COOLDOWN_MAX * 4, 1 << min(16, self._unworthy))
+        else:
+            self._unworthy = 0
         return ran
 
     def _plan_scalar(
@@ -498,7 +521,7 @@ class FastForward:
         events = {e.id: e for e in self._events()}
         logged = {eid for ex in last for (eid, *_r) in kinds[ex].log}  # type: ignore[union-attr]
         times0 = {eid: _times(events[eid]) for eid in logged if eid in events}
-        roots = self._roots()
+        adder = state_walk.Adder(self._roots())
         guest_done = 0
         accounted = 0
         cpl = cur.work.cpl
@@ -513,7 +536,7 @@ class FastForward:
             tally: Counter[Exit] = Counter(exits[accounted:r])  # no real exit in between
             for ex, times in tally.items():
                 for path, d in kinds[ex].deltas:  # type: ignore[union-attr]
-                    state_walk.add(roots, path, d * times)
+                    adder.add(path, d * times)
             accounted = r + 1
             if r < n:
                 if cpu.now != t0 + pos[r]:

@@ -170,6 +170,28 @@ def comparable(view: dict[Path, Any]) -> dict[Path, Any]:
     return out
 
 
+class Adder:
+    """`add` for many paths and many calls, each path's container resolved once (for a
+    sequence in which no container is replaced: the accumulators of one batch)."""
+
+    def __init__(self, roots: dict[str, Any]) -> None:
+        self.roots = roots
+        self._slots: dict[Path, tuple[Any, int, Any]] = {}
+
+    def add(self, path: Path, delta: int) -> None:
+        slot = self._slots.get(path)
+        if slot is None:
+            obj, (kind, k) = resolve(self.roots, path)
+            if kind != 0 and isinstance(k, tuple) and k and str(k[0]).startswith("@"):
+                k = _find(obj, k)
+            slot = self._slots[path] = (obj, kind, k)
+        obj, kind, k = slot
+        if kind == 0:
+            setattr(obj, k, getattr(obj, k) + delta)
+        else:
+            obj[k] += delta
+
+
 def diff(a: dict[Path, Any], b: dict[Path, Any], limit: int = 10) -> list[str]:
     """The first paths whose values differ between two views (for error messages)."""
     out = []
