@@ -391,7 +391,7 @@ class FastForward:
         if len(exits) == 1:
             v._exit(*first)
             return 0
-        n_real = sum(1 for ex in exits if kinds[ex].needs_real)  # type: ignore[union-attr]
+        n_real = sum(1 for ex in exits if (k := kinds[ex]) is not None and k.needs_real)
         ran = self._run_batch(exits, pos, guest_before, kinds, cur, t0)
         self.batches += 1
         self.batched_exits += len(exits)
