@@ -21,6 +21,25 @@ from vpmu_core.hv import state_walk
 from vpmu_core.perf.event import PerfEvent
 from vpmu_core.scenario.runner import FastForwardMismatch
 
+#: the shipped rationing rules, saved before the autouse fixture replaces them
+DEFAULT_RULES = {
+    n: getattr(ffm, n) for n in ("WARMUP_EXITS", "PROBE_SHARE", "PROBE_TIME_SHARE", "COOLDOWN_AFTER", "MIN_BATCH")
+}
+
+
+@pytest.fixture(autouse=True)
+def _eager(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test here learns from the first exit, probes without a time budget and never
+    backs off. Those rules only decide how fast results come, never what they are, and
+    with them on, a test would depend on the wall clock (the probe budget) and on short
+    runs never fast-forwarding (the shipped scenarios have a few hundred exits per vCPU)."""
+    monkeypatch.setattr(ffm, "WARMUP_EXITS", 0)
+    monkeypatch.setattr(ffm, "PROBE_SHARE", 1)
+    monkeypatch.setattr(ffm, "PROBE_TIME_SHARE", float("inf"))
+    monkeypatch.setattr(ffm, "COOLDOWN_AFTER", 1 << 30)
+    monkeypatch.setattr(ffm, "MIN_BATCH", 0)
+
+
 PLACEMENTS = [
     ("emulated", {}),
     ("mediated", {"switch_at": "run_loop"}),
@@ -67,6 +86,17 @@ def test_whole_state_matches_one_by_one(mode: str, opts: dict[str, str], host_ev
     a, b = ffm.whole_view(fast), ffm.whole_view(slow)
     assert state_walk.diff(a, b) == []
     assert fast.report() == slow.report()
+
+
+@pytest.mark.parametrize(("mode", "opts"), PLACEMENTS, ids=["emulated", "run_loop", "exit", "vcpu_run"])
+def test_shipped_rules_keep_the_whole_state(mode: str, opts: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the shipped rationing rules (warm-up, probe budget, back-off; which exits they
+    let batch depends on the wall clock) the state is the one-by-one state all the same."""
+    for name, value in DEFAULT_RULES.items():
+        monkeypatch.setattr(ffm, name, value)
+    fast = _busy_host(mode, opts, True, 3)
+    slow = _busy_host(mode, opts, False, 3)
+    assert state_walk.diff(ffm.whole_view(fast), ffm.whole_view(slow)) == []
 
 
 def test_emulated_fast_forwards_most_exits_once_learned() -> None:
@@ -198,8 +228,6 @@ def test_verify_switch_catches_a_planted_bug(mode: str, monkeypatch: pytest.Monk
         return k
 
     monkeypatch.setattr(ffm, "_learn", bad_learn)
-    monkeypatch.setattr(ffm, "PROBE_SHARE", 1)  # learn at once: the run is short
-    monkeypatch.setattr(ffm, "WARMUP_EXITS", 0)
     monkeypatch.setenv("VPMU_FF_VERIFY", "1")
     cat = load_catalog()
     scn, _ = load("cloud_mix", mode=mode, sets=["duration_ns=20000000"], catalog=cat)
@@ -208,12 +236,8 @@ def test_verify_switch_catches_a_planted_bug(mode: str, monkeypatch: pytest.Monk
 
 
 @pytest.fixture
-def eager(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Learn from the first exits on: the shipped scenarios are short (a few hundred exits
-    per vCPU), under the default warm-up they would never fast-forward and the checks
-    below would check nothing."""
-    monkeypatch.setattr(ffm, "WARMUP_EXITS", 0)
-    monkeypatch.setattr(ffm, "PROBE_SHARE", 1)
+def eager() -> None:
+    """(The module's autouse `_eager` already applies: named for the tests that need it.)"""
 
 
 @pytest.mark.parametrize("case", cases(), ids=str)

@@ -33,6 +33,8 @@ compares the whole state at every step (scenario/runner.py).
 from __future__ import annotations
 
 import os
+import time
+import weakref
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -51,6 +53,10 @@ Exit = tuple[str, bool, bool]
 PROBE_SHARE = 128
 #: a vCPU's first exits run one by one: a vCPU with few exits never pays for learning
 WARMUP_EXITS = 1000
+#: probing takes at most this share of the wall time since the warm-up. Only the speed
+#: depends on the clock: which exits are learned or batched never changes a result (the
+#: fast-forward is exact; tests/test_fast_forward.py sets it to infinity)
+PROBE_TIME_SHARE = 0.1
 #: after this many exit points in a row that cannot start a batch, skip looking for
 #: 1, 2, 4, ... up to COOLDOWN_MAX exit points (a batch can start only on an exit that adds
 #: accumulators alone; the mediated placements that switch at every exit have none)
@@ -58,6 +64,8 @@ COOLDOWN_AFTER = 8
 COOLDOWN_MAX = 256
 #: batches must add at least this many exits in bulk per exit they run for real
 WORTH_IT = 3
+#: a batch is planned only if about this many exits fit before its horizon
+MIN_BATCH = 16
 #: exits drawn ahead at most for one batch
 MAX_BATCH = 8192
 #: values whose change an exit's view must not show as an accumulator: perf times (recomputed
@@ -268,26 +276,37 @@ class FastForward:
                 # every exit learned here runs for real (a mediated placement that switches
                 # at each exit): no batch could add anything in bulk; stop learning here
                 st.kinds[ex] = None
+                self._miss()
                 v._exit(*ex)
                 return 0
-            if self.probes * PROBE_SHARE > v.stats.total_exits - WARMUP_EXITS:
-                v._exit(*ex)  # probes are costly: at most one exit in PROBE_SHARE is one
+            now = time.perf_counter()
+            budget = _probe_budget(v.host, now)
+            if budget[1] > PROBE_TIME_SHARE * (now - budget[0]) or (
+                self.probes * PROBE_SHARE > v.stats.total_exits - WARMUP_EXITS
+            ):
+                self._miss()
+                v._exit(*ex)  # probes are costly (two views of the state): ration them
             else:
                 self.probes += 1
                 self._probe(sig, st, ex)
+                budget[1] += time.perf_counter() - now
             return 0
         kind = None if st is None else st.kinds[ex]
         if kind is None or kind.needs_real or not queue:
             # nothing to gain here: back off (exponentially, while it lasts) from paying the
             # signature at every exit; one by one is exact all the same
-            self._misses += 1
-            if self._misses >= COOLDOWN_AFTER:
-                self._cooldown = min(COOLDOWN_MAX, 1 << (self._misses - COOLDOWN_AFTER))
+            self._miss()
             v._exit(*ex)
             return 0
-        self._misses = 0
         assert st is not None
         return self._batch(ex, st, queue[0], room, tick_owed)
+
+    def _miss(self) -> None:
+        """An exit point that could not start a batch: after COOLDOWN_AFTER in a row, skip
+        looking (the signature costs about an exit) for 1, 2, 4, ... exit points."""
+        self._misses += 1
+        if self._misses >= COOLDOWN_AFTER:
+            self._cooldown = min(COOLDOWN_MAX, 1 << min(16, self._misses - COOLDOWN_AFTER))
 
     def _probe(self, sig: Any, st: _SigState, ex: Exit) -> None:
         try:
@@ -371,6 +390,14 @@ class FastForward:
         if t >= mux_room or not ovf_room.fits(1, host_events + 1):
             v._exit(*first)
             return 0
+        ratio = peak / max(1, cur.total)
+        horizon = min(guest_room, mux_room, ovf_room.guest / ratio if ratio > 0 else mux_room)
+        if horizon < MIN_BATCH * ep.mean_gap:
+            # too few exits fit before the horizon for a batch to pay for its planning (a
+            # host tick or a sample is near): one by one, and no random draw taken ahead
+            self._miss()
+            v._exit(*first)
+            return 0
         if ep._pending:
             g_total, t = self._plan_scalar(
                 exits, pos, guest_before, kinds, t, host_events, guest_room, mux_room, ovf_room, peak, cur.total
@@ -391,6 +418,7 @@ class FastForward:
         if len(exits) == 1:
             v._exit(*first)
             return 0
+        self._misses = 0
         n_real = sum(1 for ex in exits if (k := kinds[ex]) is not None and k.needs_real)
         ran = self._run_batch(exits, pos, guest_before, kinds, cur, t0)
         self.batches += 1
@@ -593,6 +621,19 @@ class FastForward:
             if (e._t_enabled, e._t_running) != (t_en, t_run):
                 raise AssertionError(f"fast-forward: {e!r} ended the batch in another state")
             e.enabled_ns, e.running_ns, e._tstamp = en_ns, run_ns, ts
+
+
+#: per host: [wall clock when its first vCPU started learning, wall seconds spent probing]
+_BUDGETS: weakref.WeakKeyDictionary[Any, list[float]] = weakref.WeakKeyDictionary()
+
+
+def _probe_budget(host: Any, now: float) -> list[float]:
+    """The host's probing budget (shared by its vCPUs: four vCPUs learning at once must
+    not take four shares of the wall time)."""
+    b = _BUDGETS.get(host)
+    if b is None:
+        b = _BUDGETS[host] = [now, 0.0]
+    return b
 
 
 def _times(e: PerfEvent) -> tuple[int, int, int, bool, bool]:
