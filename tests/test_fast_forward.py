@@ -23,7 +23,16 @@ from vpmu_core.scenario.runner import FastForwardMismatch
 
 #: the shipped rationing rules, saved before the autouse fixture replaces them
 DEFAULT_RULES = {
-    n: getattr(ffm, n) for n in ("WARMUP_EXITS", "PROBE_SHARE", "PROBE_TIME_SHARE", "COOLDOWN_AFTER", "MIN_BATCH")
+    n: getattr(ffm, n)
+    for n in (
+        "WARMUP_EXITS",
+        "PROBE_SHARE",
+        "PROBE_TIME_SHARE",
+        "FREE_PROBES",
+        "COOLDOWN_AFTER",
+        "MIN_BATCH",
+        "MAX_UNKNOWN",
+    )
 }
 
 
@@ -36,8 +45,10 @@ def _eager(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ffm, "WARMUP_EXITS", 0)
     monkeypatch.setattr(ffm, "PROBE_SHARE", 1)
     monkeypatch.setattr(ffm, "PROBE_TIME_SHARE", float("inf"))
+    monkeypatch.setattr(ffm, "FREE_PROBES", 1 << 30)
     monkeypatch.setattr(ffm, "COOLDOWN_AFTER", 1 << 30)
     monkeypatch.setattr(ffm, "MIN_BATCH", 0)
+    monkeypatch.setattr(ffm, "MAX_UNKNOWN", 1.0)
 
 
 PLACEMENTS = [

@@ -51,6 +51,11 @@ Exit = tuple[str, bool, bool]
 #: at most one exit in this many is a probe (a probe views the state twice: milliseconds;
 #: a short run with few exits stays one by one rather than pay for learning)
 PROBE_SHARE = 128
+#: probes beyond the first FREE_PROBES must have been paid for: one per PROBE_PAYBACK
+#: exits batched (a signature that keeps changing, as perf multiplexing rotates, never
+#: repays its learning)
+FREE_PROBES = 24
+PROBE_PAYBACK = 200
 #: a vCPU's first exits run one by one: a vCPU with few exits never pays for learning
 WARMUP_EXITS = 1000
 #: probing takes at most this share of the wall time since the warm-up. Only the speed
@@ -66,6 +71,8 @@ COOLDOWN_MAX = 256
 WORTH_IT = 3
 #: a batch is planned only if about this many exits fit before its horizon
 MIN_BATCH = 16
+#: ... and if at most this share of the exits drawn are of kinds not learned yet
+MAX_UNKNOWN = 0.02
 #: exits drawn ahead at most for one batch
 MAX_BATCH = 8192
 #: values whose change an exit's view must not show as an accumulator: perf times (recomputed
@@ -141,6 +148,7 @@ class FastForward:
         self.batched_exits = 0
         self.probes = 0
         self._table: list[Exit] | None = None
+        self._mass: list[float] | None = None  # the probability of each exit in _table
         self._misses = 0  # exit points in a row that could not start a batch
         self._cooldown = 0  # exit points left to run one by one without looking
         self._added = self._realed = 0  # recent exits added in bulk / run for real in batches
@@ -281,8 +289,10 @@ class FastForward:
                 return 0
             now = time.perf_counter()
             budget = _probe_budget(v.host, now)
-            if budget[1] > PROBE_TIME_SHARE * (now - budget[0]) or (
-                self.probes * PROBE_SHARE > v.stats.total_exits - WARMUP_EXITS
+            if (
+                budget[1] > PROBE_TIME_SHARE * (now - budget[0])
+                or self.probes * PROBE_SHARE > v.stats.total_exits - WARMUP_EXITS
+                or self.probes > FREE_PROBES + self.batched_exits // PROBE_PAYBACK
             ):
                 self._miss()
                 v._exit(*ex)  # probes are costly (two views of the state): ration them
@@ -300,6 +310,25 @@ class FastForward:
             return 0
         assert st is not None
         return self._batch(ex, st, queue[0], room, tick_owed)
+
+    def _unknown_mass(self, kinds: dict[Exit, ExitKind | None]) -> float:
+        """The probability that a drawn exit is of a kind not learned at this signature (a
+        batch would stop at the first one: planning one would be wasted)."""
+        ep = self.vcpu.exit_process
+        table = self._table
+        if table is None:
+            table = self._table = ep.exit_table()
+        if self._mass is None:
+            ft, st = ep.fast_table, ep.slow_table
+            fw = [c - p for c, p in zip(ft.cum, [0.0, *ft.cum[:-1]], strict=True)]
+            sw = [c - p for c, p in zip(st.cum, [0.0, *st.cum[:-1]], strict=True)]
+            slow = max(0.0, 1.0 - ep.fast - ep.user)
+            self._mass = (
+                [ep.fast * w / ft.cum[-1] for w in fw]
+                + [slow * w / st.cum[-1] for w in sw]
+                + [ep.user * w / st.cum[-1] for w in sw]
+            )
+        return sum(m for ex, m in zip(table, self._mass, strict=True) if kinds.get(ex) is None)
 
     def _miss(self) -> None:
         """An exit point that could not start a batch: after COOLDOWN_AFTER in a row, skip
@@ -392,7 +421,7 @@ class FastForward:
             return 0
         ratio = peak / max(1, cur.total)
         horizon = min(guest_room, mux_room, ovf_room.guest / ratio if ratio > 0 else mux_room)
-        if horizon < MIN_BATCH * ep.mean_gap:
+        if horizon < MIN_BATCH * ep.mean_gap or self._unknown_mass(kinds) > MAX_UNKNOWN:
             # too few exits fit before the horizon for a batch to pay for its planning (a
             # host tick or a sample is near): one by one, and no random draw taken ahead
             self._miss()
