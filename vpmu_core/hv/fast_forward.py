@@ -100,6 +100,29 @@ def whole_view(host: Any) -> dict[Path, Any]:
     return state_walk.comparable(state_walk.walk({"host": host}, (), keep_times))
 
 
+@dataclass
+class _Plan:
+    """A batch being planned: its exits (cycles from t0 to each, guest cycles before each)
+    and the horizon it must stay inside."""
+
+    kinds: dict[Exit, ExitKind | None]
+    guest_room: int
+    mux_room: int
+    ovf_room: Rooms
+    peak: int  # the largest per-kind count of the current work
+    total: int  # the current work's cycles
+    t: int  # cycles from t0 to the end of the last exit planned
+    host_events: int  # a bound of the events the exits planned give any counter
+    exits: list[Exit]
+    pos: list[int] = field(default_factory=lambda: [0])
+    guest_before: list[int] = field(default_factory=lambda: [0])
+
+    @property
+    def ratio(self) -> float:
+        """Events per guest cycle, at most, of any kind in the current work."""
+        return self.peak / max(1, self.total)
+
+
 class Rooms(NamedTuple):
     """Events counters can take before one wraps: counting guest work, host work, both."""
 
@@ -410,16 +433,11 @@ class FastForward:
             guest_room = min(guest_room, v._guest_tick_left - tick_owed)
         ovf_room = self._overflow_room()
         peak = max(cur._counts) if cur.total else 0
-        exits = [first]
-        pos = [0]  # cycles from t0 to each exit
-        guest_before = [0]  # guest cycles before each exit
-        g_total = 0
-        t = k0.dur
-        host_events = k0.host_events
-        if t >= mux_room or not ovf_room.fits(1, host_events + 1):
+        plan = _Plan(kinds, guest_room, mux_room, ovf_room, peak, cur.total, k0.dur, k0.host_events, [first])
+        if plan.t >= mux_room or not ovf_room.fits(1, plan.host_events + 1):
             v._exit(*first)
             return 0
-        ratio = peak / max(1, cur.total)
+        ratio = plan.ratio
         horizon = min(guest_room, mux_room, ovf_room.guest / ratio if ratio > 0 else mux_room)
         if horizon < MIN_BATCH * ep.mean_gap or self._unknown_mass(kinds) > MAX_UNKNOWN:
             # too few exits fit before the horizon for a batch to pay for its planning (a
@@ -428,22 +446,10 @@ class FastForward:
             v._exit(*first)
             return 0
         if ep._pending:
-            g_total, t = self._plan_scalar(
-                exits, pos, guest_before, kinds, t, host_events, guest_room, mux_room, ovf_room, peak, cur.total
-            )
+            self._plan_scalar(plan)
         else:
-            self._plan_bulk(
-                exits,
-                pos,
-                guest_before,
-                kinds,
-                t,
-                host_events,
-                guest_room,
-                mux_room,
-                ovf_room,
-                peak / max(1, cur.total),
-            )
+            self._plan_bulk(plan)
+        exits, pos, guest_before = plan.exits, plan.pos, plan.guest_before
         if len(exits) == 1:
             v._exit(*first)
             return 0
@@ -463,61 +469,47 @@ class FastForward:
             self._unworthy = 0
         return ran
 
-    def _plan_scalar(
-        self,
-        exits: list[Exit],
-        pos: list[int],
-        guest_before: list[int],
-        kinds: dict[Exit, ExitKind | None],
-        t: int,
-        host_events: int,
-        guest_room: int,
-        mux_room: int,
-        ovf_room: Rooms,
-        peak: int,
-        total: int,
-    ) -> tuple[int, int]:
+    def _plan_scalar(self, plan: _Plan) -> None:
         """Plan the batch one draw at a time (exits were given back: they come first)."""
         ep = self.vcpu.exit_process
         g_total = 0
         while True:
             g = ep.next_gap
-            if g_total + g >= guest_room or t + g >= mux_room:
+            if g_total + g >= plan.guest_room or plan.t + g >= plan.mux_room:
                 break
-            guest_bound = (g_total + g) * peak // max(1, total) + 1
-            if not ovf_room.fits(guest_bound, host_events):
+            guest_bound = (g_total + g) * plan.peak // max(1, plan.total) + 1
+            if not plan.ovf_room.fits(guest_bound, plan.host_events):
                 break
             ex = ep.draw()
-            k = kinds.get(ex)
-            if k is None or t + g + k.dur >= mux_room or not ovf_room.fits(guest_bound, host_events + k.host_events):
+            k = plan.kinds.get(ex)
+            if (
+                k is None
+                or plan.t + g + k.dur >= plan.mux_room
+                or not plan.ovf_room.fits(guest_bound, plan.host_events + k.host_events)
+            ):
                 ep.push_back([(ex, ep.next_gap)], g)
                 break
             g_total += g
-            pos.append(t + g)
-            guest_before.append(g_total)
-            t += g + k.dur
-            host_events += k.host_events
-            exits.append(ex)
-        return g_total, t
+            plan.pos.append(plan.t + g)
+            plan.guest_before.append(g_total)
+            plan.t += g + k.dur
+            plan.host_events += k.host_events
+            plan.exits.append(ex)
 
-    def _plan_bulk(
-        self,
-        exits: list[Exit],
-        pos: list[int],
-        guest_before: list[int],
-        kinds: dict[Exit, ExitKind | None],
-        t: int,
-        host_events: int,
-        guest_room: int,
-        mux_room: int,
-        ovf_room: Rooms,
-        ratio: float,
-    ) -> int:
+    def _plan_bulk(self, plan: _Plan) -> None:
         """Plan the batch from exits drawn ahead in bulk (ExitProcess.peek: the same values
         as one draw at a time); the same horizon as `_plan_scalar`, as array operations."""
         import numpy as np
 
         ep = self.vcpu.exit_process
+        kinds, guest_room, mux_room, ovf_room, ratio = (
+            plan.kinds,
+            plan.guest_room,
+            plan.mux_room,
+            plan.ovf_room,
+            plan.ratio,
+        )
+        t, host_events = plan.t, plan.host_events
         table = self._table
         if table is None:
             table = self._table = ep.exit_table()
@@ -548,12 +540,10 @@ class FastForward:
         else:
             ep.skip(n + 1, gaps[n])
             ep.push_back([(table[int(codes[n])], gaps[n])], int(gap_before[n]))
-        if n == 0:
-            return 0
-        exits.extend(table[c] for c in codes[:n].tolist())
-        pos.extend(start[:n].tolist())
-        guest_before.extend(g[:n].tolist())
-        return int(g[n - 1])
+        if n:
+            plan.exits.extend(table[c] for c in codes[:n].tolist())
+            plan.pos.extend(start[:n].tolist())
+            plan.guest_before.extend(g[:n].tolist())
 
     def _run_batch(
         self,

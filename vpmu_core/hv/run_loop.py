@@ -33,6 +33,15 @@ if TYPE_CHECKING:
 _ZEROS = (0,) * (N_KINDS - 3)
 
 
+def _emulate(handler: Callable[[], Any]) -> tuple[Any, GuestFault | None]:
+    """Run the exiting instruction's emulation; a fault it raises is delivered after the
+    round trip completes (the guest sees it at VM-entry)."""
+    try:
+        return handler(), None
+    except GuestFault as f:
+        return None, f
+
+
 @dataclass(frozen=True)
 class Pmi:
     """A virtual PMI delivered through the vLAPIC LVTPC."""
@@ -205,10 +214,7 @@ class RunLoop:
             self.host.costs_ledger.charge(self.name, "vmexit_fastpath", costs.vmexit_fastpath)
             self._exit_cycles += costs.vmexit_fastpath
             if handler is not None:
-                try:
-                    result = handler()
-                except GuestFault as f:
-                    fault = f
+                result, fault = _emulate(handler)
             self._in_exit = False
             self._flush_host_work()
             self._in_exit = True
@@ -218,10 +224,7 @@ class RunLoop:
             self.in_run_loop = False
             hooks.run_loop_leave(vcpu=self)
             if handler is not None:
-                try:
-                    result = handler()
-                except GuestFault as f:
-                    fault = f
+                result, fault = _emulate(handler)
             self._in_exit = False
             self._flush_host_work()
             self._in_exit = True
