@@ -285,3 +285,14 @@ def test_shipped_scenarios_do_fast_forward_when_eager(mode: str, share: float, e
                 exits += v.stats.total_exits
                 batched += v.fast_forward.batched_exits if v.fast_forward else 0
     assert batched > share * exits
+
+
+def test_remembered_signatures_are_capped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A vCPU whose signature keeps changing (host events multiplexed through the counters)
+    forgets its oldest signatures beyond MAX_SIGNATURES, and stays exact."""
+    monkeypatch.setattr(ffm, "MAX_SIGNATURES", 2)
+    fast = _busy_host("emulated", {}, True, 10)
+    slow = _busy_host("emulated", {}, False, 10)
+    ff = fast.vms[0].vcpus[0].fast_forward
+    assert ff is not None and ff.probes > 2 and len(ff.sigs) <= 2
+    assert state_walk.diff(ffm.whole_view(fast), ffm.whole_view(slow)) == []

@@ -73,6 +73,8 @@ WORTH_IT = 3
 MIN_BATCH = 16
 #: ... and if at most this share of the exits drawn are of kinds not learned yet
 MAX_UNKNOWN = 0.02
+#: signatures a vCPU remembers (what it learned at each, its pending probes' views)
+MAX_SIGNATURES = 64
 #: exits drawn ahead at most for one batch
 MAX_BATCH = 8192
 #: values whose change an exit's view must not show as an accumulator: perf times (recomputed
@@ -300,6 +302,8 @@ class FastForward:
         sig = self.signature()
         st = None if sig is None else self.sigs.get(sig)
         if sig is not None and st is None:
+            if len(self.sigs) >= MAX_SIGNATURES:
+                del self.sigs[next(iter(self.sigs))]  # the oldest: its probes hold two views
             st = self.sigs[sig] = _SigState()
         if st is not None and ex not in st.kinds:
             learned = [k for k in st.kinds.values() if k is not None]
