@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1] / "vpmu_core"
 
 #: the intended order, bottom first: a unit may import only units before it (or itself)
 LAYERS = [
-    {"errors", "events", "logs", "seeds", "markers"},
+    {"errors", "events", "logs", "seeds", "markers", "lazy"},
     {"ledgers", "costs"},
     {"hw"},
     {"perf"},

@@ -7,7 +7,7 @@ Importing this package discovers and builds nothing: the public names load on fi
 
 from __future__ import annotations
 
-from importlib import import_module
+from vpmu_core.lazy import lazy_exports
 
 #: typing.TYPE_CHECKING without importing typing (a third of this package's import time);
 #: mypy treats any name TYPE_CHECKING as true
@@ -65,22 +65,10 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'vpmu_core' has no attribute {name!r}")
-    value = getattr(import_module(module), name)
-    globals()[name] = value  # the next lookup is a plain module attribute
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
 
 
 if TYPE_CHECKING:
-    from typing import Any
-
     from vpmu_core.costs import CostModel
     from vpmu_core.engine.exits import ExitProfile
     from vpmu_core.errors import ConfigError, GuestFault, PerfError, StateError, VmDestroyedError

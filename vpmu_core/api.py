@@ -51,7 +51,7 @@ physical PMU contract"): `vcpu.pmu`, `vcpu.cpu.pmu`, `vcpu.host.perf`, `vcpu.cha
 
 from __future__ import annotations
 
-from importlib import import_module
+from vpmu_core.lazy import lazy_exports
 
 #: typing.TYPE_CHECKING without importing typing; mypy treats any name TYPE_CHECKING as true
 TYPE_CHECKING = False
@@ -118,8 +118,6 @@ _EXPORTS = {
 }
 
 if TYPE_CHECKING:
-    from typing import Any
-
     from vpmu_core.costs import CostField, CostFields
     from vpmu_core.errors import ConfigError, GuestFault, PerfError, gp
     from vpmu_core.events import EMULATED_INSTRUCTION, N_KINDS, ONE_INSTRUCTION, EventKind, Work
@@ -203,14 +201,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'vpmu_core.api' has no attribute {name!r}")
-    value = getattr(import_module(module), name)
-    globals()[name] = value  # the next lookup is a plain module attribute
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
