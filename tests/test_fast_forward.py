@@ -26,6 +26,7 @@ DEFAULT_RULES = {
     n: getattr(ffm, n)
     for n in (
         "WARMUP_EXITS",
+        "MIN_TICK_EXITS",
         "PROBE_SHARE",
         "PROBE_TIME_SHARE",
         "FREE_PROBES",
@@ -43,6 +44,7 @@ def _eager(monkeypatch: pytest.MonkeyPatch) -> None:
     with them on, a test would depend on the wall clock (the probe budget) and on short
     runs never fast-forwarding (the shipped scenarios have a few hundred exits per vCPU)."""
     monkeypatch.setattr(ffm, "WARMUP_EXITS", 0)
+    monkeypatch.setattr(ffm, "MIN_TICK_EXITS", 0)
     monkeypatch.setattr(ffm, "PROBE_SHARE", 1)
     monkeypatch.setattr(ffm, "PROBE_TIME_SHARE", float("inf"))
     monkeypatch.setattr(ffm, "FREE_PROBES", 1 << 30)
@@ -108,6 +110,18 @@ def test_shipped_rules_keep_the_whole_state(mode: str, opts: dict[str, str], mon
     fast = _busy_host(mode, opts, True, 3)
     slow = _busy_host(mode, opts, False, 3)
     assert state_walk.diff(ffm.whole_view(fast), ffm.whole_view(slow)) == []
+
+
+@pytest.mark.parametrize(("rate", "learns"), [(20_000, False), (1_000_000, True)])
+def test_vcpus_with_few_exits_per_host_tick_never_learn(
+    rate: int, learns: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the shipped rules, a vCPU whose exits are too sparse for a batch to repay its
+    planning (20k/s: 80 per 4 ms host tick) has no fast-forward at all; at 1M/s it has one."""
+    monkeypatch.setattr(ffm, "MIN_TICK_EXITS", DEFAULT_RULES["MIN_TICK_EXITS"])
+    host = vpmu.compose(cpu="intel/icelake", mode="emulated", cpus=1)
+    vm = host.create_vm(vcpus=1, pin=[0], exits=vpmu.ExitProfile(rate_per_s=rate))
+    assert (vm.vcpus[0].fast_forward is not None) is learns
 
 
 def test_emulated_fast_forwards_most_exits_once_learned() -> None:

@@ -25,7 +25,7 @@ from vpmu_core.engine.exits import FASTPATH_REASONS, ExitProcess
 from vpmu_core.engine.task import Task
 from vpmu_core.errors import GuestFault
 from vpmu_core.hv.emulate import EMULATED_INSTRUCTION, KVM_COMMON_PMU_MSRS, ONE_INSTRUCTION, Emulation
-from vpmu_core.hv.fast_forward import FastForward
+from vpmu_core.hv.fast_forward import FastForward, worth_learning
 from vpmu_core.hv.guest_facing import guest_facing
 from vpmu_core.hv.lapic import LvtPc
 from vpmu_core.hv.run_loop import Pmi, RunLoop
@@ -161,7 +161,7 @@ class VCpu(RunLoop, Emulation):
         self.guest_tick: Callable[[VCpu], None] | None = None
         #: the exact fast-forward of background exits (None: every exit one by one)
         self.fast_forward: FastForward | None = None
-        if self.exit_process.mean_gap > 0 and self.hooks.has("vpmu_fast_forward_state") and host.fast_forward:
+        if host.fast_forward and self.hooks.has("vpmu_fast_forward_state") and worth_learning(self):
             self.fast_forward = FastForward(self)
         host._add_task(self.task)
         self.hooks.guest_cpuid(vcpu=self, table=self.cpuid_table)
