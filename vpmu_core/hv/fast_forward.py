@@ -84,9 +84,19 @@ MAX_SIGNATURES = 64
 #: exits drawn ahead at most for one batch
 MAX_BATCH = 8192
 #: values whose change an exit's view must not show as an accumulator: perf times (recomputed
-#: from positions), the exit process (its draws are the planner's), the PMU's overflow cache
+#: from positions), the exit process (its draws are the planner's), the PMU's caches (the
+#: overflow headroom; the counter mask, filled on first use, which a batch may move)
 SKIP_ATTRS = frozenset(
-    {"enabled_ns", "running_ns", "_tstamp", "exit_process", "_headroom", "ticking_log", "fast_forward"}
+    {
+        "enabled_ns",
+        "running_ns",
+        "_tstamp",
+        "exit_process",
+        "_headroom",
+        "_all_counter_mask",
+        "ticking_log",
+        "fast_forward",
+    }
 )
 
 

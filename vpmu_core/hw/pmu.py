@@ -101,6 +101,8 @@ class PmuBase(ABC):
         self.guest = guest
         self.gp: list[Pmc] = []
         self.fixed: list[Pmc] = []
+        #: `all_counter_mask`, once the vendor has built its counters (a layout constant)
+        self._all_counter_mask: int | None = None
         self.version = 0
         self._msrs: dict[int, tuple[Reader, Writer | None]] = {}
         self.backend: CounterBackend = _DEFAULT_BACKEND
@@ -140,11 +142,16 @@ class PmuBase(ABC):
 
     @property
     def all_counter_mask(self) -> int:
-        m = 0
-        for p in self.gp:
-            m |= 1 << p.idx
-        for p in self.fixed:
-            m |= 1 << p.idx
+        """One bit per counter (`Pmc.idx`): computed on first use, after the vendor's
+        `__init__` has built `gp` and `fixed`, which never change after that."""
+        m = self._all_counter_mask
+        if m is None:
+            m = 0
+            for p in self.gp:
+                m |= 1 << p.idx
+            for p in self.fixed:
+                m |= 1 << p.idx
+            self._all_counter_mask = m
         return m
 
     # ---- MSR dispatch -----------------------------------------------------------------
