@@ -62,10 +62,19 @@ def update(kpmu: KvmPmu) -> None:
     now = vcpu.now_ns()
     loaded = vcpu.loaded_on is not None
     reported = kpmu.silent_reported
+    unfiltered = vcpu.vm.filter is None
+    active = EventState.ACTIVE
     for kp in kpmu.pmcs.values():
-        # pmc_cause, without the call for a counter the guest has not enabled
+        # pmc_cause, inlined for the common cases (called at every VM-entry): a counter the
+        # guest has not enabled, or one counting through its ACTIVE event with no filter
         p = kp.pmc
-        cause = pmc_cause(kp, vcpu) if loaded and p.local_en and p.global_en else None
+        if not (loaded and p.local_en and p.global_en):
+            cause = None
+        elif unfiltered and not kp.is_paused and (ev := kp.perf_event) is not None and ev.state == active:
+            kp.ever_active = True
+            cause = None
+        else:
+            cause = pmc_cause(kp, vcpu)
         # the tracker's update is a no-op for a state it already has: report changes only
         if reported.get(kp.name) == cause:
             continue
