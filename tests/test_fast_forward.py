@@ -124,6 +124,30 @@ def test_vcpus_with_few_exits_per_host_tick_never_learn(
     assert (vm.vcpus[0].fast_forward is not None) is learns
 
 
+@pytest.mark.parametrize(("mode", "opts"), [("emulated", {}), ("mediated", {"switch_at": "vcpu_run"})])
+def test_shipped_rules_batch_most_exits_of_a_sampling_guest(
+    mode: str, opts: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not a timing: with the shipped rules (but for the wall-clock probe budget, which
+    would make this depend on the machine) 50k exits of a sampling guest at 1M/s are mostly
+    batched. A refused probe or a kind not learned yet must not back off exponentially: it
+    did, and ran thousands of exits one by one past each sample (30k of 50k batched)."""
+    for name, value in DEFAULT_RULES.items():
+        monkeypatch.setattr(ffm, name, value)
+    monkeypatch.setattr(ffm, "PROBE_TIME_SHARE", float("inf"))
+    host = vpmu.compose(cpu="intel/icelake", mode=mode, mode_options=opts, cpus=1)
+    vm = host.create_vm(vcpus=1, pin=[0], exits=vpmu.ExitProfile(rate_per_s=1_000_000, fastpath_share=0.5))
+    vm.guest_perf.perf_event_open(vpmu.PerfEventAttr(config="instructions", sample_period=1_000_003), cpu=0)
+    for ev in ("cycles", "branches", "branch-misses"):
+        vm.guest_perf.perf_event_open(vpmu.PerfEventAttr(config=ev), cpu=0)
+    v = vm.vcpus[0]
+    cycles = 50_000 * host.freq_hz // 1_000_000
+    v.execute(vpmu.Work(instructions=cycles, cycles=cycles, branches=cycles // 10))
+    ff = v.fast_forward
+    assert ff is not None and len(v.pmis) > 100
+    assert ff.batched_exits > 0.85 * v.stats.total_exits
+
+
 def test_emulated_fast_forwards_most_exits_once_learned() -> None:
     """Not a timing: the share of exits that ran in batches once the exits are learned (a
     fast-forward that silently stopped batching would keep every report right and this

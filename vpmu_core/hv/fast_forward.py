@@ -68,11 +68,18 @@ MIN_TICK_EXITS = 256
 #: depends on the clock: which exits are learned or batched never changes a result (the
 #: fast-forward is exact; tests/test_fast_forward.py sets it to infinity)
 PROBE_TIME_SHARE = 0.1
+#: ... beyond the first PROBE_GRACE_S seconds of probing, which are free: without them a
+#: run's first probes wait for ten times their cost to pass (a 4 ms probe, 40 ms), and the
+#: exits of a run of a second or two are mostly over before their kinds are learned
+PROBE_GRACE_S = 0.05
 #: after this many exit points in a row that cannot start a batch, skip looking for
 #: 1, 2, 4, ... up to COOLDOWN_MAX exit points (a batch can start only on an exit that adds
 #: accumulators alone; the mediated placements that switch at every exit have none)
 COOLDOWN_AFTER = 8
 COOLDOWN_MAX = 256
+#: exit points to run one by one after a probe was refused by the rationing above, or a
+#: batch was refused for kinds not probed yet
+RATIONED_WAIT = 16
 #: batches must add at least this many exits in bulk per exit they run for real
 WORTH_IT = 3
 #: a batch is planned only if about this many exits fit before its horizon
@@ -340,12 +347,15 @@ class FastForward:
             now = time.perf_counter()
             budget = _probe_budget(v.host, now)
             if (
-                budget[1] > PROBE_TIME_SHARE * (now - budget[0])
+                budget[1] > PROBE_GRACE_S + PROBE_TIME_SHARE * (now - budget[0])
                 or self.probes * PROBE_SHARE > v.stats.total_exits - WARMUP_EXITS
                 or self.probes > FREE_PROBES + self.batched_exits // PROBE_PAYBACK
             ):
-                self._miss()
-                v._exit(*ex)  # probes are costly (two views of the state): ration them
+                # probes are costly (two views of the state): ration them. Not a miss (the
+                # signature is fine, learning waits its turn): look again soon, without the
+                # exponential back-off, which would skip thousands of exits early in a run
+                self._cooldown = RATIONED_WAIT
+                v._exit(*ex)
             else:
                 self.probes += 1
                 self._probe(sig, st, ex)
@@ -361,9 +371,10 @@ class FastForward:
         assert st is not None
         return self._batch(ex, st, queue[0], room, tick_owed)
 
-    def _unknown_mass(self, kinds: dict[Exit, ExitKind | None]) -> float:
+    def _unknown_mass(self, kinds: dict[Exit, ExitKind | None]) -> tuple[float, float]:
         """The probability that a drawn exit is of a kind not learned at this signature (a
-        batch would stop at the first one: planning one would be wasted)."""
+        batch would stop at the first one: planning one would be wasted): (of kinds not
+        probed yet, of kinds that cannot be learned)."""
         ep = self.vcpu.exit_process
         table = self._table
         if table is None:
@@ -378,7 +389,13 @@ class FastForward:
                 + [slow * w / st.cum[-1] for w in sw]
                 + [ep.user * w / st.cum[-1] for w in sw]
             )
-        return sum(m for ex, m in zip(table, self._mass, strict=True) if kinds.get(ex) is None)
+        unprobed = refused = 0.0
+        for ex, m in zip(table, self._mass, strict=True):
+            if ex not in kinds:
+                unprobed += m
+            elif kinds[ex] is None:
+                refused += m
+        return unprobed, refused
 
     def _miss(self) -> None:
         """An exit point that could not start a batch: after COOLDOWN_AFTER in a row, skip
@@ -466,10 +483,21 @@ class FastForward:
             return 0
         ratio = plan.ratio
         horizon = min(guest_room, mux_room, ovf_room.guest / ratio if ratio > 0 else mux_room)
-        if horizon < MIN_BATCH * ep.mean_gap or self._unknown_mass(kinds) > MAX_UNKNOWN:
+        if horizon < MIN_BATCH * ep.mean_gap:
             # too few exits fit before the horizon for a batch to pay for its planning (a
-            # host tick or a sample is near): one by one, and no random draw taken ahead
-            self._miss()
+            # host tick or a sample is near): one by one, and no random draw taken ahead.
+            # The obstacle is known: skip looking for about the exits before it, then look
+            # again at once (not the exponential back-off of an unstable signature, which
+            # would run hundreds of exits one by one past each sample)
+            self._cooldown = int(horizon / ep.mean_gap)
+            v._exit(*first)
+            return 0
+        unprobed, refused = self._unknown_mass(kinds)
+        if unprobed + refused > MAX_UNKNOWN:
+            if refused > MAX_UNKNOWN:
+                self._miss()  # no batch can ever start at this signature: back off
+            else:
+                self._cooldown = RATIONED_WAIT  # kinds still to learn: look again soon
             v._exit(*first)
             return 0
         if ep._pending:
