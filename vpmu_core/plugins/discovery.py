@@ -18,7 +18,6 @@ import pluggy
 from stevedore import ExtensionManager
 
 from vpmu_core import hookspecs
-from vpmu_core.costs import CostModel
 from vpmu_core.errors import ConfigError
 from vpmu_core.logs import get_logger
 from vpmu_core.markers import ENTRY_POINT_GROUP, PROJECT
@@ -53,6 +52,8 @@ class Catalog:
 
     def cost_fields(self) -> list[str]:
         """Every cost field a scenario may set: the core's and every installed spec's."""
+        from vpmu_core.costs import CostModel  # not needed to discover (vpmu plugins)
+
         out = list(CostModel.model_fields)
         for spec in self.specs():
             out += [n for n in (spec.costs.model_fields if spec.costs is not None else ()) if n not in out]
