@@ -80,7 +80,7 @@ def cloud_second(mode: str, opts: dict[str, str], sim_ms: int, ff: bool = True) 
     a guest sampler), composition and report included."""
     from pathlib import Path
 
-    from vpmu_core.cli.main import load_catalog
+    from vpmu_core.cli.app import load_catalog
     from vpmu_core.scenario.loader import load
     from vpmu_core.scenario.runner import run_scenario
 
