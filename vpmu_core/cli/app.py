@@ -901,6 +901,19 @@ def register_plugin_commands(group: click.Group) -> None:
             log.warning("plugin.commands_failed", plugin=name, error=str(e))
 
 
+def listing_inputs() -> tuple[bool, list[Any], list[str]]:
+    """What the listing cache (vpmu_core/cli/listing_cache.py) is told after `vpmu plugins`:
+    whether the discovery was clean (every plugin loaded and registered), the registered
+    plugin objects (their packages are part of the stamp) and the scenario files they
+    registered."""
+    cat = _CATALOG
+    if cat is None:
+        return False, [], []
+    clean = all(p.status == "loaded" for p in cat.plugins)
+    plugins = [obj for _, obj in cat.pm.list_name_plugin()] if cat.pm is not None else []
+    return clean, plugins, [str(p) for p in cat.scenarios.values()]
+
+
 def main(argv: list[str] | None = None) -> None:
     configure_logging(0)
     args = sys.argv[1:] if argv is None else argv

@@ -1,10 +1,11 @@
 """The `vpmu` command's entry point (the console script `vpmu = vpmu_core.cli.main:main`,
 and `python -m vpmu_core.cli.main`). See docs/cli.md.
 
-Kept thin: the click application, every command and its helpers are in
-`vpmu_core.cli.app`, imported here only once the command is known to need it. The names
-this module used to define (`cli`, `load_catalog`, `dumps`, ...) still resolve here, from
-the app (PEP 562).
+Kept thin: `vpmu plugins` and `vpmu plugins --json` are first looked up in the listing
+cache (`vpmu_core.cli.listing_cache`, standard library only), and only a miss imports the
+click application (`vpmu_core.cli.app`: every command and its helpers), whose answer is then
+recorded for the next time. The names this module used to define (`cli`, `load_catalog`,
+`dumps`, ...) still resolve here, from the app (PEP 562).
 """
 
 from __future__ import annotations
@@ -19,9 +20,31 @@ if TYPE_CHECKING:
 def main(argv: list[str] | None = None) -> None:
     """Run `vpmu` with `argv` (default: the process's arguments); exits like click."""
     args = sys.argv[1:] if argv is None else list(argv)
+    from vpmu_core.cli import listing_cache
+
+    run = listing_cache.begin(args)
+    if run is not None and run.serve():
+        sys.exit(0)
     from vpmu_core.cli import app
 
-    app.main(args)
+    if run is None:
+        app.main(args)
+        return
+    code: object = 1  # anything but a clean exit stores nothing
+    try:
+        with run.record():
+            app.main(args)
+        code = 0
+    except SystemExit as e:
+        code = e.code
+        raise
+    finally:
+        if code in (0, None):
+            try:
+                clean, plugins, files = app.listing_inputs()
+            except Exception:  # the cache never breaks the command
+                clean, plugins, files = False, [], []
+            run.store(clean, plugins, files)
 
 
 def __getattr__(name: str) -> Any:
