@@ -98,10 +98,11 @@ class _ConfiguringLoader:
 
 def load_catalog() -> Any:
     """Installed plugins plus `VPMU_EXTRA_PLUGINS` modules (a testing aid, see docs/cli.md)."""
-    from vpmu_core.plugins.discovery import build_catalog, load_entry_points
+    from vpmu_core.plugins.discovery import build_catalog, entry_point_dists, load_entry_points
     from vpmu_core.plugins.records import PluginRecord
 
-    loaded, failures = load_entry_points()
+    dists = entry_point_dists()  # one scan of the installed metadata for both steps
+    loaded, failures = load_entry_points(dists=dists)
     names = {n for n, _ in loaded}
     for item in filter(None, (p.strip() for p in os.environ.get(EXTRA_PLUGINS_ENV, "").split(","))):
         name, _, mod = item.partition("=")
@@ -113,7 +114,7 @@ def load_catalog() -> Any:
             names.add(name)
         except Exception as e:  # a broken extra plugin is listed, never fatal
             failures.append(PluginRecord(name=name, status="failed", load_error=f"{type(e).__name__}: {e}"))
-    return build_catalog(loaded, failures)
+    return build_catalog(loaded, failures, dists=dists)
 
 
 _CATALOG: Any = None
