@@ -25,7 +25,7 @@ def main() -> None:
     ap.add_argument("--legacy", action="store_true")
     args = ap.parse_args()
 
-    from vpmu_core.cli.main import load_catalog
+    from vpmu_core.cli.app import load_catalog
     from vpmu_core.metrics.plot import plot_run
     from vpmu_core.scenario.loader import load
     from vpmu_core.scenario.runner import run_scenario

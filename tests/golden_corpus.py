@@ -21,7 +21,7 @@ MODES = ("emulated", "mediated:switch_at=run_loop", "mediated:switch_at=exit", "
 
 
 def scenario_names() -> list[str]:
-    from vpmu_core.cli.main import load_catalog
+    from vpmu_core.cli.app import load_catalog
     from vpmu_core.scenario.loader import available_scenarios
 
     return sorted(available_scenarios(load_catalog()))
@@ -37,7 +37,7 @@ def golden_path(scenario: str, mode: str) -> Path:
 
 def render(scenario: str, mode: str) -> str:
     """What `vpmu run SCENARIO --mode MODE --json` prints, or the refusal it exits 2 with."""
-    from vpmu_core.cli.main import dumps, load_catalog
+    from vpmu_core.cli.app import dumps, load_catalog
     from vpmu_core.errors import ConfigError
     from vpmu_core.scenario.loader import ScenarioError, load
     from vpmu_core.scenario.runner import run_scenario

@@ -418,7 +418,7 @@ def test_trace_end_of_run_reads_do_not_overlap(tmp_path: Path) -> None:
 def test_tracing_does_not_change_what_the_tracer_adds_to(tmp_path: Path) -> None:
     """The counter-value samples and task hooks observe only: the traced report is the same
     with them switched off."""
-    from vpmu_core.cli.main import dumps, load_catalog
+    from vpmu_core.cli.app import dumps, load_catalog
     from vpmu_core.metrics import timeline as T
     from vpmu_core.scenario.loader import load
     from vpmu_core.scenario.runner import run_scenario

@@ -264,7 +264,7 @@ def test_no_mode_hook_means_one_by_one() -> None:
 def test_verify_switch_catches_a_planted_bug(mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """VPMU_FF_VERIFY=1 shadows a scenario run with its one-by-one twin: with a planted bug
     it must raise, naming the values that moved apart."""
-    from vpmu_core.cli.main import load_catalog
+    from vpmu_core.cli.app import load_catalog
     from vpmu_core.scenario.loader import load
     from vpmu_core.scenario.runner import run_scenario
 
@@ -309,7 +309,7 @@ def test_shipped_scenarios_do_fast_forward_when_eager(mode: str, share: float, e
     """The corpus check above is not vacuous: with eager learning the shipped scenarios
     fast-forward a good share of their exits (under `run_loop` every slow exit puts and
     loads, runs for real, and batches soon stop paying: some, not most)."""
-    from vpmu_core.cli.main import load_catalog
+    from vpmu_core.cli.app import load_catalog
     from vpmu_core.scenario.loader import load
     from vpmu_core.scenario.runner import run_scenario
 

@@ -46,7 +46,7 @@ TRACED = [
 def test_tracing_a_run_does_not_change_its_report(scenario, mode):
     """`vpmu trace` and `vpmu plot` record the same run `vpmu run` reports: watching a run
     must not change it (every exit is handled one by one, traced or not)."""
-    from vpmu_core.cli.main import dumps, load_catalog
+    from vpmu_core.cli.app import dumps, load_catalog
     from vpmu_core.scenario.loader import load
     from vpmu_core.scenario.runner import run_scenario
 

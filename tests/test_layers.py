@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1] / "vpmu_core"
 #: the intended order, bottom first: a unit may import only units before it (or itself)
 LAYERS = [
     {"errors", "events", "logs", "seeds", "markers", "lazy"},
-    {"ledgers", "costs"},
+    {"ledgers", "costs", "cost_fields"},
     {"hw"},
     {"perf"},
     {"engine"},

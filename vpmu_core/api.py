@@ -60,8 +60,8 @@ TYPE_CHECKING = False
 #: imports only what X needs (PEP 562), so discovering plugins (`vpmu plugins`) does not
 #: import the engine and the hypervisor
 _EXPORTS = {
-    "CostField": "vpmu_core.costs",
-    "CostFields": "vpmu_core.costs",
+    "CostField": "vpmu_core.cost_fields",
+    "CostFields": "vpmu_core.cost_fields",
     "ConfigError": "vpmu_core.errors",
     "GuestFault": "vpmu_core.errors",
     "PerfError": "vpmu_core.errors",
@@ -118,7 +118,7 @@ _EXPORTS = {
 }
 
 if TYPE_CHECKING:
-    from vpmu_core.costs import CostField, CostFields
+    from vpmu_core.cost_fields import CostField, CostFields
     from vpmu_core.errors import ConfigError, GuestFault, PerfError, gp
     from vpmu_core.events import EMULATED_INSTRUCTION, N_KINDS, ONE_INSTRUCTION, EventKind, Work
     from vpmu_core.hv.config import GuestPmuConfig

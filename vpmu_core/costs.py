@@ -20,12 +20,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, create_model
 from pydantic import Field as Field  # re-exported: plugins declare their cost fields with it
 
-
-class CostFields(BaseModel):
-    """Base of the cost fields a plugin declares (`ModeSpec(costs=...)`): one `Field(default,
-    description=...)` per operation, in host cycles; the default is the baseline number."""
-
-    model_config = ConfigDict(extra="forbid")
+# re-exported: defined in a leaf module so that registering a mode does not build CostModel
+from vpmu_core.cost_fields import CostField as CostField
+from vpmu_core.cost_fields import CostFields as CostFields
 
 
 class CostModel(BaseModel):
@@ -92,7 +89,3 @@ def cost_model(
     base: dict[str, Any] = dict(known.get(preset, {})) if preset is not None else {}
     base.update(overrides or {})
     return model(**base)
-
-
-#: `vpmu_core.api.CostField`: a plugin's cost field (pydantic's Field)
-CostField = Field

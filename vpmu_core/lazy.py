@@ -3,9 +3,13 @@ on first use, so `import vpmu_core` and discovering plugins stay cheap. A leaf m
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from importlib import import_module
-from typing import Any
+
+#: typing.TYPE_CHECKING without importing typing (most of what `import vpmu_core` cost)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
 
 
 def lazy_exports(

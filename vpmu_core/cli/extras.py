@@ -3,7 +3,7 @@
 `vpmu plot` draws with matplotlib (`vpmu[plot]`) and `vpmu sweep` runs its points on
 dask.distributed (`vpmu[sweep]`); nothing else imports them, so a plain `pip install vpmu`
 leaves them out. A command that needs one checks it before it does any work
-(`vpmu_core.cli.main.require_extra`): when the module cannot be imported it prints one line
+(`vpmu_core.cli.app.require_extra`): when the module cannot be imported it prints one line
 naming the extra and exits 2 (an environment the command cannot run in, like an unknown
 mode: nothing ran, nothing was written).
 """

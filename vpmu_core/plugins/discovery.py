@@ -18,7 +18,6 @@ import pluggy
 from stevedore import ExtensionManager
 
 from vpmu_core import hookspecs
-from vpmu_core.costs import CostModel
 from vpmu_core.errors import ConfigError
 from vpmu_core.logs import get_logger
 from vpmu_core.markers import ENTRY_POINT_GROUP, PROJECT
@@ -53,6 +52,8 @@ class Catalog:
 
     def cost_fields(self) -> list[str]:
         """Every cost field a scenario may set: the core's and every installed spec's."""
+        from vpmu_core.costs import CostModel  # not needed to discover (vpmu plugins)
+
         out = list(CostModel.model_fields)
         for spec in self.specs():
             out += [n for n in (spec.costs.model_fields if spec.costs is not None else ()) if n not in out]
@@ -69,7 +70,10 @@ def new_plugin_manager() -> pluggy.PluginManager:
     return pm
 
 
-def _dists() -> dict[str, tuple[str, str]]:
+def entry_point_dists() -> dict[str, tuple[str, str]]:
+    """Entry point name -> (distribution name, version) of every `vpmu.plugins` entry point:
+    one scan of the installed metadata, which `load_entry_points` and `build_catalog` can
+    share (`dists=`) instead of scanning twice."""
     out = {}
     for ep in md.entry_points(group=ENTRY_POINT_GROUP):
         dist = getattr(ep, "dist", None)
@@ -85,10 +89,13 @@ def _selected_names() -> tuple[set[str] | None, set[str]]:
     return only, disabled
 
 
-def load_entry_points() -> tuple[list[tuple[str, Any]], list[PluginRecord]]:
-    """Load every `vpmu.plugins` entry point; failures become records."""
+def load_entry_points(
+    *, dists: dict[str, tuple[str, str]] | None = None
+) -> tuple[list[tuple[str, Any]], list[PluginRecord]]:
+    """Load every `vpmu.plugins` entry point; failures become records (`dists`: a scan
+    from `entry_point_dists`, default a fresh one)."""
     failures: list[PluginRecord] = []
-    dists = _dists()
+    dists = entry_point_dists() if dists is None else dists
     only, disabled = _selected_names()
 
     def on_fail(manager: Any, ep: Any, err: BaseException) -> None:
@@ -109,12 +116,18 @@ def load_entry_points() -> tuple[list[tuple[str, Any]], list[PluginRecord]]:
     return loaded, failures
 
 
-def build_catalog(plugins: list[tuple[str, Any]] | None = None, failures: list[PluginRecord] | None = None) -> Catalog:
+def build_catalog(
+    plugins: list[tuple[str, Any]] | None = None,
+    failures: list[PluginRecord] | None = None,
+    *,
+    dists: dict[str, tuple[str, str]] | None = None,
+) -> Catalog:
     """Register `plugins` ((name, module-or-object) pairs; default: the installed entry
-    points) into a fresh PluginManager and collect what they register."""
+    points) into a fresh PluginManager and collect what they register (`dists`: a scan
+    from `entry_point_dists`, default a fresh one)."""
+    dists = entry_point_dists() if dists is None else dists
     if plugins is None:
-        plugins, failures = load_entry_points()
-    dists = _dists()
+        plugins, failures = load_entry_points(dists=dists)
     cat = Catalog()
     pm = new_plugin_manager()
     cat.pm = pm

@@ -40,13 +40,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from vpmu_core.api import EMULATED_INSTRUCTION, ConfigError, EventKind, get_logger, hookimpl, parse_bool
+from vpmu_mode_xen_lazy.options import OPTIONS
 
 log = get_logger("vpmu.mode.xen_lazy")
-
-OPTIONS: dict[str, str] = {
-    "lazy": "load a non-counting context at its first PMU access instead of at schedule-in (Xen); default true",
-    "emulated_instructions": "count (default: the counting rule of every vpmu mode) | xen (Xen counts none)",
-}
 
 #: Xen's guest limits (core2_vpmu_init; vpmu_amd.c)
 INTEL_MAX_VERSION = 3

@@ -16,22 +16,10 @@ from vpmu_core.api import ConfigError, CpuidTable, GuestPmuConfig, PmuCapabiliti
 from vpmu_amd_perfmon import cpuid as amd_cpuid
 from vpmu_amd_perfmon.driver import AmdPerfDriver
 from vpmu_amd_perfmon.pmu import WIDTH, AmdPmu
+from vpmu_amd_perfmon.registry import COST_PRESETS as COST_PRESETS
+from vpmu_amd_perfmon.registry import DEFAULT_FREQ_HZ, DESCRIPTIONS, MODEL_OPTIONS
 
 log = get_logger("vpmu.amd_perfmon")
-
-DEFAULT_FREQ_HZ = 3_000_000_000
-MODEL_OPTIONS = {"freq_hz": f"core clock in Hz (default {DEFAULT_FREQ_HZ})"}
-#: the `amd` cost preset (Zen4/Turin, ../shared/facts/costs.md) for the core's fields; the
-#: mediated mode declares its own field's AMD number itself
-COST_PRESETS: dict[str, dict[str, int | float]] = {
-    "amd": {
-        "vmexit_full_simple": 2500,
-        "vmexit_fastpath": 1250,
-        "vmexit_to_userspace_extra": 6000,
-        "rdmsr_pmu": 100,
-        "wrmsr_pmu": 175,
-    }
-}
 
 
 @dataclass(frozen=True)
@@ -55,7 +43,7 @@ class AmdModelData:
 
 K8 = AmdModelData(
     name="amd/k8",
-    description="AMD K8 (family 0Fh): legacy PerfMon, 4 counters at PERF_CTL0-3/PERF_CTR0-3",
+    description=DESCRIPTIONS["amd/k8"],
     family=0x0F,
     model=0x4B,
     stepping=2,
@@ -68,7 +56,7 @@ K8 = AmdModelData(
 )
 ZEN2 = AmdModelData(
     name="amd/zen2",
-    description="AMD Zen 2 (family 17h): PerfCtrExtCore, 6 counters at 0xC0010200, no PerfMonV2",
+    description=DESCRIPTIONS["amd/zen2"],
     family=0x17,
     model=0x31,
     stepping=0,
@@ -80,7 +68,7 @@ ZEN2 = AmdModelData(
 )
 ZEN4 = AmdModelData(
     name="amd/zen4",
-    description="AMD Zen 4 (family 19h): PerfMonV2 with global control/status, 6 core counters",
+    description=DESCRIPTIONS["amd/zen4"],
     family=0x19,
     model=0x11,
     stepping=1,

@@ -15,6 +15,7 @@ from typing import Any
 from vpmu_core.api import CpuModelSpec
 from vpmu_intel_arch.events import Constraint, fixed_c
 from vpmu_intel_arch.models import COST_PRESETS, IntelCpuModel, ModelData, no_options
+from vpmu_intel_arch.registry import DESCRIPTIONS
 
 # arch/x86/events/intel/core.c `intel_grt_event_constraints`: the fixed counters only
 GRT_CONSTRAINTS: tuple[Constraint, ...] = (
@@ -26,7 +27,7 @@ GRT_CONSTRAINTS: tuple[Constraint, ...] = (
 
 GRACEMONT = ModelData(
     name="intel/gracemont",
-    description="Gracemont Atom E-core (PMU v5, 6 GP + 3 fixed, 48-bit, full-width writes, no topdown slots)",
+    description=DESCRIPTIONS["intel/gracemont"],  # what `vpmu models` lists (registry.py)
     signature=0xB06E0,  # family 6, model 0xBE (INTEL_ATOM_GRACEMONT, Alder Lake-N)
     max_leaf=0x20,
     version=5,

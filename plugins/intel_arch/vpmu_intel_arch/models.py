@@ -24,6 +24,7 @@ from vpmu_intel_arch.driver import IntelPerfDriver
 from vpmu_intel_arch.events import ARCH_EVENTS, ICL_CONSTRAINTS, SKL_CONSTRAINTS, SPR_CONSTRAINTS, Constraint
 from vpmu_intel_arch.layout import PERF_CAP_FW_WRITE, PERF_CAP_LBR_FMT, PERF_CAP_PERF_METRICS, PmuLayout
 from vpmu_intel_arch.pmu import IntelPmu
+from vpmu_intel_arch.registry import COST_PRESETS as COST_PRESETS
 
 #: Legacy (model-specific) LBR of Skylake and Ice Lake: `intel_pmu_lbr_init_skl`
 #: (arch/x86/events/intel/lbr.c), 32 entries, LBR_FORMAT_INFO (5) with LBR_INFO MSRs.
@@ -113,10 +114,6 @@ def _skylake(n_gp: int) -> ModelData:
         features={"lbr": dict(LEGACY_LBR_SKL)},
     )
 
-
-#: the cost preset of these models (`cost_preset = "intel"`): the core's defaults are the
-#: Intel numbers (SPR/EMR, ../shared/facts/costs.md), so it changes none of them
-COST_PRESETS: dict[str, dict[str, int | float]] = {"intel": {}}
 
 ICELAKE = ModelData(
     name="intel/icelake",

@@ -3,6 +3,10 @@
 Why `applies_to` reads `model.features`: intel_arch's models carry their LBR facts as data
 (`features["lbr"]` on Skylake/Ice Lake, `features["arch_lbr"]` on Sapphire Rapids); the
 facility never guesses from a model name.
+
+Registering imports only the depth rules (`policy.py`); each factory imports its facility
+when it is called (a composition), so discovering the plugin (`vpmu plugins`) imports none
+of the LBR implementation.
 """
 
 from __future__ import annotations
@@ -11,9 +15,21 @@ from collections.abc import Callable
 from typing import Any
 
 from vpmu_core.api import FacilitySpec, hookimpl
-from vpmu_intel_archlbr.arch import ArchLbr
-from vpmu_intel_archlbr.legacy import LegacyLbr
 from vpmu_intel_archlbr.policy import DEPTH_RULES
+
+
+def make_lbr(model: Any, options: dict[str, Any]) -> Any:
+    """The `lbr` facility: `LegacyLbr(model, options)`."""
+    from vpmu_intel_archlbr.legacy import LegacyLbr
+
+    return LegacyLbr(model, options)
+
+
+def make_arch_lbr(model: Any, options: dict[str, Any]) -> Any:
+    """The `arch_lbr` facility: `ArchLbr(model, options)`."""
+    from vpmu_intel_archlbr.arch import ArchLbr
+
+    return ArchLbr(model, options)
 
 
 def _has(feature: str) -> Callable[[Any], bool]:
@@ -29,7 +45,7 @@ def vpmu_register_facilities(register: Callable[..., None]) -> None:
     register(
         FacilitySpec(
             name="lbr",
-            factory=LegacyLbr,
+            factory=make_lbr,
             applies_to=_has("lbr"),
             guest_switch="lbr",
             description="legacy LBR: DEBUGCTL, LBR_SELECT, TOS, FROM/TO/INFO at the model's bases and depth",
@@ -38,7 +54,7 @@ def vpmu_register_facilities(register: Callable[..., None]) -> None:
     register(
         FacilitySpec(
             name="arch_lbr",
-            factory=ArchLbr,
+            factory=make_arch_lbr,
             applies_to=_has("arch_lbr"),
             guest_switch="lbr",
             description="Arch LBR: CPUID 1CH, LBR_CTL/DEPTH, records, XSAVES component 15, KVM depth rule",

@@ -3,7 +3,9 @@
 Faithful to arch/x86/kvm/pmu.c: every guest PMU access is intercepted, each guest counter
 is backed by a pinned, exclude_host, per-task host perf event that competes with host
 perf users, the perf work is deferred to the next VM-entry, and what the guest loses under
-contention is recorded as silent errors. Importing this package has no side effects.
+contention is recorded as silent errors. Importing this package has no side effects, and
+registering the mode imports only its option and cost declarations (`options.py`,
+`costs.py`): the factory imports the mode when a host is composed.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ def _factory(model: Any, options: dict[str, Any]) -> Any:
 def vpmu_register_modes(register: Callable[..., None]) -> None:
     """Register the `emulated` mode."""
     from vpmu_mode_emulated.costs import EmulatedCosts
-    from vpmu_mode_emulated.mode import OPTIONS
+    from vpmu_mode_emulated.options import OPTIONS
 
     register(
         ModeSpec(

@@ -29,20 +29,12 @@ from vpmu_core.api import KVM_7_0, UPGRADE_V5_VERSION, KvmPmuCaps, get_logger, h
 from vpmu_mode_emulated import instructions, silent
 from vpmu_mode_emulated.backend import EmulatedBackend, pmc_read_counter
 from vpmu_mode_emulated.kvm_pmc import KvmPmc, KvmPmu, bits, control_signature
+from vpmu_mode_emulated.options import OPTIONS as OPTIONS
 from vpmu_mode_emulated.perf_api import KvmPerfCalls
 from vpmu_mode_emulated.reprogram import kvm_pmu_handle_event, pmc_stop_counter
 from vpmu_mode_emulated.vlbr import Vlbr
 
 log = get_logger("vpmu.mode_emulated")
-
-OPTIONS: dict[str, str] = {
-    "lazy_release": "release idle perf events at vCPU sched-in (kvm_pmu_cleanup); default true",
-    "upgrade_v5": (
-        "model the unmerged 'KVM: x86/pmu: Upgrade vPMU version to 5' series: guests get the host's "
-        "PMU version (v4/v5: GLOBAL_STATUS_SET, GLOBAL_INUSE, freeze bits) instead of mainline's v2; "
-        "default false"
-    ),
-}
 
 
 class EmulatedMode:
