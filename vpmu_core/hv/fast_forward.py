@@ -344,12 +344,17 @@ class FastForward:
                 self._miss()
                 v._exit(*ex)
                 return 0
+            if self.probes > FREE_PROBES + self.batched_exits // PROBE_PAYBACK:
+                # learning here has not repaid itself (a signature that keeps changing): a
+                # miss, backed off exponentially
+                self._miss()
+                v._exit(*ex)
+                return 0
             now = time.perf_counter()
             budget = _probe_budget(v.host, now)
             if (
                 budget[1] > PROBE_GRACE_S + PROBE_TIME_SHARE * (now - budget[0])
                 or self.probes * PROBE_SHARE > v.stats.total_exits - WARMUP_EXITS
-                or self.probes > FREE_PROBES + self.batched_exits // PROBE_PAYBACK
             ):
                 # probes are costly (two views of the state): ration them. Not a miss (the
                 # signature is fine, learning waits its turn): look again soon, without the
