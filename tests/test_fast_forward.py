@@ -8,7 +8,9 @@ tests prove the comparison can fail.
 
 from __future__ import annotations
 
+import math
 import random
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -248,6 +250,74 @@ def test_push_back_replays_the_same_stream() -> None:
             g = ep.next_gap
             got.append((g, ep.draw()))
     assert got[:60] == want
+
+
+def _drawn(ep: ExitProcess, m: int) -> list[tuple[tuple[str, bool, bool], int]]:
+    out = []
+    for _ in range(m):
+        ex = ep.draw()
+        out.append((ex, ep.next_gap))
+    return out
+
+
+@pytest.mark.parametrize("rate", [1e9, 3_000_000, 1_000_000, 20_000, 7.5, 1e-9])
+def test_peek_gives_what_drawing_one_at_a_time_gives(rate: float) -> None:
+    """`peek(m)` returns the exits and gaps of the next m draws (the planner's look-ahead),
+    and `skip` leaves the stream where those draws would: over mean gaps from under a cycle
+    (most gaps truncate to 1) to past int64's range (the scalar fallback)."""
+    prof = vpmu.ExitProfile(rate_per_s=rate, fastpath_share=0.4, userspace_share=0.05)
+    ref, ep = ExitProcess(prof, 3_000_000_000, 11), ExitProcess(prof, 3_000_000_000, 11)
+    table = ep.exit_table()
+    for m in (1, 7, 5000):
+        codes, gaps = ep.peek(m)
+        assert [(table[c], g) for c, g in zip(codes.tolist(), gaps, strict=True)] == _drawn(ref, m)
+        ep.skip(m, gaps[-1])
+    assert _drawn(ep, 50) == _drawn(ref, 50)
+
+
+def _straddling_uniforms(mean: float) -> list[float]:
+    """Uniform draws u whose gap `-log(1 - u) * mean` lies within an ulp or two of an
+    integer, on both sides: pairs of neighbouring doubles 1 - u whose truncated gaps differ."""
+    out = []
+    for k in range(1, 600):
+        x = math.exp(-k / mean)
+        for _ in range(40):
+            y = math.nextafter(x, 1.0)
+            if int(-math.log(x) * mean) != int(-math.log(y) * mean):
+                out += [1.0 - x, 1.0 - y]
+                break
+            x = y if -math.log(x) * mean > k else math.nextafter(x, 0.0)
+    assert all(1.0 - (1.0 - x) == x for x in out)  # Sterbenz: 1 - u gives x back exactly
+    return [u for u in out if 1.0 - u >= 0.5]
+
+
+def test_peek_gaps_do_not_trust_numpy_log_next_to_an_integer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """numpy's log may differ from the C library's by an ulp; a gap is a truncated product,
+    so next to an integer that ulp changes the gap. Planted: a log one ulp off (up or down,
+    by position), on draws whose gaps straddle an integer; the gaps must still be
+    `_draw_gap`'s, bit for bit."""
+    import numpy as np
+
+    from vpmu_core.engine.exits import exact_gaps
+
+    mean = 1000.0
+    us = _straddling_uniforms(mean)
+    assert len(us) > 200
+    want = [max(1, int(-math.log(1.0 - u) * mean)) for u in us]
+    assert exact_gaps(np.array(us), mean) == want
+    real_log = np.log
+
+    class OffByOneUlp:
+        def __getattr__(self, name: str) -> object:
+            return getattr(np, name)
+
+        @staticmethod
+        def log(x: object) -> object:
+            r = real_log(x)
+            return np.where(np.arange(r.size) % 2 == 0, np.nextafter(r, np.inf), np.nextafter(r, -np.inf))
+
+    monkeypatch.setitem(sys.modules, "numpy", OffByOneUlp())  # what exits.py imports
+    assert exact_gaps(np.array(us), mean) == want
 
 
 def test_no_mode_hook_means_one_by_one() -> None:

@@ -140,12 +140,12 @@ class ExitProcess:
         without consuming them. The values are those `m` draws would give: the same 32-bit
         words of the same Mersenne Twister (`getrandbits(32 * k)` on a copy of the generator
         yields them in order), `random()` = ((a >> 5) * 2**26 + (b >> 6)) / 2**53 in the same
-        float operations, Python's own log for the gaps."""
+        float operations, and gaps equal to `_draw_gap`'s (`exact_gaps`)."""
         import numpy as np
 
         if self._pending:
             raise ValueError("peek with exits given back")
-        twin = random.Random()
+        twin = _TWIN
         twin.setstate(self.rng.getstate())
         raw = twin.getrandbits(192 * m).to_bytes(24 * m, "little")
         words = np.frombuffer(raw, dtype="<u4").astype(np.uint64).reshape(m, 3, 2)
@@ -158,10 +158,7 @@ class ExitProcess:
         fi = np.searchsorted(np.asarray(ft.cum), u_reason * ft.cum[-1], side="right")
         si = np.searchsorted(np.asarray(st.cum), u_reason * st.cum[-1], side="right")
         codes = np.where(fast, fi, nf + si + np.where(user, ns, 0))
-        mean = self.mean_gap
-        log = math.log
-        gaps = [max(1, int(-log(1.0 - x) * mean)) for x in u_gap.tolist()]
-        return codes, gaps
+        return codes, exact_gaps(u_gap, self.mean_gap)
 
     def skip(self, n: int, next_gap: int) -> None:
         """Consume the next `n` exits as `n` draws would (after `peek`: six 32-bit words
@@ -169,3 +166,34 @@ class ExitProcess:
         if n:
             self.rng.getrandbits(192 * n)
         self.next_gap = next_gap
+
+
+#: the scratch generator `ExitProcess.peek` copies a process's state into (its state is
+#: overwritten on every use; one object spares a construction, which seeds from the OS)
+_TWIN = random.Random(0)
+#: `exact_gaps` recomputes a gap with Python's log where numpy's product lies closer than
+#: this (relative) to an integer: numpy's log may differ from the C library's by an ulp or
+#: so, and only next to an integer can that move the truncated gap
+_GAP_MARGIN = 1e-9
+
+
+def exact_gaps(u: Any, mean: float) -> list[int]:
+    """`max(1, int(-log(1.0 - x) * mean))` for each x of the float array `u`, as
+    `ExitProcess._draw_gap` computes it from `random.expovariate(1.0)` (whose division by
+    1.0 is exact), bit for bit. numpy's log is not the C library's (it differs by an ulp in
+    about 0.3% of inputs), so the truncation is vectorized and every value whose product
+    lies within `_GAP_MARGIN` of an integer, where an ulp could change it, is recomputed
+    with `math.log`."""
+    import numpy as np
+
+    log = math.log
+    if mean * 40.0 >= 2.0**62:  # -log(1 - x) <= 36.8: products this large overflow int64
+        return [max(1, int(-log(1.0 - x) * mean)) for x in u.tolist()]
+    x = 1.0 - u
+    p = -np.log(x) * mean
+    g = p.astype(np.int64)  # truncation, as int(): the products are >= 0
+    near = np.flatnonzero(np.minimum(p - g, g + 1 - p) <= p * _GAP_MARGIN)
+    if near.size:
+        for i in near.tolist():
+            g[i] = int(-log(float(x[i])) * mean)
+    return np.maximum(g, 1).tolist()

@@ -514,7 +514,11 @@ class FastForward:
             v._exit(*first)
             return 0
         self._misses = 0
-        n_real = sum(1 for ex in exits if (k := kinds[ex]) is not None and k.needs_real)
+        n_real = 0
+        for ex, c in Counter(exits).items():
+            k = kinds[ex]
+            if k is not None and k.needs_real:
+                n_real += c
         ran = self._run_batch(exits, pos, guest_before, kinds, cur, t0)
         self.batches += 1
         self.batched_exits += len(exits)
@@ -618,15 +622,14 @@ class FastForward:
         v = self.vcpu
         cpu = v.cpu
         n = len(exits)
-        last: dict[Exit, int] = {}
-        for i, ex in enumerate(exits):
-            last[ex] = i
+        present = set(exits)
         # every exit of a kind that writes last-value registers runs for real, at its exact
         # point: what such an exit adds can depend on when the one before it ran (the mediated
         # blind window is measured from the last load), which two probes cannot rule out
-        real = [i for i, ex in enumerate(exits) if kinds[ex].needs_real]  # type: ignore[union-attr]
+        needs = {ex for ex in present if kinds[ex].needs_real}  # type: ignore[union-attr]
+        real = [i for i, ex in enumerate(exits) if ex in needs] if needs else []
         events = {e.id: e for e in self._events()}
-        logged = {eid for ex in last for (eid, *_r) in kinds[ex].log}  # type: ignore[union-attr]
+        logged = {eid for ex in present for (eid, *_r) in kinds[ex].log}  # type: ignore[union-attr]
         times0 = {eid: _times(events[eid]) for eid in logged if eid in events}
         adder = state_walk.Adder(self._roots())
         guest_done = 0
@@ -640,10 +643,15 @@ class FastForward:
                 if v.guest_tick is not None:
                     v._guest_tick_left -= counts[0]
                 guest_done = target
-            tally: Counter[Exit] = Counter(exits[accounted:r])  # no real exit in between
+            # what the exits up to this real one add (none of them real), summed per path
+            # first: integer sums, so one addition per value is the same as one per exit
+            tally: Counter[Exit] = Counter(exits[accounted:r])
+            total: dict[Path, int] = {}
             for ex, times in tally.items():
                 for path, d in kinds[ex].deltas:  # type: ignore[union-attr]
-                    adder.add(path, d * times)
+                    total[path] = total.get(path, 0) + d * times
+            for path, d in total.items():
+                adder.add(path, d)
             accounted = r + 1
             if r < n:
                 if cpu.now != t0 + pos[r]:
