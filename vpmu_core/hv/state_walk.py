@@ -93,26 +93,40 @@ def walk(roots: dict[str, Any], stop: Iterable[Any] = (), skip_attrs: frozenset[
     """path -> value for every plain value reachable from `roots`, not entering the objects
     in `stop` nor attributes named in `skip_attrs`. Sets are one value. Breadth first: each
     object is entered once and named by its shortest path (`host.cpus[0]`, not the same CPU
-    reached through some cache keyed by object ids), so two runs name it alike."""
+    reached through some cache keyed by object ids), so two runs name it alike. A leaf is
+    recorded when its container is entered, not queued: leaves are never entered, so the
+    objects are named as before, and the view is the same mapping (a probe views the state
+    twice: this is most of its cost)."""
     out: dict[Path, Any] = {}
     seen = {id(o) for o in stop}
-    queue: deque[tuple[Path, Any]] = deque(((name,), root) for name, root in roots.items())
+    kinds = _KINDS
+    queue: deque[tuple[Path, Any, tuple[int, tuple[str, ...]]]] = deque()
+    push = queue.append
+
+    def visit(path: Path, v: Any) -> None:
+        t = type(v)
+        k = kinds.get(t)
+        if k is None:
+            k = _kind(t)
+        if k[0] == _LEAF_T:
+            out[path] = v
+        elif k[0] != _OPAQUE_T:
+            push((path, v, k))
+
+    for name, root in roots.items():
+        visit((name,), root)
     while queue:
-        path, obj = queue.popleft()
-        kind, slots = _kind(type(obj))
-        if kind == _LEAF_T:
-            out[path] = obj
-            continue
-        if kind == _OPAQUE_T:
-            continue
+        path, obj, (kind, slots) = queue.popleft()
         i = id(obj)
         if i in seen:
             continue
         seen.add(i)
         if kind == _DICT_T:
-            queue.extend(((*path, (1, _key(k))), v) for k, v in list(obj.items()))
+            for k, v in obj.items():
+                visit((*path, (1, k if isinstance(k, _LEAF) else _key(k))), v)
         elif kind == _SEQ_T:
-            queue.extend(((*path, (1, n)), v) for n, v in enumerate(obj))
+            for n, v in enumerate(obj):
+                visit((*path, (1, n)), v)
         elif kind == _SET_T:
             out[path] = frozenset(_key(x) for x in obj)
         else:
@@ -120,14 +134,16 @@ def walk(roots: dict[str, Any], stop: Iterable[Any] = (), skip_attrs: frozenset[
                 raise TooLarge
             d = getattr(obj, "__dict__", None)
             if d is not None:
-                queue.extend(((*path, (0, k)), v) for k, v in list(d.items()) if k not in skip_attrs)
+                for k, v in d.items():
+                    if k not in skip_attrs:
+                        visit((*path, (0, k)), v)
             for k in slots:
                 if k not in skip_attrs:
                     try:
                         v = getattr(obj, k)
                     except AttributeError:
                         continue
-                    queue.append(((*path, (0, k)), v))
+                    visit((*path, (0, k)), v)
     return out
 
 
