@@ -204,6 +204,7 @@ class FastForward:
         self.probes = 0
         self._table: list[Exit] | None = None
         self._mass: list[float] | None = None  # the probability of each exit in _table
+        self._arrays: tuple[Any, ...] | None = None  # `_plan_bulk`'s per-code kind arrays
         self._misses = 0  # exit points in a row that could not start a batch
         self._cooldown = 0  # exit points left to run one by one without looking
         self._added = self._realed = 0  # recent exits added in bulk / run for real in batches
@@ -577,10 +578,19 @@ class FastForward:
         table = self._table
         if table is None:
             table = self._table = ep.exit_table()
-        per = [kinds.get(ex) for ex in table]
-        known = np.array([k is not None for k in per])
-        dur = np.array([0 if k is None else k.dur for k in per], dtype=np.int64)
-        hev = np.array([0 if k is None else k.host_events for k in per], dtype=np.int64)
+        arrays = self._arrays
+        if arrays is None or arrays[0] is not kinds or arrays[1] != len(kinds):
+            # per exit code: learned, its cycles, its host-event bound (a signature's kinds
+            # are only ever added to, so its dict and size tell whether these are current)
+            per = [kinds.get(ex) for ex in table]
+            arrays = self._arrays = (
+                kinds,
+                len(kinds),
+                np.array([k is not None for k in per]),
+                np.array([0 if k is None else k.dur for k in per], dtype=np.int64),
+                np.array([0 if k is None else k.host_events for k in per], dtype=np.int64),
+            )
+        known, dur, hev = arrays[2], arrays[3], arrays[4]
         # guest cycles the horizon can hold: the slice, the tick, the next counter wrap
         horizon = min(guest_room, mux_room, ovf_room.guest / ratio if ratio > 0 else mux_room)
         m = int(min(MAX_BATCH, horizon / max(1.0, ep.mean_gap) * 1.1 + 8))
@@ -605,7 +615,7 @@ class FastForward:
             ep.skip(n + 1, gaps[n])
             ep.push_back([(table[int(codes[n])], gaps[n])], int(gap_before[n]))
         if n:
-            plan.exits.extend(table[c] for c in codes[:n].tolist())
+            plan.exits.extend(map(table.__getitem__, codes[:n].tolist()))
             plan.pos.extend(start[:n].tolist())
             plan.guest_before.extend(g[:n].tolist())
 
