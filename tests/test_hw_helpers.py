@@ -193,3 +193,17 @@ def test_parse_int_accepts_ints_and_strings_within_bounds():
     for bad in ("many", True, "9"):
         with pytest.raises(ConfigError):
             parse_int("n", bad, maximum=8)
+
+
+def test_host_perf_keeps_the_other_entry_loads_of_a_real_cpu():
+    """The engine's register port shows the physical PMU's entry loads, so the driver's
+    split keeps the other entries (Linux intel_guest_get_msrs() returns several, e.g.
+    PEBS_ENABLE beside GLOBAL_CTRL) instead of replacing the list with its own one."""
+    import vpmu_core as vpmu
+
+    host = vpmu.compose(cpu="intel/icelake", mode="emulated", cpus=1)
+    pmu = host.cpus[0].pmu
+    pmu.set_entry_loads({**pmu.entry_loads, 0x3F1: 0})  # IA32_PEBS_ENABLE
+    host.perf_event_open(vpmu.PerfEventAttr(config="cycles", exclude_guest=True), pid=-1, cpu=0)
+    assert pmu.entry_loads.get(0x3F1) == 0
+    assert 0x38F in pmu.entry_loads  # the driver's own GLOBAL_CTRL entry

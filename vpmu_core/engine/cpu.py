@@ -51,6 +51,12 @@ class CpuPort:
     def cpuid(self, leaf: int, subleaf: int = 0) -> tuple[int, int, int, int]:
         return self.cpu.host.cpuid.get(leaf, subleaf)
 
+    @property
+    def entry_loads(self) -> dict[int, int]:
+        """The MSR values VM-entry loads (read by `GlobalCtrlSplit.apply`, which replaces the
+        list and so must see the entries it does not own)."""
+        return self.pmu.entry_loads
+
     def set_entry_loads(self, loads: dict[int, int]) -> None:
         self.pmu.set_entry_loads(loads)
 

@@ -25,6 +25,11 @@ class PhysicalPort:
     def cpuid(self, leaf: int, subleaf: int = 0) -> tuple[int, int, int, int]:
         return self.table.get(leaf, subleaf)
 
+    @property
+    def entry_loads(self) -> dict[int, int]:
+        """The physical PMU's VM-entry loads, as the engine's port shows them."""
+        return self.pmu.entry_loads
+
     def set_entry_loads(self, loads: dict[int, int]) -> None:
         self.pmu.set_entry_loads(loads)
 
