@@ -99,6 +99,12 @@ class IntelPmu(PmuBase):
         #: the selector value each GP counter was last decoded from: `_decode` runs after every
         #: control write (a hot path in mediated switches) and skips unchanged selectors
         self._decoded_sel: list[int | None] = [None] * layout.n_gp
+        #: the FIXED_CTR_CTRL value and the (host-mode, guest-mode) global controls the
+        #: counters were last decoded from (None: never): `_decode` refolds a counter only
+        #: where its selector, its nibble or its bit of either control changed since. The
+        #: decoded fields are written nowhere else, so these are what invalidates them.
+        self._decoded_fixed: int | None = None
+        self._decoded_ctrl: tuple[int, int] | None = None
         self._fixed_ctrl = 0
         # SDM Vol. 3B 20.2.2: "at RESET all GP enable bits of IA32_PERF_GLOBAL_CTRL are set"
         # (KVM intel_pmu_refresh does the same, fixed bits clear).
@@ -298,6 +304,10 @@ class IntelPmu(PmuBase):
             host_ctrl, entry_ctrl = entry_split(self, MSR_GLOBAL_CTRL, self._global_ctrl)
         else:
             host_ctrl = entry_ctrl = ALWAYS_ON
+        # only what changed since the last decode: every counter the first time
+        last = self._decoded_ctrl
+        refold = -1 if last is None else (last[0] ^ host_ctrl) | (last[1] ^ entry_ctrl)
+        self._decoded_ctrl = host_ctrl, entry_ctrl
         decoded = self._decoded_sel
         for i, pmc in enumerate(self.gp):
             sel = self._evtsel[i]
@@ -311,19 +321,26 @@ class IntelPmu(PmuBase):
                 pmc.local_en = bool(sel & EVTSEL_EN)
                 # EDGE/INV/CMASK (and AnyThread) cannot be counted exactly from spans.
                 pmc.exotic = bool(sel & (EVTSEL_EDGE | EVTSEL_INV | EVTSEL_CMASK | EVTSEL_ANY))
-            fold_enables(pmc, host_ctrl, entry_ctrl)
+            if refold >> i & 1:
+                fold_enables(pmc, host_ctrl, entry_ctrl)
+        fixed_ctrl = self._fixed_ctrl
+        last_fixed = self._decoded_fixed
+        self._decoded_fixed = fixed_ctrl
+        nibbles = -1 if last_fixed is None else last_fixed ^ fixed_ctrl
         for i, pmc in enumerate(self.fixed):
-            nib = self._fixed_ctrl >> (4 * i) & 0xF
-            code, kind = FIXED_EVENTS[i]
-            pmc.config = code
-            pmc.event = kind
-            pmc.os = bool(nib & _NIBBLE_OS)
-            pmc.usr = bool(nib & _NIBBLE_USR)
-            pmc.int_en = bool(nib & _NIBBLE_PMI)
-            # SDM 20.2.2: a fixed counter is enabled by its OS/USR bits (no EN bit).
-            pmc.local_en = pmc.os or pmc.usr
-            fold_enables(pmc, host_ctrl, entry_ctrl)
-            pmc.exotic = bool(nib & _NIBBLE_ANY)
+            if nibbles >> (4 * i) & 0xF:
+                nib = fixed_ctrl >> (4 * i) & 0xF
+                code, kind = FIXED_EVENTS[i]
+                pmc.config = code
+                pmc.event = kind
+                pmc.os = bool(nib & _NIBBLE_OS)
+                pmc.usr = bool(nib & _NIBBLE_USR)
+                pmc.int_en = bool(nib & _NIBBLE_PMI)
+                # SDM 20.2.2: a fixed counter is enabled by its OS/USR bits (no EN bit).
+                pmc.local_en = pmc.os or pmc.usr
+                pmc.exotic = bool(nib & _NIBBLE_ANY)
+            if refold >> pmc.idx & 1:
+                fold_enables(pmc, host_ctrl, entry_ctrl)
         if self.layout.perf_metrics and len(self.fixed) > 3:
             slots = self.fixed[3]
             on = slots.local_en and not slots.exotic
