@@ -173,6 +173,13 @@ class PerfSubsystem:
         #: a physical port's `batched()` (one PMU decode per reschedule); a vCPU port has
         #: none: each guest WRMSR retires and counts under the state of the moment
         self._batch: list[Callable[[], Any] | None] = [getattr(c.port, "batched", None) for c in cpus]
+        #: the driver's optional perf_pmu_disable()/perf_pmu_enable() bracket (`pmu_disable`,
+        #: `pmu_enable`: the global control written once per bracket, not per start/stop),
+        #: used only inside a physical port's batch (a guest driver's every WRMSR is an exit)
+        dis, en = getattr(driver, "pmu_disable", None), getattr(driver, "pmu_enable", None)
+        self._pmu_bracket: tuple[Callable[[RegisterPort], None], Callable[[RegisterPort], None]] | None = (
+            (dis, en) if dis is not None and en is not None else None
+        )
         #: optional timeline recorder (vpmu trace): counters(perf, cpu, t_ns, {idx: event})
         self.tracer: Any = None
         #: observer of every enabled/running transition (the VM-exit fast-forward records
@@ -297,8 +304,18 @@ class PerfSubsystem:
                     self._sched_out(e)
             else:
                 with batch():
-                    for e in members:
-                        self._sched_out(e)
+                    bracket = self._pmu_bracket
+                    if bracket is None:
+                        for e in members:
+                            self._sched_out(e)
+                    else:
+                        port = self.cpus[cpu].port
+                        bracket[0](port)
+                        try:
+                            for e in members:
+                                self._sched_out(e)
+                        finally:
+                            bracket[1](port)
         ev._set_ticking(self.now_ns_for(ev), False, False)
         ev.state = EventState.OFF
         if ev.truth_open and self.truth_source is not None:
@@ -379,7 +396,16 @@ class PerfSubsystem:
         if not self._nothing_waits(cpu):
             return None
         with batch():
-            value = self._reprogram_in_place(ev, cpu, period_of)
+            bracket = self._pmu_bracket
+            if bracket is None:
+                value = self._reprogram_in_place(ev, cpu, period_of)
+            else:
+                port = self.cpus[cpu].port
+                bracket[0](port)
+                try:
+                    value = self._reprogram_in_place(ev, cpu, period_of)
+                finally:
+                    bracket[1](port)
         self._gen += 1  # the context changed without a full reschedule (perf/assign's record)
         for fn in self.on_resched:
             fn(cpu)
@@ -488,7 +514,17 @@ class PerfSubsystem:
             self._schedule(cpu, installed)
         else:
             with batch():
-                self._schedule(cpu, installed)
+                bracket = self._pmu_bracket
+                if bracket is None:
+                    self._schedule(cpu, installed)
+                else:
+                    # ctx_resched(): perf_pmu_disable() ... perf_pmu_enable()
+                    port = self.cpus[cpu].port
+                    bracket[0](port)
+                    try:
+                        self._schedule(cpu, installed)
+                    finally:
+                        bracket[1](port)
         for fn in self.on_resched:
             fn(cpu)
         if self.tracer is not None:

@@ -75,6 +75,11 @@ class _PortState:
     #: counters started by perf and their exclude_guest / exclude_host split: Linux
     #: `cpuc->intel_ctrl_host_mask` / `intel_ctrl_guest_mask`
     split: GlobalCtrlSplit = field(default_factory=GlobalCtrlSplit)
+    #: perf_pmu_disable() nesting (Linux `cpuc->enabled == 0`): while > 0, start/stop only
+    #: update `split`; the global control is written once by `pmu_enable`
+    disabled: int = 0
+    #: a start or stop changed `split` while disabled (the global write is owed)
+    global_dirty: bool = False
 
     @property
     def counter_mask(self) -> int:
@@ -222,7 +227,10 @@ class IntelPerfDriver:
             self._sel[(id(port), idx)] = sel
             port.wrmsr(MSR_PERFEVTSEL0 + idx, sel)
         st.split.set(idx, True, exclude_guest=hw.exclude_guest, exclude_host=hw.exclude_host)
-        self._apply_global(st)
+        if st.disabled:
+            st.global_dirty = True
+        else:
+            self._apply_global(st)
 
     def stop(self, port: RegisterPort, hw: HwEvent, idx: int) -> int:
         """x86_pmu_stop: disable (clear EN / the fixed nibble), then read the count."""
@@ -235,7 +243,10 @@ class IntelPerfDriver:
             sel = self._sel.pop((id(port), idx), hw.config)
             port.wrmsr(MSR_PERFEVTSEL0 + idx, sel & ~EVTSEL_EN)
         st.split.set(idx, False)
-        self._apply_global(st)
+        if st.disabled:
+            st.global_dirty = True
+        else:
+            self._apply_global(st)
         return self.read(port, idx)
 
     def read(self, port: RegisterPort, idx: int) -> int:
@@ -250,6 +261,24 @@ class IntelPerfDriver:
         """intel_pmu_ack_status: write-1-to-clear GLOBAL_OVF_CTRL (v2+; v1 has no status)."""
         if self._state(port).version >= 2:
             port.wrmsr(MSR_GLOBAL_OVF_CTRL, 1 << idx)
+
+    def pmu_disable(self, port: RegisterPort) -> None:
+        """perf_pmu_disable() -> x86_pmu_disable(): the core brackets a reschedule of a
+        physical PMU with it. Linux's intel_pmu_disable_all() zeroes GLOBAL_CTRL here and
+        intel_pmu_enable_event() leaves it alone; the model writes no intermediate value (no
+        work counts inside the bracket, the PMU decodes once at its end) and only defers
+        the GLOBAL_CTRL / VM-entry-load write of each start and stop to `pmu_enable`."""
+        self._state(port).disabled += 1
+
+    def pmu_enable(self, port: RegisterPort) -> None:
+        """perf_pmu_enable() -> x86_pmu_enable() -> intel_pmu_enable_all(): GLOBAL_CTRL (and
+        the VM-entry load, `intel_guest_get_msrs`) written once, with the split every start
+        and stop inside the bracket left; nothing if none happened."""
+        st = self._state(port)
+        st.disabled -= 1
+        if not st.disabled and st.global_dirty:
+            st.global_dirty = False
+            self._apply_global(st)
 
     # ---- helpers -------------------------------------------------------------------------
     def _write_counter(self, st: _PortState, idx: int, value: int) -> None:
