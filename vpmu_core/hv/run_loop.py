@@ -98,6 +98,12 @@ class RunLoop:
             self._flush_host_work()
 
     @property
+    def charges_deferred(self) -> bool:
+        """Whether `charge` only queues host cycles now (inside an exit: they run as host-mode
+        work at its end), so nothing counts on the physical PMU until then."""
+        return self._in_exit
+
+    @property
     def pending_host_cycles(self) -> int:
         """Host cycles charged in the current exit and not yet run as host-mode work."""
         return self._exit_cycles

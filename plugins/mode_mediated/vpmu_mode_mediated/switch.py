@@ -195,8 +195,36 @@ class Switcher:
         t0 = cpu.now
         pending0 = vcpu.pending_host_cycles
         ledger0 = host.costs_ledger.total(vcpu.name)
+        if self._one_decode(vcpu, hw):
+            with hw.batched_refresh():
+                self._load(vcpu, st, cs, cpu, hw, guest)
+        else:
+            self._load(vcpu, st, cs, cpu, hw, guest)
+        st.loads += 1
+        self.stats.loads += 1
+        st.load_cycles = t0
+        st.load_guest_cycles = vcpu.stats.guest_cycles
+        self._switch_facilities(vcpu, cpu, loading=True)
+        st.load_offset = pending0 + host.costs_ledger.total(vcpu.name) - ledger0
+        self._check_load(vcpu)
+
+    def _one_decode(self, vcpu: Any, hw: Any) -> bool:
+        """Whether the host reschedule (perf_load_guest_context / perf_put_guest_context) and
+        the switch's own register sequence may share one PMU decode: only where nothing
+        counts between them (inside an exit the cycles the switch charges run at its end,
+        `charges_deferred`; outside one they run at once under the decode of the moment)
+        and nobody observes the intermediate state (no host perf `on_resched` observer, no
+        control listener on the physical PMU)."""
+        return (
+            bool(getattr(vcpu, "charges_deferred", False))
+            and not self.host.perf.on_resched
+            and not hw.control_listeners
+        )
+
+    def _load(self, vcpu: Any, st: VcpuState, cs: CpuState, cpu: Any, hw: Any, guest: Any) -> None:
+        """Load steps 1-5 (see the module docstring)."""
         # 1. schedule host events of the core PMU out (RFC v1: !exclude_guest ones to ERROR)
-        host.perf.load_guest_context(cpu.index, error_include_guest=self.options.host_policy == "rfc1")
+        self.host.perf.load_guest_context(cpu.index, error_include_guest=self.options.host_policy == "rfc1")
         # 2-5 are one atomic register sequence (nothing counts in it): one PMU decode
         with hw.batched_refresh():
             # 2. global control off while the registers change
@@ -237,13 +265,6 @@ class Switcher:
             # field VM-entry loads), so it shares the sequence's one decode
             self.apply_guest_ctrl(vcpu, charge=False)
         self._charge(vcpu, rdpmc, wrmsr)
-        st.loads += 1
-        self.stats.loads += 1
-        st.load_cycles = t0
-        st.load_guest_cycles = vcpu.stats.guest_cycles
-        self._switch_facilities(vcpu, cpu, loading=True)
-        st.load_offset = pending0 + host.costs_ledger.total(vcpu.name) - ledger0
-        self._check_load(vcpu)
 
     def _switch_facilities(self, vcpu: Any, cpu: Any, loading: bool) -> None:
         """`facilities=passthrough`: move each facility's state with the PMU (the facility
@@ -278,8 +299,16 @@ class Switcher:
         if st is None or st.loaded_cpu is None:
             return
         cpu = vcpu.host.cpus[st.loaded_cpu]
-        cs = self.cpus[cpu.index]
         hw = cpu.pmu
+        if self._one_decode(vcpu, hw):
+            with hw.batched_refresh():
+                self._put(vcpu, st, cpu, hw)
+        else:
+            self._put(vcpu, st, cpu, hw)
+
+    def _put(self, vcpu: Any, st: VcpuState, cpu: Any, hw: Any) -> None:
+        """Put steps 1-4 (see the module docstring)."""
+        cs = self.cpus[cpu.index]
         guest = vcpu.pmu
         rdpmc = wrmsr = 0
         blind = self._window_cycles(vcpu, cpu)
