@@ -105,6 +105,8 @@ class IntelPmu(PmuBase):
         #: decoded fields are written nowhere else, so these are what invalidates them.
         self._decoded_fixed: int | None = None
         self._decoded_ctrl: tuple[int, int] | None = None
+        #: the GP counters' bits (`Pmc.idx` 0..n_gp-1)
+        self._gp_bits = (1 << layout.n_gp) - 1
         self._fixed_ctrl = 0
         # SDM Vol. 3B 20.2.2: "at RESET all GP enable bits of IA32_PERF_GLOBAL_CTRL are set"
         # (KVM intel_pmu_refresh does the same, fixed bits clear).
@@ -204,9 +206,12 @@ class IntelPmu(PmuBase):
         if changed:
             self._fixed_ctrl = value
             mask = 0
-            for i in range(len(self.fixed)):
-                if changed >> (4 * i) & 0xF:
-                    mask |= 1 << (FIXED_BASE + i)
+            bit = 1 << FIXED_BASE
+            while changed:  # the reserved-bit check leaves only the counters' nibbles
+                if changed & 0xF:
+                    mask |= bit
+                changed >>= 4
+                bit <<= 1
             self.refresh(mask)  # KVM reprogram_fixed_counters: only changed nibbles
 
     def _write_global_ctrl(self, value: int) -> None:
@@ -309,12 +314,34 @@ class IntelPmu(PmuBase):
         refold = -1 if last is None else (last[0] ^ host_ctrl) | (last[1] ^ entry_ctrl)
         self._decoded_ctrl = host_ctrl, entry_ctrl
         decoded = self._decoded_sel
+        evtsel = self._evtsel
+        gp_refold = refold & self._gp_bits
+        if evtsel != decoded or gp_refold:  # a list compare: most decodes change few counters
+            self._decode_gp(evtsel, decoded, gp_refold, host_ctrl, entry_ctrl)
+        fixed_ctrl = self._fixed_ctrl
+        last_fixed = self._decoded_fixed
+        nibbles = -1 if last_fixed is None else last_fixed ^ fixed_ctrl
+        if nibbles or refold >> FIXED_BASE:
+            self._decoded_fixed = fixed_ctrl
+            self._decode_fixed(fixed_ctrl, nibbles, refold, host_ctrl, entry_ctrl)
+        if self.layout.perf_metrics and len(self.fixed) > 3:
+            slots = self.fixed[3]
+            on = slots.local_en and not slots.exotic
+            self._td_host = on and bool(host_ctrl & STATUS_PERF_METRICS) and slots.count_host
+            self._td_guest = on and bool(entry_ctrl & STATUS_PERF_METRICS) and slots.count_guest
+
+    def _decode_gp(
+        self, evtsel: list[int], decoded: list[int | None], refold: int, host_ctrl: int, entry_ctrl: int
+    ) -> None:
+        """The GP counters of `_decode`: the selector fields where the selector changed, the
+        enables where the counter's bit of either global control did (`refold`)."""
+        counted = self.layout.counted
         for i, pmc in enumerate(self.gp):
-            sel = self._evtsel[i]
+            sel = evtsel[i]
             if decoded[i] != sel:  # selector fields only when the selector changed
                 decoded[i] = sel
                 pmc.config = sel
-                pmc.event = lay.counted.get(sel & ARCH_EVENT_MASK)
+                pmc.event = counted.get(sel & ARCH_EVENT_MASK)
                 pmc.usr = bool(sel & EVTSEL_USR)
                 pmc.os = bool(sel & EVTSEL_OS)
                 pmc.int_en = bool(sel & EVTSEL_INT)
@@ -323,10 +350,10 @@ class IntelPmu(PmuBase):
                 pmc.exotic = bool(sel & (EVTSEL_EDGE | EVTSEL_INV | EVTSEL_CMASK | EVTSEL_ANY))
             if refold >> i & 1:
                 fold_enables(pmc, host_ctrl, entry_ctrl)
-        fixed_ctrl = self._fixed_ctrl
-        last_fixed = self._decoded_fixed
-        self._decoded_fixed = fixed_ctrl
-        nibbles = -1 if last_fixed is None else last_fixed ^ fixed_ctrl
+
+    def _decode_fixed(self, fixed_ctrl: int, nibbles: int, refold: int, host_ctrl: int, entry_ctrl: int) -> None:
+        """The fixed counters of `_decode`: a counter's fields where its FIXED_CTR_CTRL nibble
+        changed (`nibbles`), its enables where its bit of either global control did."""
         for i, pmc in enumerate(self.fixed):
             if nibbles >> (4 * i) & 0xF:
                 nib = fixed_ctrl >> (4 * i) & 0xF
@@ -341,11 +368,6 @@ class IntelPmu(PmuBase):
                 pmc.exotic = bool(nib & _NIBBLE_ANY)
             if refold >> pmc.idx & 1:
                 fold_enables(pmc, host_ctrl, entry_ctrl)
-        if self.layout.perf_metrics and len(self.fixed) > 3:
-            slots = self.fixed[3]
-            on = slots.local_en and not slots.exotic
-            self._td_host = on and bool(host_ctrl & STATUS_PERF_METRICS) and slots.count_host
-            self._td_guest = on and bool(entry_ctrl & STATUS_PERF_METRICS) and slots.count_guest
 
     def accrue(self, counts: tuple[int, ...], cpl: int, guest: bool) -> list[Overflow] | None:
         """Base accrual plus the perf-metrics breakdown while SLOTS and GLOBAL_CTRL[48] count
