@@ -49,6 +49,11 @@ class CpuContext:
         #: what the last full ctx_resched() settled on, while a second one would change
         #: nothing (see `_Settled`); None when unknown
         self.settled: _Settled | None = None
+        #: set by perf_load_guest_context(): the settled outcome of the last full
+        #: ctx_resched() before the guest context went in, for perf_put_guest_context() to
+        #: restore (`_resume_plan`); cleared by any other reschedule of this CPU, and stale
+        #: once the generation moves
+        self.guest_resume: _Settled | None = None
 
 
 class _SchedPlan:
@@ -501,28 +506,31 @@ class PerfSubsystem:
             self._gen += 1
 
     # ---- the scheduler ---------------------------------------------------------------------
-    def resched(self, cpu: int, installed: PerfEvent | None = None) -> None:
+    def resched(self, cpu: int, installed: PerfEvent | None = None, *, resume: _Settled | None = None) -> None:
         """ctx_resched(): recompute the active set of `cpu` in priority order, then tell the
         observers. On a physical port the register writes of the switch are one decode.
 
         `installed`: the group leader __perf_install_in_context() just added to this CPU's
         contexts; where the last full pass tells what a new one would decide for every other
-        group, only the new group is decided (`_install_plan`), with the same outcome."""
+        group, only the new group is decided (`_install_plan`), with the same outcome.
+        `resume`: perf_put_guest_context()'s record of the pass before the guest context
+        went in (`_resume_plan`)."""
         self.stats.reschedules += 1
+        self.ctx[cpu].guest_resume = None  # this pass is not the one load_guest_context saw
         batch = self._batch[cpu]
         if batch is None:
-            self._schedule(cpu, installed)
+            self._schedule(cpu, installed, resume)
         else:
             with batch():
                 bracket = self._pmu_bracket
                 if bracket is None:
-                    self._schedule(cpu, installed)
+                    self._schedule(cpu, installed, resume)
                 else:
                     # ctx_resched(): perf_pmu_disable() ... perf_pmu_enable()
                     port = self.cpus[cpu].port
                     bracket[0](port)
                     try:
-                        self._schedule(cpu, installed)
+                        self._schedule(cpu, installed, resume)
                     finally:
                         bracket[1](port)
         for fn in self.on_resched:
@@ -532,12 +540,20 @@ class PerfSubsystem:
                 self.name, cpu, self.cpus[cpu].now_ns(), {e.idx: e for e in self.ctx[cpu].active if e.idx is not None}
             )
 
-    def _schedule(self, cpu: int, installed: PerfEvent | None = None) -> None:
+    def _schedule(self, cpu: int, installed: PerfEvent | None = None, resume: _Settled | None = None) -> None:
         """ctx_resched() after ctx_sched_out(): every group, in `perf_event_sched_in` order, is
         offered to `merge_sched_in`; then `x86_pmu_enable` applies the new active set.
-        An `installed` group may be decided alone (`_install_plan`)."""
+        An `installed` group may be decided alone (`_install_plan`), a `resume` restored
+        (`_resume_plan`)."""
         ctx = self.ctx[cpu]
         settled, ctx.settled = ctx.settled, None  # unknown until the new set is applied
+        if resume is not None:
+            plan = self._resume_plan(cpu, resume)
+            if plan is not None:
+                self._apply(plan, cpu)
+                resume.now_ns = self.cpus[cpu].now_ns()
+                ctx.settled = resume
+                return
         if installed is not None and settled is not None:
             plan = self._install_plan(cpu, installed, settled)
             if plan is not None:
@@ -637,6 +653,54 @@ class PerfSubsystem:
             plan.can_add_hw = False
             s.stop_group = ev
             s.stop_class = cls
+        return plan
+
+    def _resume_plan(self, cpu: int, s: _Settled) -> _SchedPlan | None:
+        """perf_put_guest_context() -> ctx_resched() right after perf_load_guest_context()
+        scheduled everything out, with nothing changed in between: the plan of the full
+        pass the load saw (`s`), or None when only a full pass can tell.
+
+        It can tell while `s` is current (same generation, task, and no other reschedule
+        since the load: `guest_resume` is cleared by every one): the load left every event
+        out with `prev_idx` = the counter it had, so each group `merge_sched_in` offers gets
+        the counters `s` gave it (x86_schedule_events' fast path over the same events and
+        previous counters), a group `s` left out is left out again (`s` is a fixed point:
+        the same failure fails the same way), and a pinned group `s` put in ERROR is
+        skipped. The groups out are those that are live and not chosen, in
+        perf_event_sched_in order; their `blocked_by` is still what `s`'s pass set."""
+        ctx = self.ctx[cpu]
+        if s.gen != self._gen or s.guest_loaded or s.task is not self.cpus[cpu].current_task or ctx.active:
+            return None
+        chosen = s.chosen
+        for e, idx in zip(chosen, s.mapping, strict=True):
+            if e.closed or e.state != EventState.INACTIVE or (idx is not None and e.prev_idx != idx):
+                return None
+        taken = {id(e) for e in chosen}
+        excluded: list[PerfEvent] = []
+        n = 0
+        for groups in self._classes(cpu):
+            for g in groups:
+                if g.closed or g.state <= _OFF:
+                    continue
+                members = [e for e in g.group if e.state > _OFF]
+                k = sum(1 for e in members if id(e) in taken)
+                if k == 0:
+                    excluded.extend(members)
+                elif k == len(members):
+                    n += k
+                else:
+                    return None  # a group is all in or all out
+        if n != len(chosen):
+            return None
+        plan = _SchedPlan(self._avail[cpu], False)
+        plan.chosen = list(chosen)
+        plan.hws = list(s.hws)
+        plan.prevs = list(s.mapping)
+        plan.mapping = list(s.mapping)
+        plan.excluded = excluded
+        plan.cpu_pinned_active = s.cpu_pinned_active
+        plan.stop_group = s.stop_group
+        plan.can_add_hw = s.stop_group is None
         return plan
 
     def _merge_sched_in(self, plan: _SchedPlan, g: PerfEvent, cpu: int) -> None:
@@ -871,13 +935,19 @@ class PerfSubsystem:
                             e.state = EventState.ERROR
                             e.blocked_by = "mediated vPMU (RFC v1): !exclude_guest event"
                             e._set_ticking(self.cpus[cpu].now_ns(), False, False)
+                pre = None  # the ERROR transitions above are no reschedule's outcome
+            else:
+                pre = ctx.settled
             self.resched(cpu)
+            if pre is not None and pre.gen == self._gen and not pre.guest_loaded:
+                ctx.guest_resume = pre
 
     def put_guest_context(self, cpu: int) -> None:
+        """perf_put_guest_context(): the host events come back (ctx_resched)."""
         ctx = self.ctx[cpu]
         if ctx.guest_loaded:
             ctx.guest_loaded = False
-            self.resched(cpu)
+            self.resched(cpu, resume=ctx.guest_resume)
 
     def truth_of(self, ev: PerfEvent) -> int:
         """What `ev` should have counted while enabled (ground truth), so far."""
