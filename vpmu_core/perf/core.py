@@ -672,24 +672,25 @@ class PerfSubsystem:
         if s.gen != self._gen or s.guest_loaded or s.task is not self.cpus[cpu].current_task or ctx.active:
             return None
         chosen = s.chosen
+        inactive = EventState.INACTIVE
+        leaders: set[int] = set()
         for e, idx in zip(chosen, s.mapping, strict=True):
-            if e.closed or e.state != EventState.INACTIVE or (idx is not None and e.prev_idx != idx):
+            if e.closed or e.state != inactive or (idx is not None and e.prev_idx != idx):
                 return None
-        taken = {id(e) for e in chosen}
+            leaders.add(id(e.leader))
+        # every live member of a chosen event's group, and nothing else, is chosen: the
+        # chosen events (distinct, all live) lie in those groups, so counting them suffices
         excluded: list[PerfEvent] = []
         n = 0
         for groups in self._classes(cpu):
             for g in groups:
                 if g.closed or g.state <= _OFF:
                     continue
-                members = [e for e in g.group if e.state > _OFF]
-                k = sum(1 for e in members if id(e) in taken)
-                if k == 0:
-                    excluded.extend(members)
-                elif k == len(members):
-                    n += k
+                members = [e for e in g.group if e.state > _OFF] if g.siblings else [g]
+                if id(g) in leaders:
+                    n += len(members)
                 else:
-                    return None  # a group is all in or all out
+                    excluded.extend(members)
         if n != len(chosen):
             return None
         plan = _SchedPlan(self._avail[cpu], False)
