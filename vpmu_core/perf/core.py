@@ -523,7 +523,7 @@ class PerfSubsystem:
         else:
             with batch():
                 bracket = self._pmu_bracket
-                if bracket is None:
+                if bracket is None or not self.events:  # no event: nothing starts or stops
                     self._schedule(cpu, installed, resume)
                 else:
                     # ctx_resched(): perf_pmu_disable() ... perf_pmu_enable()

@@ -214,10 +214,13 @@ class Switcher:
         counts between them (inside an exit the cycles the switch charges run at its end,
         `charges_deferred`; outside one they run at once under the decode of the moment)
         and nobody observes the intermediate state (no host perf `on_resched` observer, no
-        control listener on the physical PMU)."""
+        control listener on the physical PMU). Without any host event the reschedule
+        writes nothing and has no decode to share: then the two stay apart, at no cost."""
+        perf = self.host.perf
         return (
-            bool(getattr(vcpu, "charges_deferred", False))
-            and not self.host.perf.on_resched
+            bool(perf.events)
+            and bool(getattr(vcpu, "charges_deferred", False))
+            and not perf.on_resched
             and not hw.control_listeners
         )
 
