@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from vpmu_core.errors import PerfError
 from vpmu_core.logs import get_logger
@@ -26,6 +26,7 @@ log = get_logger("vpmu.perf")
 
 _OFF = EventState.OFF
 _ACTIVE = EventState.ACTIVE
+_T = TypeVar("_T")
 
 
 class PerfCpu(Protocol):
@@ -303,24 +304,7 @@ class PerfSubsystem:
         cpu = ev.active_cpu
         if cpu is not None:
             members = ev.group if ev.leader is ev else [ev]
-            batch = self._batch[cpu]
-            if batch is None:
-                for e in members:
-                    self._sched_out(e)
-            else:
-                with batch():
-                    bracket = self._pmu_bracket
-                    if bracket is None:
-                        for e in members:
-                            self._sched_out(e)
-                    else:
-                        port = self.cpus[cpu].port
-                        bracket[0](port)
-                        try:
-                            for e in members:
-                                self._sched_out(e)
-                        finally:
-                            bracket[1](port)
+            self._quietly(cpu, self._sched_out_all, members)
         ev._set_ticking(self.now_ns_for(ev), False, False)
         ev.state = EventState.OFF
         if ev.truth_open and self.truth_source is not None:
@@ -400,21 +384,34 @@ class PerfSubsystem:
             return None
         if not self._nothing_waits(cpu):
             return None
-        with batch():
-            bracket = self._pmu_bracket
-            if bracket is None:
-                value = self._reprogram_in_place(ev, cpu, period_of)
-            else:
-                port = self.cpus[cpu].port
-                bracket[0](port)
-                try:
-                    value = self._reprogram_in_place(ev, cpu, period_of)
-                finally:
-                    bracket[1](port)
+        value = self._quietly(cpu, self._reprogram_in_place, ev, cpu, period_of)
         self._gen += 1  # the context changed without a full reschedule (perf/assign's record)
         for fn in self.on_resched:
             fn(cpu)
         return value
+
+    def _quietly(self, cpu: int, fn: Callable[..., _T], *args: Any) -> _T:
+        """`fn(*args)` as one register sequence of `cpu`'s PMU: on a physical port, inside its
+        batch (one decode) and, where the driver has them, its perf_pmu_disable() /
+        perf_pmu_enable() bracket (the global control written once). With no host event
+        nothing starts or stops, so the bracket would only cost calls."""
+        batch = self._batch[cpu]
+        if batch is None:
+            return fn(*args)
+        with batch():
+            bracket = self._pmu_bracket
+            if bracket is None or not self.events:
+                return fn(*args)
+            port = self.cpus[cpu].port
+            bracket[0](port)
+            try:
+                return fn(*args)
+            finally:
+                bracket[1](port)
+
+    def _sched_out_all(self, members: list[PerfEvent]) -> None:
+        for e in members:
+            self._sched_out(e)
 
     def _nothing_waits(self, cpu: int) -> bool:
         """Every enabled member of every group `_ordered_groups(cpu)` would offer is ACTIVE on
@@ -517,22 +514,8 @@ class PerfSubsystem:
         went in (`_resume_plan`)."""
         self.stats.reschedules += 1
         self.ctx[cpu].guest_resume = None  # this pass is not the one load_guest_context saw
-        batch = self._batch[cpu]
-        if batch is None:
-            self._schedule(cpu, installed, resume)
-        else:
-            with batch():
-                bracket = self._pmu_bracket
-                if bracket is None or not self.events:  # no event: nothing starts or stops
-                    self._schedule(cpu, installed, resume)
-                else:
-                    # ctx_resched(): perf_pmu_disable() ... perf_pmu_enable()
-                    port = self.cpus[cpu].port
-                    bracket[0](port)
-                    try:
-                        self._schedule(cpu, installed, resume)
-                    finally:
-                        bracket[1](port)
+        # ctx_resched(): perf_pmu_disable() ... perf_pmu_enable()
+        self._quietly(cpu, self._schedule, cpu, installed, resume)
         for fn in self.on_resched:
             fn(cpu)
         if self.tracer is not None:
