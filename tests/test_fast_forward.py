@@ -173,8 +173,10 @@ def test_planted_wrong_delta_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
     the whole-state comparison sees it."""
     real_learn = ffm._learn
 
-    def bad_learn(a: ffm.Probe, b: ffm.Probe, vcpu: object) -> ffm.ExitKind | None:
-        k = real_learn(a, b, vcpu)  # type: ignore[arg-type]
+    def bad_learn(
+        a: ffm.Probe, b: ffm.Probe, vcpu: object, declared: ffm.Declared | None = None
+    ) -> ffm.ExitKind | None:
+        k = real_learn(a, b, vcpu, declared)  # type: ignore[arg-type]
         if k is not None:
             k.deltas = [(p, d + 1 if p[0] == "ledger" else d) for p, d in k.deltas]
         return k
@@ -340,8 +342,10 @@ def test_verify_switch_catches_a_planted_bug(mode: str, monkeypatch: pytest.Monk
 
     real_learn = ffm._learn
 
-    def bad_learn(a: ffm.Probe, b: ffm.Probe, vcpu: object) -> ffm.ExitKind | None:
-        k = real_learn(a, b, vcpu)  # type: ignore[arg-type]
+    def bad_learn(
+        a: ffm.Probe, b: ffm.Probe, vcpu: object, declared: ffm.Declared | None = None
+    ) -> ffm.ExitKind | None:
+        k = real_learn(a, b, vcpu, declared)  # type: ignore[arg-type]
         if k is not None:
             k.deltas = [(p, 2 * d if p[0] == "truth" else d) for p, d in k.deltas]
         return k
