@@ -86,6 +86,9 @@ RATIONED_WAIT = 16
 WORTH_IT = 3
 #: a batch is planned only if about this many exits fit before its horizon
 MIN_BATCH = 16
+#: ... or this many, at a signature whose exits switch a context (positional fields: a
+#: real exit costs several times a batch's planning)
+MIN_SWITCH_BATCH = 4
 #: ... and if at most this share of the exits drawn are of kinds not learned yet
 MAX_UNKNOWN = 0.02
 #: signatures a vCPU remembers (what it learned at each, its pending probes' views)
@@ -727,8 +730,11 @@ class FastForward:
             # as every exit here does; a batch keeps each switched counter's comparisons as
             # the probes made them, and finds every field it sets
             assert st.declared is not None
-            same = self._relative_now(st.declared) == ends
-            limit = self._tests_room(st, tests, cur) if same else None
+            rel = self._relative_now(st.declared)
+            if rel is None:
+                v._exit(*first)  # another exit came just before (a PMI): look again at the next
+                return 0
+            limit = self._tests_room(st, tests, cur) if rel == ends else None
             if limit is None:
                 self._cooldown = RATIONED_WAIT  # a counter is where a comparison differs
                 v._exit(*first)
@@ -742,7 +748,7 @@ class FastForward:
             return 0
         ratio = plan.ratio
         horizon = min(guest_room, mux_room, ovf_room.guest / ratio if ratio > 0 else mux_room)
-        if horizon < MIN_BATCH * ep.mean_gap:
+        if horizon < (min(MIN_BATCH, MIN_SWITCH_BATCH) if positional else MIN_BATCH) * ep.mean_gap:
             # too few exits fit before the horizon for a batch to pay for its planning (a
             # host tick or a sample is near): one by one, and no random draw taken ahead.
             # The obstacle is known: skip looking for about the exits before it, then look
