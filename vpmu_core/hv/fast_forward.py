@@ -16,7 +16,11 @@ How (each step exact, or the exit runs one by one as before):
    (hv/state_walk.py). The exit qualifies when it returns to the same signature, grows no
    new state, changes only integers and changes each by the same amount in both probes
    (an accumulator) or by different amounts (a last-value register, e.g. a guest counter
-   saved at the put: exits of that kind then run for real, each at its exact point). Each perf event's enabled/running transitions inside the exit, with their cycle
+   saved at the put: exits of that kind then run for real, each at its exact point), unless
+   a positional rule reproduces it after both probes (the mode's `vpmu_fast_forward_rules`,
+   and the core's own for perf's reschedule time, sampling start values and the guest's
+   saved counters: a batch then sets the field to what its last writer left). Each perf
+   event's enabled/running transitions and reschedules inside the exit, with their cycle
    offsets, are recorded as well.
 3. *Batch*: the following exits are drawn from the same random stream as one by one, up to
    a horizon strictly before the next host tick (mux rotation), the guest tick, the end of
