@@ -200,9 +200,13 @@ class _Ev:
         self._t_enabled, self._t_running = True, False
 
 
-def test_retime_equals_perf_syncing_at_each_transition() -> None:
-    """Perf times after a batch: `_retime` against PerfEvent._set_ticking called at every
-    transition of every exit at its exact cycle (nanosecond floors depend on position)."""
+@pytest.mark.parametrize("t0", [123_456_789, 3 * 10**13 + 7])  # the clock after 40 ms, after 3 hours
+@pytest.mark.parametrize("bulk", [False, True], ids=["loop", "arrays"])
+def test_retime_equals_perf_syncing_at_each_transition(bulk: bool, t0: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Perf times after a batch: `_retime` (its loop, and its array form for long batches)
+    against PerfEvent._set_ticking called at every transition of every exit at its exact
+    cycle (nanosecond floors depend on position)."""
+    monkeypatch.setattr(ffm, "RETIME_BULK", 1 if bulk else 1 << 30)
     freq = 2_900_000_000
     rng = random.Random(3)
     kinds = {
@@ -214,7 +218,6 @@ def test_retime_equals_perf_syncing_at_each_transition() -> None:
     for ex in exits:
         pos.append(t)
         t += kinds[ex].dur + rng.randrange(1, 5000)
-    t0 = 123_456_789
     ref = _Ev()
     ref._set_ticking(t0 * 10**9 // freq, True, False)  # type: ignore[arg-type]
     for ex, p in zip(exits, pos, strict=True):
