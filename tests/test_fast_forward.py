@@ -206,7 +206,7 @@ def test_retime_equals_perf_syncing_at_each_transition(bulk: bool, t0: int, monk
     """Perf times after a batch: `_retime` (its loop, and its array form for long batches)
     against PerfEvent._set_ticking called at every transition of every exit at its exact
     cycle (nanosecond floors depend on position)."""
-    monkeypatch.setattr(ffm, "RETIME_BULK", 1 if bulk else 1 << 30)
+    monkeypatch.setattr(ffm, "RETIME_BULK", 0 if bulk else 1 << 30)
     freq = 2_900_000_000
     rng = random.Random(3)
     kinds = {

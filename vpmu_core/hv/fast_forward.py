@@ -99,8 +99,9 @@ MAX_UNKNOWN = 0.02
 MAX_SIGNATURES = 64
 #: exits drawn ahead at most for one batch
 MAX_BATCH = 8192
-#: a batch of at least this many exits recomputes perf times as array operations
-RETIME_BULK = 64
+#: a batch with at least this many perf transitions per event that ticks recomputes perf
+#: times as array operations (about where a numpy pass per event costs what the loop does)
+RETIME_BULK = 150
 #: values whose change an exit's view must not show as an accumulator: perf times (recomputed
 #: from positions), the exit process (its draws are the planner's), the PMU's caches (the
 #: overflow headroom; the counter mask, filled on first use, which a batch may move)
@@ -1056,7 +1057,10 @@ class FastForward:
         depends on where it lies)."""
         freq = self.vcpu.host.freq_hz
         state = {eid: list(t) for eid, t in times0.items()}
-        if len(exits) >= RETIME_BULK and freq < 1 << 33:
+        transitions = 0
+        for ex, n in Counter(exits).items():
+            transitions += n * len(kinds[ex].log)  # type: ignore[union-attr]
+        if transitions >= RETIME_BULK * len(state) and freq < 1 << 33:
             _retime_bulk(state, exits, pos, kinds, t0, freq)
             exits = []
         for i, ex in enumerate(exits):
