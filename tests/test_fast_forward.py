@@ -17,6 +17,7 @@ import pytest
 
 import vpmu_core as vpmu
 from tests.golden_corpus import cases, golden_path, render
+from vpmu_core.api import ExitClock, ExitConstant, FastForwardRules
 from vpmu_core.engine.exits import ExitProcess
 from vpmu_core.hv import fast_forward as ffm
 from vpmu_core.hv import state_walk
@@ -91,12 +92,12 @@ def test_whole_state_matches_one_by_one(mode: str, opts: dict[str, str], host_ev
     slow = _busy_host(mode, opts, False, host_events)
     ff = fast.vms[0].vcpus[0].fast_forward
     assert ff is not None and ff.probes > 0, "the fast-forward never looked: this test checks nothing"
-    learned = [k for st in ff.sigs.values() for k in st.kinds.values() if k is not None]
     if opts.get("switch_at") == "exit":
-        # every exit puts and loads the context: nothing to add in bulk, all run for real
-        assert learned and all(k.needs_real for k in learned) and ff.batched_exits == 0
-    else:
-        assert ff.batched_exits > 0, "the fast-forward never ran: this test checks nothing"
+        # every exit puts and loads the context: the mode's declared rules set the fields
+        # the load writes, so exits batch all the same
+        learned = [k for st in ff.sigs.values() for k in st.kinds.values() if k is not None]
+        assert any(k.rules and not k.needs_real for k in learned)
+    assert ff.batched_exits > 0, "the fast-forward never ran: this test checks nothing"
     assert slow.vms[0].vcpus[0].fast_forward is None
     a, b = ffm.whole_view(fast), ffm.whole_view(slow)
     assert state_walk.diff(a, b) == []
@@ -173,8 +174,10 @@ def test_planted_wrong_delta_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
     the whole-state comparison sees it."""
     real_learn = ffm._learn
 
-    def bad_learn(a: ffm.Probe, b: ffm.Probe, vcpu: object) -> ffm.ExitKind | None:
-        k = real_learn(a, b, vcpu)  # type: ignore[arg-type]
+    def bad_learn(
+        a: ffm.Probe, b: ffm.Probe, vcpu: object, declared: ffm.Declared | None = None
+    ) -> ffm.ExitKind | None:
+        k = real_learn(a, b, vcpu, declared)  # type: ignore[arg-type]
         if k is not None:
             k.deltas = [(p, d + 1 if p[0] == "ledger" else d) for p, d in k.deltas]
         return k
@@ -197,9 +200,13 @@ class _Ev:
         self._t_enabled, self._t_running = True, False
 
 
-def test_retime_equals_perf_syncing_at_each_transition() -> None:
-    """Perf times after a batch: `_retime` against PerfEvent._set_ticking called at every
-    transition of every exit at its exact cycle (nanosecond floors depend on position)."""
+@pytest.mark.parametrize("t0", [123_456_789, 3 * 10**13 + 7])  # the clock after 40 ms, after 3 hours
+@pytest.mark.parametrize("bulk", [False, True], ids=["loop", "arrays"])
+def test_retime_equals_perf_syncing_at_each_transition(bulk: bool, t0: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Perf times after a batch: `_retime` (its loop, and its array form for long batches)
+    against PerfEvent._set_ticking called at every transition of every exit at its exact
+    cycle (nanosecond floors depend on position)."""
+    monkeypatch.setattr(ffm, "RETIME_BULK", 0 if bulk else 1 << 30)
     freq = 2_900_000_000
     rng = random.Random(3)
     kinds = {
@@ -211,7 +218,6 @@ def test_retime_equals_perf_syncing_at_each_transition() -> None:
     for ex in exits:
         pos.append(t)
         t += kinds[ex].dur + rng.randrange(1, 5000)
-    t0 = 123_456_789
     ref = _Ev()
     ref._set_ticking(t0 * 10**9 // freq, True, False)  # type: ignore[arg-type]
     for ex, p in zip(exits, pos, strict=True):
@@ -340,8 +346,10 @@ def test_verify_switch_catches_a_planted_bug(mode: str, monkeypatch: pytest.Monk
 
     real_learn = ffm._learn
 
-    def bad_learn(a: ffm.Probe, b: ffm.Probe, vcpu: object) -> ffm.ExitKind | None:
-        k = real_learn(a, b, vcpu)  # type: ignore[arg-type]
+    def bad_learn(
+        a: ffm.Probe, b: ffm.Probe, vcpu: object, declared: ffm.Declared | None = None
+    ) -> ffm.ExitKind | None:
+        k = real_learn(a, b, vcpu, declared)  # type: ignore[arg-type]
         if k is not None:
             k.deltas = [(p, 2 * d if p[0] == "truth" else d) for p, d in k.deltas]
         return k
@@ -404,3 +412,108 @@ def test_remembered_signatures_are_capped(monkeypatch: pytest.MonkeyPatch) -> No
     ff = fast.vms[0].vcpus[0].fast_forward
     assert ff is not None and ff.probes > 2 and len(ff.sigs) <= 2
     assert state_walk.diff(ffm.whole_view(fast), ffm.whole_view(slow)) == []
+
+
+# ---- positional fields (vpmu_fast_forward_rules) ----------------------------------------------
+def _exit_host(ff: bool, host_events: int = 0, branch_misses: int = 0) -> vpmu.Host:
+    """`mediated:switch_at=exit` (every exit puts and loads: positional fields), counting
+    branch misses: with `branch_misses` a few, that counter leaves zero mid-run."""
+    host = vpmu.compose(cpu="intel/icelake", mode="mediated", mode_options={"switch_at": "exit"}, cpus=1)
+    host.fast_forward = ff
+    for i in range(host_events):
+        host.perf_event_open(
+            vpmu.PerfEventAttr(config="cycles" if i % 2 else "instructions", exclude_guest=True), pid=-1, cpu=0
+        )
+    vm = host.create_vm(vcpus=1, pin=[0], exits=vpmu.ExitProfile(rate_per_s=1_000_000, fastpath_share=0.5))
+    for ev in ("cycles", "branches", "branch-misses"):
+        vm.guest_perf.perf_event_open(vpmu.PerfEventAttr(config=ev), cpu=0)
+    cycles = 4_000 * host.freq_hz // 1_000_000
+    vm.vcpus[0].execute(vpmu.Work(instructions=cycles, branches=cycles // 10, branch_misses=branch_misses))
+    return host
+
+
+def _ruled(host: vpmu.Host) -> list[ffm.ExitKind]:
+    ff = host.vms[0].vcpus[0].fast_forward
+    assert ff is not None
+    return [k for st in ff.sigs.values() for k in st.kinds.values() if k is not None and k.rules and not k.needs_real]
+
+
+def test_a_rule_off_by_one_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Plant a bug past the learning check (every clock rule one cycle early: the next put
+    measures a blind window one cycle longer): the whole-state comparison sees it."""
+    real_learn = ffm._learn
+
+    def bad_learn(
+        a: ffm.Probe, b: ffm.Probe, vcpu: object, declared: ffm.Declared | None = None
+    ) -> ffm.ExitKind | None:
+        k = real_learn(a, b, vcpu, declared)  # type: ignore[arg-type]
+        if k is not None:
+            k.rules = tuple(r._replace(c=r.c - 1) if r.op == ffm.CLOCK else r for r in k.rules)
+        return k
+
+    monkeypatch.setattr(ffm, "_learn", bad_learn)
+    fast, slow = _exit_host(True), _exit_host(False)
+    assert _ruled(fast) and fast.vms[0].vcpus[0].fast_forward.batched_exits > 0  # type: ignore[union-attr]
+    assert any("blind" in d for d in state_walk.diff(ffm.whole_view(fast), ffm.whole_view(slow)))
+
+
+@pytest.mark.parametrize("wrong", ["constant", "clock"])
+def test_a_wrong_declared_rule_is_refused_at_learning(wrong: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A mode that declares a field with a rule that does not reproduce it (its load time
+    as a constant, its guest cycles as the clock): the rule fails on the probes, the exits
+    run for real as without rules, and the state is the one-by-one state."""
+    from vpmu_mode_mediated.mode import MediatedMode
+
+    real_rules = MediatedMode.vpmu_fast_forward_rules
+
+    def bad_rules(self: MediatedMode, vcpu: object) -> FastForwardRules | None:
+        r = real_rules(self, vcpu)
+        if r is None:
+            return None
+        field, rule = ("load_cycles", ExitConstant()) if wrong == "constant" else ("load_guest_cycles", ExitClock())
+        return FastForwardRules({**r.fields, field: rule}, r.switched_counters)
+
+    monkeypatch.setattr(MediatedMode, "vpmu_fast_forward_rules", bad_rules)
+    fast, slow = _exit_host(True), _exit_host(False)
+    assert fast.vms[0].vcpus[0].fast_forward.probes > 0  # type: ignore[union-attr]
+    assert not _ruled(fast)
+    assert state_walk.diff(ffm.whole_view(fast), ffm.whole_view(slow)) == []
+
+
+def test_a_counter_leaving_zero_ends_the_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The put zeroes a non-zero counter and the load skips a write the hardware already
+    holds (a zero): an exit costs more once a counter leaves zero. The batch stops before
+    that (`_tests_room`); planted: without that horizon the state moves apart."""
+    fast, slow = _exit_host(True, branch_misses=3), _exit_host(False, branch_misses=3)
+    assert _ruled(fast) and fast.vms[0].vcpus[0].fast_forward.batched_exits > 0  # type: ignore[union-attr]
+    assert state_walk.diff(ffm.whole_view(fast), ffm.whole_view(slow)) == []
+    monkeypatch.setattr(ffm.FastForward, "_tests_room", lambda self, st, tests, cur: 1 << 62)
+    bad = _exit_host(True, branch_misses=3)
+    assert state_walk.diff(ffm.whole_view(bad), ffm.whole_view(slow))
+
+
+def test_host_leftovers_in_switched_counters_stay_exact() -> None:
+    """Host events count in the guest's counters during each exit; the load compares the
+    guest's values with what they left: with several host events the state stays exact."""
+    fast, slow = _exit_host(True, host_events=4), _exit_host(False, host_events=4)
+    assert _ruled(fast) and fast.vms[0].vcpus[0].fast_forward.batched_exits > 0  # type: ignore[union-attr]
+    assert state_walk.diff(ffm.whole_view(fast), ffm.whole_view(slow)) == []
+
+
+def test_rules_stay_unused_where_the_exit_before_matters(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under `switch_at=run_loop` a slow exit's blind window counts the fastpath exits
+    since the load, which leave the mode's fields alone: two probes may find it the same
+    by chance (here, with the shipped rules), yet the slow exits must run for real
+    (bulk_rules). Planted: with every exit taken as leaving the fields alike, they batch
+    and the blind window moves apart."""
+    for name, value in DEFAULT_RULES.items():
+        monkeypatch.setattr(ffm, name, value)
+    monkeypatch.setattr(ffm, "PROBE_TIME_SHARE", float("inf"))
+    fast = _busy_host("mediated", {"switch_at": "run_loop"}, True, 0)
+    slow = _busy_host("mediated", {"switch_at": "run_loop"}, False, 0)
+    assert not _ruled(fast)
+    assert state_walk.diff(ffm.whole_view(fast), ffm.whole_view(slow)) == []
+    monkeypatch.setattr(ffm.Declared, "relative", lambda self, view, end, guest_cycles: ())
+    bad = _busy_host("mediated", {"switch_at": "run_loop"}, True, 0)
+    assert _ruled(bad)
+    assert any("blind" in d for d in state_walk.diff(ffm.whole_view(bad), ffm.whole_view(slow)))

@@ -21,6 +21,9 @@ Vendor side
     scenario may name; drivers may answer more, e.g. AMD's "stalled-cycles-frontend" and
     "-backend", and answer ENOENT for the ones their hardware lacks), `PerfEventAttr`,
     `EventState`, `GuestPmuConfig`, `Facility`, `FacilityState`.
+Exact fast-forward of exits (`vpmu_fast_forward_rules`)
+    `FastForwardRules`, `ExitClock`, `ExitGuestCycles`, `ExitConstant` (how an exit leaves
+    the mode's fields that depend on where it lies).
 Vendor-neutral helpers (docs/writing-plugins.md "Helpers every vendor gets")
     `entry_split` (the controls host-mode and guest-mode work count under), `fold_enables`
     (global enables into `count_host`/`count_guest`), `ALWAYS_ON`, `GlobalCtrlSplit` (the
@@ -70,6 +73,10 @@ _EXPORTS = {
     "EventKind": "vpmu_core.events",
     "Work": "vpmu_core.events",
     "GuestPmuConfig": "vpmu_core.hv.config",
+    "ExitClock": "vpmu_core.hv.ff_rules",
+    "ExitConstant": "vpmu_core.hv.ff_rules",
+    "ExitGuestCycles": "vpmu_core.hv.ff_rules",
+    "FastForwardRules": "vpmu_core.hv.ff_rules",
     "KVM_7_0": "vpmu_core.hv.kvm_caps",
     "UPGRADE_V5_VERSION": "vpmu_core.hv.kvm_caps",
     "KvmPmuCaps": "vpmu_core.hv.kvm_caps",
@@ -122,6 +129,7 @@ if TYPE_CHECKING:
     from vpmu_core.errors import ConfigError, GuestFault, PerfError, gp
     from vpmu_core.events import EMULATED_INSTRUCTION, N_KINDS, ONE_INSTRUCTION, EventKind, Work
     from vpmu_core.hv.config import GuestPmuConfig
+    from vpmu_core.hv.ff_rules import ExitClock, ExitConstant, ExitGuestCycles, FastForwardRules
     from vpmu_core.hv.kvm_caps import KVM_7_0, KVM_COMMON_PMU_MSRS, UPGRADE_V5_VERSION, KvmPmuCaps
     from vpmu_core.hw.counter import CounterWrite
     from vpmu_core.hw.cpuid import EAX, EBX, ECX, EDX, CpuidTable, Regs
@@ -159,10 +167,14 @@ __all__ = [
     "EMULATED_INSTRUCTION",
     "EventKind",
     "EventState",
+    "ExitClock",
+    "ExitConstant",
+    "ExitGuestCycles",
     "FIXED_BASE",
     "Facility",
     "FacilitySpec",
     "FacilityState",
+    "FastForwardRules",
     "GENERIC_HW_EVENTS",
     "GlobalCtrlSplit",
     "GuestFault",

@@ -46,6 +46,7 @@ if TYPE_CHECKING:  # the pytest way: real types for the specs, no import at run 
     from vpmu_core.engine.cpu import HostCpu
     from vpmu_core.host import Host
     from vpmu_core.hv.config import GuestPmuConfig
+    from vpmu_core.hv.ff_rules import FastForwardRules
     from vpmu_core.hv.vcpu import VCpu
     from vpmu_core.hv.vm import VM
     from vpmu_core.hv.xsave import XsaveArea
@@ -491,6 +492,35 @@ def vpmu_fast_forward_state(vcpu: VCpu) -> Hashable | None:
     :param vcpu: the `VCpu` at the exit point (in guest mode, nothing pending).
 
     .. versionadded:: 0.3
+    """
+
+
+@hookspec(firstresult=True)
+def vpmu_fast_forward_rules(vcpu: VCpu) -> FastForwardRules | None:
+    """The fields of ``vcpu.mode_state`` an exit overwrites with a value that depends on
+    where the exit lies, and how each is recomputed (`ExitClock`, `ExitGuestCycles`,
+    `ExitConstant`), with the guest counters the exit puts and loads
+    (``switched_counters``): a `FastForwardRules` (vpmu_core/hv/ff_rules.py). Optional;
+    asked once per vCPU, at its first exit point with a `vpmu_fast_forward_state` answer.
+
+    Without it an exit that moves a field by different amounts in its two probes (a
+    context switch that records the load time the next put measures from) runs for real
+    at its exact point. With it, the core checks every rule on both probes (the constant
+    of each must be the same in both) and adds the exit in bulk, setting each field to
+    what that exit would have left; a field no rule reproduces keeps the exit real. The
+    core has its own rules for the values it owns: perf's last reschedule time, a
+    sampling event's start value, and the guest counters a switch saves (for
+    ``switched_counters`` only).
+
+    A mode declaring fields promises that what an exit adds does not depend on the guest
+    cycles since the exit before it (a window from the last load to this put subtracts
+    them), only on what that exit left. The core checks the rest: every exit kind at a
+    signature must leave the fields alike relative to its own end, and so must the exit
+    before each probe and before each batch; otherwise the exits run for real.
+
+    :param vcpu: the `VCpu` at the exit point (in guest mode, nothing pending).
+
+    .. versionadded:: 0.4
     """
 
 

@@ -16,7 +16,11 @@ How (each step exact, or the exit runs one by one as before):
    (hv/state_walk.py). The exit qualifies when it returns to the same signature, grows no
    new state, changes only integers and changes each by the same amount in both probes
    (an accumulator) or by different amounts (a last-value register, e.g. a guest counter
-   saved at the put: exits of that kind then run for real, each at its exact point). Each perf event's enabled/running transitions inside the exit, with their cycle
+   saved at the put: exits of that kind then run for real, each at its exact point), unless
+   a positional rule reproduces it after both probes (the mode's `vpmu_fast_forward_rules`,
+   and the core's own for perf's reschedule time, sampling start values and the guest's
+   saved counters: a batch then sets the field to what its last writer left). Each perf
+   event's enabled/running transitions and reschedules inside the exit, with their cycle
    offsets, are recorded as well.
 3. *Batch*: the following exits are drawn from the same random stream as one by one, up to
    a horizon strictly before the next host tick (mux rotation), the guest tick, the end of
@@ -40,7 +44,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from vpmu_core.hv import state_walk
+from vpmu_core.hv.ff_rules import ExitClock, ExitConstant, ExitGuestCycles, FastForwardRules
 from vpmu_core.hv.state_walk import Path
+from vpmu_core.hw.pmc import FIXED_BASE
 
 if TYPE_CHECKING:
     from vpmu_core.events import WorkCursor
@@ -84,12 +90,18 @@ RATIONED_WAIT = 16
 WORTH_IT = 3
 #: a batch is planned only if about this many exits fit before its horizon
 MIN_BATCH = 16
+#: ... or this many, at a signature whose exits switch a context (positional fields: a
+#: real exit costs several times a batch's planning)
+MIN_SWITCH_BATCH = 4
 #: ... and if at most this share of the exits drawn are of kinds not learned yet
 MAX_UNKNOWN = 0.02
 #: signatures a vCPU remembers (what it learned at each, its pending probes' views)
 MAX_SIGNATURES = 64
 #: exits drawn ahead at most for one batch
 MAX_BATCH = 8192
+#: a batch with at least this many perf transitions per event that ticks recomputes perf
+#: times as array operations (about where a numpy pass per event costs what the loop does)
+RETIME_BULK = 150
 #: values whose change an exit's view must not show as an accumulator: perf times (recomputed
 #: from positions), the exit process (its draws are the planner's), the PMU's caches (the
 #: overflow headroom; the counter mask, filled on first use, which a batch may move)
@@ -173,6 +185,69 @@ class Probe:
     after: dict[Path, Any]
     dur: int
     log: list[tuple[int, int, bool, bool]]  # (event id, cycles into the exit, enabled, running)
+    start: int = 0  # cpu.now when the exit started
+    #: the mode's fields before the exit relative to the end of the exit before it (None:
+    #: another exit came between), and after it relative to its own end (Declared.relative)
+    pre: tuple[int, ...] | None = None
+    post: tuple[int, ...] | None = None
+    #: every perf reschedule inside the exit: (CPU, cycles into the exit, the switched
+    #: hardware counters' values right after it, on the vCPU's CPU)
+    resched: list[tuple[int, int, tuple[int, ...]]] = field(default_factory=list)
+    counters: tuple[tuple[int, ...], tuple[int, ...]] = ((), ())  # switched counters before, after
+
+
+#: how a positional field is recomputed: the clock at a point of the exit; perf's nanosecond
+#: time at the exit's last reschedule; another value as the exit leaves it; a constant; a
+#: sampling event's start value, -(its period left) (x86_perf_event_set_period())
+CLOCK, NS, COPY, CONST, NEG = range(5)
+
+
+class Rule(NamedTuple):
+    """A learned positional field: after an exit starting at cycle p it holds p + c (CLOCK),
+    (p + c) in nanoseconds (NS), the value at `src` + c (COPY), c (CONST) or (c - the value
+    at `src`) & mask (NEG; `src` may be an accumulator)."""
+
+    path: Path
+    op: int
+    c: int
+    src: Path | None = None
+    mask: int = 0
+
+
+class CounterTest(NamedTuple):
+    """A comparison the exit's work makes on switched hardware counter `idx` (the mode's
+    word, FastForwardRules.switched_counters), as both probes found it: the counter non-zero
+    at the VM-exit, and equal to what the exit's last perf reschedule left in it (`h`, or a
+    sampling event's counter -period_left when `follows` names that event's period_left)."""
+
+    slot: int  # its index in the signature's switched counters
+    nonzero: bool
+    equal: bool
+    h: int
+    follows: Path | None
+    mask: int
+
+
+@dataclass
+class Declared:
+    """A signature's positional field candidates (resolved once per signature): path -> (how
+    it is recomputed, source of a COPY), and the switched counters (idx, guest's value path,
+    width mask)."""
+
+    ops: dict[Path, tuple[int, Path | None]]
+    counters: tuple[tuple[int, Path, int], ...]
+    reads: tuple[tuple[Path, int], ...] = ()  # the mode's fields (its exits read them)
+
+    def relative(self, view: dict[Path, Any], end: int, guest_cycles: int) -> tuple[int, ...] | None:
+        """The mode's fields in `view` relative to the end of the exit that wrote them (its
+        clock and the guest cycles then): what the next exit's work reads."""
+        out = []
+        for path, op in self.reads:
+            v = view.get(path)
+            if type(v) is not int:
+                return None
+            out.append(v - end if op == CLOCK else v - guest_cycles if op == COPY else v)
+        return tuple(out)
 
 
 @dataclass
@@ -185,12 +260,56 @@ class ExitKind:
     log: list[tuple[int, int, bool, bool]]  # perf transitions in the exit
     host_events: int  # an upper bound of events any counter takes in the exit
     changed: frozenset[Path] = frozenset()  # every value it moved (accumulators or not)
+    rules: tuple[Rule, ...] = ()  # positional fields it sets (not needs_real: a batch sets them)
+    tests: tuple[CounterTest, ...] = ()  # the counter comparisons its work made in the probes
+    resched: tuple[tuple[int, int], ...] = ()  # its perf reschedules: (CPU, cycles into it)
+    ends: tuple[int, ...] | None = ()  # the mode's fields relative to its end (Declared.relative)
 
 
 @dataclass
 class _SigState:
     kinds: dict[Exit, ExitKind | None] = field(default_factory=dict)
     probes: dict[Exit, list[Probe]] = field(default_factory=dict)
+    declared: Declared | None = None
+    #: `bulk_rules()` for len(kinds) kinds
+    _bulk: tuple[int, tuple[CounterTest, ...], tuple[Path, ...], tuple[int, ...] | None] | None = None
+
+    def bulk_rules(self) -> tuple[tuple[CounterTest, ...], tuple[Path, ...], tuple[int, ...] | None]:
+        """The counter tests and positional paths of the kinds a batch adds in bulk with
+        rules, and the mode's fields as every exit here leaves them, relative to its end
+        (`ExitKind.ends`). Rules are used only where that is sound; else the kinds that
+        have them run for real, as without rules (needs_real only ever goes from False to
+        True: always exact):
+        - every kind here leaves the mode's fields alike relative to its end (an exit reads
+          what the exit before it left: a kind that leaves them alone, a fastpath exit under
+          `switch_at=run_loop`, would change what the next put measures);
+        - no kind adds to a positional field or to the source of a copy (a batch sets the
+          fields after adding, and reads a copy's source where the guest work reached the
+          exit that wrote it).
+        Kinds are only ever added: their number tells whether this is current."""
+        b = self._bulk
+        if b is None or b[0] != len(self.kinds):
+            learned = [k for k in self.kinds.values() if k is not None]
+            ruled = [k for k in learned if k.rules and not k.needs_real]
+            tests: set[CounterTest] = set()
+            paths: set[Path] = set()
+            sources: set[Path] = set()
+            for k in ruled:
+                tests.update(k.tests)
+                paths.update(r.path for r in k.rules)
+                sources.update(r.src for r in k.rules if r.op == COPY and r.src is not None)
+            ends = ruled[0].ends if ruled else None
+            sound = (
+                ends is not None
+                and all(k.ends == ends for k in learned)
+                and not any((sources & k.changed) or any(p in paths for p, _ in k.deltas) for k in learned)
+            )
+            if ruled and not sound:
+                for k in ruled:
+                    k.needs_real, k.rules, k.tests = True, (), ()
+                tests, paths, ends = set(), set(), None
+            b = self._bulk = (len(self.kinds), tuple(sorted(tests, key=repr)), tuple(sorted(paths, key=repr)), ends)
+        return b[1], b[2], b[3]
 
 
 class FastForward:
@@ -209,6 +328,10 @@ class FastForward:
         self._cooldown = 0  # exit points left to run one by one without looking
         self._added = self._realed = 0  # recent exits added in bulk / run for real in batches
         self._unworthy = 0  # batches in a row that were not worth it
+        self._end: tuple[int, int, int] | None = None  # (exits, guest cycles, clock) at the last exit's end
+        self._rules: FastForwardRules | None = None  # `_mode_rules()`
+        self._rules_asked = False
+        self._switched: tuple[int, ...] = ()  # the counters it switches that the hardware has
 
     # ---- state ---------------------------------------------------------------------------
     def _roots(self) -> dict[str, Any]:
@@ -287,8 +410,16 @@ class FastForward:
             return (p.guest_mode, p.virtualization_enabled, tuple(sorted(p.entry_loads.items())), p.global_status, pmcs)
 
         events = tuple((e.id, e.state, e.idx, e._t_enabled, e._t_running) for e in self._events())
+        rules = self._mode_rules()
+        # which switched counters are zero: a put and a load do less for them (a value is
+        # not in the signature, but whether the switch writes it is)
+        zeros = ()
+        if rules is not None:
+            pmc = cpu.pmu.pmc
+            zeros = tuple(pmc(i).value == 0 for i in self._switched)
         return (
             mode,
+            zeros,
             v.in_vcpu_run,
             v.in_run_loop,
             v.lapic.value,
@@ -300,27 +431,125 @@ class FastForward:
         )
 
     # ---- exits -----------------------------------------------------------------------------
-    def _real(self, ex: Exit, log: list[tuple[int, int, bool, bool]] | None = None) -> int:
+    def _real(
+        self,
+        ex: Exit,
+        log: list[tuple[int, int, bool, bool]] | None = None,
+        resched: list[tuple[int, int, tuple[int, ...]]] | None = None,
+        counters: tuple[int, ...] = (),
+    ) -> int:
         """One real exit; returns the host cycles it took. With `log`, records the perf
-        transitions inside it."""
+        transitions inside it; with `resched`, every perf reschedule (`PerfSubsystem.
+        on_resched`, called right after ctx_resched() applied its set, when `ctx.settled`
+        took the time) and the hardware counters `counters` as it left them."""
         v = self.vcpu
         cpu = v.cpu
         t0 = cpu.now
         perf = v.host.perf
+        observer = None
         if log is not None and perf is not None:
             perf.ticking_log = lambda e, en, run: log.append((e.id, cpu.now - t0, en, run))
+            if resched is not None:
+                pmcs = [cpu.pmu.pmc(i) for i in counters]
+
+                def observer(c: int) -> None:
+                    resched.append((c, cpu.now - t0, tuple(p.value for p in pmcs)))
+
+                perf.on_resched.append(observer)
         try:
             v._exit(*ex)
         finally:
             if perf is not None:
                 perf.ticking_log = None
+                if observer is not None:
+                    perf.on_resched.remove(observer)
         return cpu.now - t0
+
+    def _mode_rules(self) -> FastForwardRules | None:
+        """The mode's `vpmu_fast_forward_rules` answer, asked once per vCPU (at its first
+        exit point with a fast-forward state), and the counters it switches (`_switched`)."""
+        ans = self._rules
+        if not self._rules_asked:
+            self._rules_asked = True
+            v = self.vcpu
+            ans = v.hooks.fast_forward_rules(vcpu=v)
+            if ans is not None and not isinstance(ans, FastForwardRules):
+                raise TypeError(f"vpmu_fast_forward_rules must return a FastForwardRules, not {ans!r}")
+            self._rules = ans
+            hw = v.cpu.pmu
+            self._switched = () if ans is None else tuple(i for i in ans.switched_counters if hw.pmc(i) is not None)
+        return ans
+
+    def _declared(self) -> Declared | None:
+        """The positional field candidates at a new signature (once per signature): the
+        mode's fields (`vpmu_fast_forward_rules`), perf's last reschedule time, and the
+        guest copies of the counters the mode switches. None: the mode declares nothing,
+        and every exit that moves a value by different amounts runs for real."""
+        v = self.vcpu
+        ans = self._mode_rules()
+        if ans is None:
+            return None
+        ops: dict[Path, tuple[int, Path | None]] = {}
+        if v.host.perf is not None:
+            ops[_SETTLED_NS] = (NS, None)
+        for k, e in enumerate(self._events()):
+            if e.period:
+                # the start value perf wrote at the last sched-in (perf: -left)
+                ev = ("events", (1, k))
+                ops[(*ev, (0, "_start_raw"))] = (NEG, (*ev, (0, "period_left")))
+        for name, rule in ans.fields.items():
+            path = ("vcpu", (0, "mode_state"), (0, name))
+            if isinstance(rule, ExitClock):
+                ops[path] = (CLOCK, None)
+            elif isinstance(rule, ExitGuestCycles):
+                ops[path] = (COPY, _GUEST_CYCLES)
+            elif isinstance(rule, ExitConstant):
+                ops[path] = (CONST, None)
+            else:
+                raise TypeError(f"vpmu_fast_forward_rules: {name}: not a field rule: {rule!r}")
+        counters = []
+        for idx in ans.switched_counters:
+            hw, g = v.cpu.pmu.pmc(idx), v.pmu.pmc(idx)
+            attr, i = ("fixed", idx - FIXED_BASE) if idx >= FIXED_BASE else ("gp", idx)
+            if hw is None or g is None or getattr(v.pmu, attr)[i] is not g or getattr(v.cpu.pmu, attr)[i] is not hw:
+                continue  # not a pair the core can name: its copy stays a value no rule sets
+            gpath = ("vcpu", (0, "pmu"), (0, attr), (1, i), (0, "value"))
+            ops[gpath] = (COPY, ("cpu", (0, "pmu"), (0, attr), (1, i), (0, "value")))
+            counters.append((idx, gpath, hw.mask))
+        reads = tuple((p, op) for p, (op, _) in ops.items() if p[:2] == ("vcpu", (0, "mode_state")))
+        return Declared(ops, tuple(counters), reads)
 
     def exit_due(self, queue: Any, room: int, tick_owed: int) -> int:
         """The background exit that is due now: probe it, run it, or fast-forward from it.
         `room`: guest cycles left in the slice; `tick_owed`: guest cycles the run loop has yet
         to take off the guest tick (the piece that led here). Returns the guest cycles a
         batch ran (0 when only this exit ran)."""
+        ran = self._exit_due(queue, room, tick_owed)
+        v = self.vcpu
+        # where the last exit ended (the exits the run loop makes itself, a host tick or a
+        # PMI, do not come here: the exit count tells whether this is still the last one)
+        self._end = (v.stats.total_exits, v.stats.guest_cycles, v.cpu.now)
+        return ran
+
+    def _relative_now(self, declared: Declared, view: dict[Path, Any] | None = None) -> tuple[int, ...] | None:
+        """The mode's fields now relative to the end of the last exit (None: unknown)."""
+        if not declared.reads:
+            return ()
+        v = self.vcpu
+        end = self._end
+        if end is None or end[0] != v.stats.total_exits:
+            return None
+        if view is None:
+            roots = self._roots()
+            view = {}
+            for path, _ in declared.reads:
+                try:
+                    view[path] = state_walk.value_at(roots, path)
+                except (AttributeError, KeyError, IndexError, TypeError):
+                    return None
+        return declared.relative(view, end[2], end[1])
+
+    def _exit_due(self, queue: Any, room: int, tick_owed: int) -> int:
         v = self.vcpu
         ex = v.exit_process.draw()
         if v.stats.total_exits < WARMUP_EXITS:
@@ -335,7 +564,7 @@ class FastForward:
         if sig is not None and st is None:
             if len(self.sigs) >= MAX_SIGNATURES:
                 del self.sigs[next(iter(self.sigs))]  # the oldest: its probes hold two views
-            st = self.sigs[sig] = _SigState()
+            st = self.sigs[sig] = _SigState(declared=self._declared())
         if st is not None and ex not in st.kinds:
             learned = [k for k in st.kinds.values() if k is not None]
             if len(st.kinds) >= 2 and all(k.needs_real for k in learned):
@@ -418,27 +647,44 @@ class FastForward:
             self.vcpu._exit(*ex)
             return
         log: list[tuple[int, int, bool, bool]] = []
-        dur = self._real(ex, log)
+        resched: list[tuple[int, int, tuple[int, ...]]] = []
+        declared = st.declared
+        idxs = tuple(c[0] for c in declared.counters) if declared is not None else ()
+        hw = self.vcpu.cpu.pmu
+        c0 = tuple(hw.pmc(i).value for i in idxs)
+        v = self.vcpu
+        start = v.cpu.now
+        pre = self._relative_now(declared, before) if declared is not None else ()
+        dur = self._real(ex, log, resched, idxs)
         after = self.view()
+        c1 = tuple(hw.pmc(i).value for i in idxs)
+        post = declared.relative(after, v.cpu.now, v.stats.guest_cycles) if declared is not None else ()
         if self.signature() != sig:
             st.kinds[ex] = None
             return
+        if pre is None and post:
+            # another exit came just before (a host tick, a PMI, the first entry): what it
+            # left in the mode's fields is unknown, so what this exit added may not be what
+            # others add; not a probe (the exit ran, exactly as one by one)
+            return
         probes = st.probes.setdefault(ex, [])
-        probe = Probe(before, after, dur, log)
+        probe = Probe(before, after, dur, log, start, pre, post, resched, (c0, c1))
         probes.append(probe)
         if len(probes) == 1:
             # an exit of another reason on the same path is learned: one probe that shows
             # exactly its changes (but for the exit-reason count) is enough
             for other, k in st.kinds.items():
                 if k is not None and other[1:] == ex[1:]:
-                    learned = _learn_from_sibling(probe, k, other[0], ex[0], self.vcpu)
+                    learned = _learn_from_sibling(probe, k, other[0], ex[0], self.vcpu, declared)
                     if learned is not None:
                         st.kinds[ex] = learned
                         del st.probes[ex]
+                        st.bulk_rules()
                         return
         if len(probes) == 2:
-            st.kinds[ex] = _learn(probes[0], probes[1], self.vcpu)
+            st.kinds[ex] = _learn(probes[0], probes[1], self.vcpu, declared)
             del st.probes[ex]
+            st.bulk_rules()
 
     # ---- the batch -------------------------------------------------------------------------
     def _overflow_room(self) -> Rooms:
@@ -481,6 +727,26 @@ class FastForward:
         guest_room = min(room, cur.total - cur.done)
         if v.guest_tick is not None:
             guest_room = min(guest_room, v._guest_tick_left - tick_owed)
+        tests, positional, ends = st.bulk_rules()
+        if k0.needs_real:
+            self._miss()  # its rules were found unsound here (bulk_rules): it runs for real
+            v._exit(*first)
+            return 0
+        if positional:
+            # exits with positional fields: the exit before this one left the mode's fields
+            # as every exit here does; a batch keeps each switched counter's comparisons as
+            # the probes made them, and finds every field it sets
+            assert st.declared is not None
+            rel = self._relative_now(st.declared)
+            if rel is None:
+                v._exit(*first)  # another exit came just before (a PMI): look again at the next
+                return 0
+            limit = self._tests_room(st, tests, cur) if rel == ends else None
+            if limit is None:
+                self._cooldown = RATIONED_WAIT  # a counter is where a comparison differs
+                v._exit(*first)
+                return 0
+            guest_room = min(guest_room, limit)
         ovf_room = self._overflow_room()
         peak = max(cur._counts) if cur.total else 0
         plan = _Plan(kinds, guest_room, mux_room, ovf_room, peak, cur.total, k0.dur, k0.host_events, [first])
@@ -489,7 +755,7 @@ class FastForward:
             return 0
         ratio = plan.ratio
         horizon = min(guest_room, mux_room, ovf_room.guest / ratio if ratio > 0 else mux_room)
-        if horizon < MIN_BATCH * ep.mean_gap:
+        if horizon < (min(MIN_BATCH, MIN_SWITCH_BATCH) if positional else MIN_BATCH) * ep.mean_gap:
             # too few exits fit before the horizon for a batch to pay for its planning (a
             # host tick or a sample is near): one by one, and no random draw taken ahead.
             # The obstacle is known: skip looking for about the exits before it, then look
@@ -533,6 +799,66 @@ class FastForward:
         else:
             self._unworthy = 0
         return ran
+
+    def _tests_room(self, st: _SigState, tests: tuple[CounterTest, ...], cur: WorkCursor) -> int | None:
+        """Guest cycles a batch may run before a switched counter could compare otherwise
+        than in the probes (a counter leaving zero, or reaching what host perf leaves in it);
+        None when one already does at this exit, or a positional field is not there to set.
+        The counters move only with guest work here (the probes showed each exit restores
+        them, and no batch crosses a wrap), by the cursor's exact counts."""
+        v = self.vcpu
+        roots = self._roots()
+        for path in st.bulk_rules()[1]:
+            try:
+                state_walk.value_at(roots, path)
+            except (AttributeError, KeyError, IndexError, TypeError):
+                return None  # e.g. perf's settled schedule is unknown right now
+        declared = st.declared
+        assert declared is not None
+        hw = v.cpu.pmu
+        need: dict[int, int] = {}  # counter idx -> events it may take and compare as before
+        for t in tests:
+            idx = declared.counters[t.slot][0]
+            val = hw.pmc(idx).value
+            if (val != 0) != t.nonzero:
+                return None
+            m = need.get(idx, 1 << 62)
+            if val == 0:
+                m = 1
+            if t.follows is None:
+                if (val == t.h) != t.equal:
+                    return None
+                if val == t.h:
+                    m = 1
+                elif t.h > val:
+                    m = min(m, t.h - val)
+            else:
+                # a sampling event's -period_left: between mask + 1 - left now and the mask
+                # while its period does not elapse (the batch's host room)
+                left = state_walk.value_at(roots, t.follows)
+                lo = t.mask + 1 - left
+                if left <= 0 or val >= lo:
+                    return None
+                m = min(m, lo - val)
+            need[idx] = m
+        room = 1 << 62
+        total, done, counts = cur.total, cur.done, cur._counts
+        if not total:
+            return room
+        kernel = cur.work.cpl == 0
+        plan = hw.plan(True)
+        for idx, m in need.items():
+            pmc = hw.pmc(idx)
+            kinds = [k for (q, k, os_, usr) in plan if q is pmc and (os_ if kernel else usr)]
+            if not kinds:
+                continue  # counts no guest work: stays as it is
+            per = -(-m // len(kinds))  # m events in all need `per` of one kind at least
+            for k in kinds:
+                n = counts[k]
+                reach = n * done // total + per  # WorkCursor.take: kind k at d is n * d // total
+                if n and reach <= n:
+                    room = min(room, -(-reach * total // n) - done)
+        return room
 
     def _plan_scalar(self, plan: _Plan) -> None:
         """Plan the batch one draw at a time (exits were given back: they come first)."""
@@ -645,8 +971,26 @@ class FastForward:
         guest_done = 0
         accounted = 0
         cpl = cur.work.cpl
+        # the positional fields the bulk exits set (each at the position of its last writer)
+        n_paths = len({r.path for ex in present if not kinds[ex].needs_real for r in kinds[ex].rules})  # type: ignore[union-attr]
+        freq = v.host.freq_hz
         for r in [*real, n]:
             target = guest_before[r] if r < n else guest_before[-1]
+            writers = _last_writers(exits, accounted, r, kinds, n_paths) if n_paths else {}
+            if writers:
+                # a copy takes its source where the guest work reached the exit that last
+                # wrote it (the source moves with guest work only): run the guest to there
+                for j in sorted({j for j, rule in writers.values() if rule.op == COPY}):
+                    if guest_before[j] > guest_done:
+                        counts = cur.take(guest_before[j] - guest_done)
+                        v._guest_piece(cpu, counts, cpl)
+                        if v.guest_tick is not None:
+                            v._guest_tick_left -= counts[0]
+                        guest_done = guest_before[j]
+                    for j2, rule in writers.values():
+                        if j2 == j and rule.op == COPY:
+                            src = state_walk.value_at(adder.roots, rule.src)  # type: ignore[arg-type]
+                            state_walk.assign(adder.roots, rule.path, src + rule.c)
             if target > guest_done:
                 counts = cur.take(target - guest_done)
                 v._guest_piece(cpu, counts, cpl)
@@ -662,6 +1006,21 @@ class FastForward:
                     total[path] = total.get(path, 0) + d * times
             for path, d in total.items():
                 adder.add(path, d)
+            for j, rule in writers.values():
+                # what the last exit that wrote the field left there (its exact position)
+                op = rule.op
+                if op == CLOCK:
+                    state_walk.assign(adder.roots, rule.path, t0 + pos[j] + rule.c)
+                elif op == NS:
+                    state_walk.assign(adder.roots, rule.path, (t0 + pos[j] + rule.c) * 1_000_000_000 // freq)
+                elif op == CONST:
+                    state_walk.assign(adder.roots, rule.path, rule.c)
+                elif op == NEG:
+                    # its source is an accumulator: as exit j left it, without the exits after j
+                    src = state_walk.value_at(adder.roots, rule.src)  # type: ignore[arg-type]
+                    for i in range(j + 1, r):
+                        src -= dict(kinds[exits[i]].deltas).get(rule.src, 0)  # type: ignore[union-attr]
+                    state_walk.assign(adder.roots, rule.path, (rule.c - src) & rule.mask)
             accounted = r + 1
             if r < n:
                 if cpu.now != t0 + pos[r]:
@@ -698,6 +1057,12 @@ class FastForward:
         depends on where it lies)."""
         freq = self.vcpu.host.freq_hz
         state = {eid: list(t) for eid, t in times0.items()}
+        transitions = 0
+        for ex, n in Counter(exits).items():
+            transitions += n * len(kinds[ex].log)  # type: ignore[union-attr]
+        if transitions >= RETIME_BULK * len(state) and freq < 1 << 33:
+            _retime_bulk(state, exits, pos, kinds, t0, freq)
+            exits = []
         for i, ex in enumerate(exits):
             base = t0 + pos[i]
             for eid, off, en, run in kinds[ex].log:  # type: ignore[union-attr]
@@ -720,6 +1085,65 @@ class FastForward:
             e.enabled_ns, e.running_ns, e._tstamp = en_ns, run_ns, ts
 
 
+def _retime_bulk(
+    state: dict[int, list[Any]],
+    exits: list[Exit],
+    pos: list[int],
+    kinds: dict[Exit, ExitKind | None],
+    t0: int,
+    freq: int,
+) -> None:
+    """`FastForward._retime`'s loop as array operations (the same integers): every
+    transition's nanosecond time is (p // freq) * 10^9 + (p % freq) * 10^9 // freq, which
+    is p * 10^9 // freq exactly and stays inside int64 for freq < 2^33."""
+    import numpy as np
+
+    table = list(dict.fromkeys(exits))
+    code = {ex: i for i, ex in enumerate(table)}
+    codes = np.fromiter((code[ex] for ex in exits), dtype=np.int64, count=len(exits))
+    base = np.array(pos[: len(exits)], dtype=np.int64) + t0
+    for eid, s in state.items():
+        per = [[(off, en, run) for e2, off, en, run in kinds[ex].log if e2 == eid] for ex in table]  # type: ignore[union-attr]
+        sizes = np.array([len(p) for p in per], dtype=np.int64)
+        lens = sizes[codes]
+        total = int(lens.sum())
+        if not total:
+            continue
+        flat = [t for p in per for t in p]
+        offs = np.array([t[0] for t in flat], dtype=np.int64)
+        ens = np.array([t[1] for t in flat], dtype=np.int64)
+        runs = np.array([t[2] for t in flat], dtype=np.int64)
+        starts = np.cumsum(sizes) - sizes
+        ends = np.cumsum(lens)
+        idx = np.repeat(starts[codes], lens) + np.arange(total) - np.repeat(ends - lens, lens)
+        p = np.repeat(base, lens) + offs[idx]
+        ns = (p // freq) * 1_000_000_000 + (p % freq) * 1_000_000_000 // freq
+        en, run = ens[idx], runs[idx]
+        dt = ns - np.concatenate(([s[2]], ns[:-1]))
+        dt = np.where(dt > 0, dt, 0)
+        s[0] += int((dt * np.concatenate(([int(s[3])], en[:-1]))).sum())
+        s[1] += int((dt * np.concatenate(([int(s[4])], run[:-1]))).sum())
+        s[2] = int(ns[-1])
+        s[3], s[4] = bool(en[-1]), bool(run[-1])
+
+
+def _last_writers(
+    exits: list[Exit], lo: int, hi: int, kinds: dict[Exit, ExitKind | None], n_paths: int
+) -> dict[Path, tuple[int, Rule]]:
+    """For each positional field, the last of the bulk exits lo..hi-1 that sets it, and its
+    rule (the exits after it leave the field alone)."""
+    out: dict[Path, tuple[int, Rule]] = {}
+    for j in range(hi - 1, lo - 1, -1):
+        rules = kinds[exits[j]].rules  # type: ignore[union-attr]
+        if rules:
+            for rule in rules:
+                if rule.path not in out:
+                    out[rule.path] = (j, rule)
+            if len(out) == n_paths:
+                break
+    return out
+
+
 #: per host: [wall clock when its first vCPU started learning, wall seconds spent probing]
 _BUDGETS: weakref.WeakKeyDictionary[Any, list[float]] = weakref.WeakKeyDictionary()
 
@@ -737,17 +1161,153 @@ def _times(e: PerfEvent) -> tuple[int, int, int, bool, bool]:
     return (e.enabled_ns, e.running_ns, e._tstamp, e._t_enabled, e._t_running)
 
 
-def _learn(a: Probe, b: Probe, vcpu: VCpu) -> ExitKind | None:
+#: perf's time of the CPU context's last full reschedule (`CpuContext.settled.now_ns`)
+_SETTLED_NS: Path = ("perf_ctx", (0, "settled"), (0, "now_ns"))
+_GUEST_CYCLES: Path = ("vcpu", (0, "stats"), (0, "guest_cycles"))
+
+
+def _offsets(p: Probe) -> tuple[tuple[int, int], ...]:
+    return tuple((c, off) for c, off, _ in p.resched)
+
+
+def _last_resched(p: Probe, cpu: int) -> tuple[int, tuple[int, ...]] | None:
+    """Cycles into the exit of its last perf reschedule of `cpu`, and the switched counters
+    as that reschedule left them."""
+    for c, off, values in reversed(p.resched):
+        if c == cpu:
+            return off, values
+    return None
+
+
+def _derive(path: Path, op: int, src: Path | None, p: Probe, freq: int, cpu: int) -> Rule | None:
+    """The rule for `path` whose constant one probe gives (None: it cannot hold)."""
+    v = p.after.get(path)
+    if type(v) is not int:
+        return None
+    if op == CLOCK:
+        return Rule(path, CLOCK, v - p.start)
+    if op == NS:
+        last = _last_resched(p, cpu)
+        return None if last is None else Rule(path, NS, last[0])
+    if op == COPY:
+        assert src is not None
+        w = p.after.get(src)
+        return Rule(path, COPY, v - w, src) if type(w) is int else None
+    if op == NEG:
+        assert src is not None
+        w, mask = p.after.get(src), p.after.get((*src[:-1], (0, "_mask")))
+        return Rule(path, NEG, (v + w) & mask, src, mask) if type(w) is int and type(mask) is int else None
+    return Rule(path, CONST, v)
+
+
+def _holds(rule: Rule, p: Probe, freq: int, cpu: int) -> bool:
+    """Whether the value `rule` gives is the one the probe's exit left."""
+    v = p.after.get(rule.path)
+    if type(v) is not int:
+        return False
+    op, c = rule.op, rule.c
+    if op == CLOCK:
+        return v == p.start + c
+    if op == NS:
+        last = _last_resched(p, cpu)
+        # the time perf took at the exit's last reschedule, logged at its exact cycle
+        return last is not None and last[0] == c and v == (p.start + c) * 1_000_000_000 // freq
+    if op == COPY:
+        assert rule.src is not None
+        w0, w1 = p.before.get(rule.src), p.after.get(rule.src)
+        return type(w1) is int and w0 == w1 and v == w1 + c  # a source the exit leaves alone
+    if op == NEG:
+        assert rule.src is not None
+        w = p.after.get(rule.src)
+        return type(w) is int and p.after.get((*rule.src[:-1], (0, "_mask"))) == rule.mask and v == (c - w) & rule.mask
+    return v == c
+
+
+def _fit(path: Path, op: int, src: Path | None, a: Probe, b: Probe, vcpu: VCpu) -> Rule | None:
+    """The declared rule for `path`, its constant from probe `a`, if it reproduces both."""
+    freq, cpu = vcpu.host.freq_hz, vcpu.cpu.index
+    rule = _derive(path, op, src, a, freq, cpu)
+    if rule is None or not _holds(rule, a, freq, cpu) or not _holds(rule, b, freq, cpu):
+        return None
+    return rule
+
+
+def _compared(p: Probe, cpu: int) -> list[tuple[bool, bool, int]] | None:
+    """Per switched counter, what the exit's work compared: non-zero at the VM-exit, equal
+    at the VM-entry to what the last reschedule left (that value). None: the exit moved a
+    switched counter (not a save and a restore) or did not reschedule perf."""
+    last = _last_resched(p, cpu)
+    before, after = p.counters
+    if last is None or before != after:
+        return None
+    return [(v != 0, v == h, h) for v, h in zip(before, last[1], strict=True)]
+
+
+def _period_paths(view: dict[Path, Any]) -> list[Path]:
+    return [q for q in view if q[0] == "events" and len(q) == 3 and q[2] == (0, "period_left")]
+
+
+def _follows(q: Path, h: int, mask: int, p: Probe) -> bool:
+    """Whether `h` is the counter of a sampling event whose period_left is at `q` as the
+    exit leaves it (x86_perf_event_set_period() starts it at -left; it counts up)."""
+    left = p.after.get(q)
+    return type(left) is int and left > 0 and (h + left) & mask == 0
+
+
+def _learn_tests(a: Probe, b: Probe, vcpu: VCpu, declared: Declared) -> tuple[CounterTest, ...] | None:
+    """The comparisons on the switched counters, as both probes made them (None: they made
+    them otherwise, or what a counter is compared with moved in a way no rule follows)."""
+    cpu = vcpu.cpu.index
+    ta, tb = _compared(a, cpu), _compared(b, cpu)
+    if ta is None or tb is None:
+        return None
+    out = []
+    for slot, ((za, ea, ha), (zb, eb, hb), (_, _, mask)) in enumerate(zip(ta, tb, declared.counters, strict=True)):
+        if za != zb or ea != eb:
+            return None
+        if ha == hb:
+            out.append(CounterTest(slot, za, ea, ha, None, mask))
+            continue
+        if ea:
+            return None
+        # a host sampling event used the counter in the exit: it holds -period_left
+        follows = [q for q in _period_paths(a.after) if _follows(q, ha, mask, a) and _follows(q, hb, mask, b)]
+        if len(follows) != 1:
+            return None
+        out.append(CounterTest(slot, za, False, 0, follows[0], mask))
+    return tuple(out)
+
+
+def _tests_hold(tests: tuple[CounterTest, ...], p: Probe, cpu: int) -> bool:
+    got = _compared(p, cpu)
+    if got is None:
+        return False
+    for t in tests:
+        z, e, h = got[t.slot]
+        if z != t.nonzero or e != t.equal:
+            return False
+        if t.follows is None and h != t.h:
+            return False
+        if t.follows is not None and not _follows(t.follows, h, t.mask, p):
+            return False
+    return True
+
+
+def _learn(a: Probe, b: Probe, vcpu: VCpu, declared: Declared | None = None) -> ExitKind | None:
     """What one exit does, from two probes at one signature; None if it is not an exit the
-    fast-forward can repeat exactly."""
-    if a.dur != b.dur or a.log != b.log:
+    fast-forward can repeat exactly. A value the probes moved by different amounts is set
+    by a declared rule that reproduces it after both (`declared`), or makes the kind
+    needs_real."""
+    if a.dur != b.dur or a.log != b.log or _offsets(a) != _offsets(b):
         return None
     if set(b.before) != set(b.after) or not set(a.before) <= set(a.after):
         return None  # the exit grows or drops state
     for p in a.after.keys() - a.before.keys():
         if type(a.after[p]) is not int:
             return None  # only a new integer key (a first charge of an operation) may appear
+    ops = declared.ops if declared is not None else {}
     deltas: list[tuple[Path, int]] = []
+    rules: list[Rule] = []
     needs_real = False
     for p, vb1 in b.after.items():
         vb0 = b.before[p]
@@ -757,16 +1317,43 @@ def _learn(a: Probe, b: Probe, vcpu: VCpu) -> ExitKind | None:
             continue
         if type(va1) is not int or type(vb1) is not int or type(va0) is not int or type(vb0) is not int:
             return None  # a flag, a name or a float changed: not an accumulator
+        op = ops.get(p)
+        if op is not None:
+            # a positional field: set by its rule, never added (two probes may move a
+            # position by the same amount by chance)
+            rule = _fit(p, op[0], op[1], a, b, vcpu)
+            if rule is None:
+                needs_real = True
+            else:
+                rules.append(rule)
+            continue
         da, db = va1 - va0, vb1 - vb0
         if da == db:
             deltas.append((p, da))
         else:
             needs_real = True
+    tests: tuple[CounterTest, ...] = ()
+    if rules and not needs_real and declared is not None and declared.counters:
+        learned = _learn_tests(a, b, vcpu, declared)
+        if learned is None:
+            needs_real = True
+        else:
+            tests = learned
+    if rules and (a.pre != a.post or b.pre != b.post):
+        # the exit before a probe left the mode's fields otherwise than the probe's own
+        # exit does (a host tick or a PMI came between, or a kind that leaves them alone):
+        # what the probe added may depend on it
+        needs_real = True
+    if needs_real:
+        rules, tests = [], ()  # every exit of the kind runs for real and sets them itself
     ipc = max(100, vcpu.costs.exit_host_ipc_x100)
     changed = frozenset(p for p, v in b.after.items() if b.before[p] != v) | frozenset(
         p for p, v in a.after.items() if a.before.get(p) != v
     )
-    return ExitKind(a.dur, deltas, needs_real, a.log, a.dur * ipc // 100 + 1, changed)
+    ends = a.post if a.post == b.post else None
+    return ExitKind(
+        a.dur, deltas, needs_real, a.log, a.dur * ipc // 100 + 1, changed, tuple(rules), tests, _offsets(a), ends
+    )
 
 
 _EXITS_BY_REASON = ("vcpu", (0, "stats"), (0, "exits"))
@@ -776,12 +1363,15 @@ def _rename_reason(p: Path, old: str, new: str) -> Path:
     return (*_EXITS_BY_REASON, (1, new)) if p[:3] == _EXITS_BY_REASON and p[3:] == ((1, old),) else p
 
 
-def _learn_from_sibling(p: Probe, sib: ExitKind, sib_reason: str, reason: str, vcpu: VCpu) -> ExitKind | None:
+def _learn_from_sibling(
+    p: Probe, sib: ExitKind, sib_reason: str, reason: str, vcpu: VCpu, declared: Declared | None = None
+) -> ExitKind | None:
     """What an exit does, from one probe and a learned exit of another reason on the same
     path (fastpath, slow, to userspace): accepted only if the probe moved exactly what the
     sibling moves, by exactly as much where the sibling is an accumulator, the exit-reason
-    count renamed. Otherwise a second probe decides (`_learn`)."""
-    if p.dur != sib.dur or p.log != sib.log or not set(p.before) <= set(p.after):
+    count renamed, and left every positional field and counter comparison as the sibling's
+    rules say. Otherwise a second probe decides (`_learn`)."""
+    if p.dur != sib.dur or p.log != sib.log or _offsets(p) != sib.resched or not set(p.before) <= set(p.after):
         return None
     moved = {}
     for path, v1 in p.after.items():
@@ -793,7 +1383,26 @@ def _learn_from_sibling(p: Probe, sib: ExitKind, sib_reason: str, reason: str, v
     expected = {_rename_reason(q, sib_reason, reason) for q in sib.changed}
     if not set(moved) <= expected:
         return None
-    deltas = [(_rename_reason(q, sib_reason, reason), d) for q, d in sib.deltas]
-    if not sib.needs_real and dict(deltas) != moved:
+    if sib.rules and (p.pre != p.post or p.post != sib.ends):
+        return None  # see _learn: a second probe decides
+    freq, cpu = vcpu.host.freq_hz, vcpu.cpu.index
+    if not all(_holds(r, p, freq, cpu) for r in sib.rules):
         return None
-    return ExitKind(sib.dur, deltas, sib.needs_real, sib.log, sib.host_events, frozenset(expected))
+    if sib.tests and (declared is None or not _tests_hold(sib.tests, p, cpu)):
+        return None
+    deltas = [(_rename_reason(q, sib_reason, reason), d) for q, d in sib.deltas]
+    positional = {r.path for r in sib.rules}
+    if not sib.needs_real and dict(deltas) != {q: d for q, d in moved.items() if q not in positional}:
+        return None
+    return ExitKind(
+        sib.dur,
+        deltas,
+        sib.needs_real,
+        sib.log,
+        sib.host_events,
+        frozenset(expected),
+        sib.rules,
+        sib.tests,
+        sib.resched,
+        sib.ends,
+    )

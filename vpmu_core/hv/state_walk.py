@@ -171,6 +171,27 @@ def add(roots: dict[str, Any], path: Path, delta: int) -> None:
         obj[k] += delta
 
 
+def value_at(roots: dict[str, Any], path: Path) -> Any:
+    """The value at `path`."""
+    obj, (kind, k) = resolve(roots, path)
+    if kind == 0:
+        return getattr(obj, k)
+    if isinstance(k, tuple) and k and str(k[0]).startswith("@"):
+        return obj[_find(obj, k)]
+    return obj[k]
+
+
+def assign(roots: dict[str, Any], path: Path, value: Any) -> None:
+    """Set the value at `path` (the fast-forward's positional fields)."""
+    obj, (kind, k) = resolve(roots, path)
+    if kind == 0:
+        setattr(obj, k, value)
+    elif isinstance(k, tuple) and k and str(k[0]).startswith("@"):
+        obj[_find(obj, k)] = value
+    else:
+        obj[k] = value
+
+
 def _find(d: dict[Any, Any], key: Any) -> Any:
     return next(kk for kk in d if _key(kk) == key)
 

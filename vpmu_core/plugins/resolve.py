@@ -44,6 +44,7 @@ class ResolvedHooks:
     taking the spec's keyword arguments."""
 
     facility_allowed: Callable[..., Any]
+    fast_forward_rules: Callable[..., Any]
     fast_forward_state: Callable[..., Any]
     filter_changed: Callable[..., Any]
     guest_counter_values: Callable[..., Any]

@@ -30,7 +30,17 @@ from __future__ import annotations
 from collections.abc import Hashable
 from typing import Any
 
-from vpmu_core.api import KVM_7_0, UPGRADE_V5_VERSION, KvmPmuCaps, get_logger, hookimpl
+from vpmu_core.api import (
+    KVM_7_0,
+    UPGRADE_V5_VERSION,
+    ExitClock,
+    ExitConstant,
+    ExitGuestCycles,
+    FastForwardRules,
+    KvmPmuCaps,
+    get_logger,
+    hookimpl,
+)
 
 from vpmu_mode_mediated.coexistence import Coexistence
 from vpmu_mode_mediated.emulation import MsrEmulation, instruction_retired
@@ -186,6 +196,26 @@ class MediatedMode:
             st.fixed_ctrl_hw,
             cs.loaded is vcpu,
             cs.lvtpc,
+        )
+
+    @hookimpl
+    def vpmu_fast_forward_rules(self, vcpu: Any) -> FastForwardRules | None:
+        """How a put and load leave the blind-window bookkeeping (switch.py): the clock and
+        the guest cycles at the load, and the cycles the load itself took. The switch saves
+        and loads every guest counter; its work compares each with zero at the put and, at
+        the load, with what host perf left in the hardware counter (the elided write of
+        v6 34/44). Not with facilities passed through: their state switch reads records the
+        core does not follow."""
+        st = self._st(vcpu)
+        if st is None or (self.options.facilities == "passthrough" and vcpu.facilities):
+            return None
+        return FastForwardRules(
+            fields={
+                "load_cycles": ExitClock(),
+                "load_guest_cycles": ExitGuestCycles(),
+                "load_offset": ExitConstant(),
+            },
+            switched_counters=(*st.gp_idx, *st.fixed_idx),
         )
 
     @hookimpl
