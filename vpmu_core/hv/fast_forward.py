@@ -492,6 +492,7 @@ class FastForward:
         ops: dict[Path, tuple[int, Path | None]] = {}
         if v.host.perf is not None:
             ops[_SETTLED_NS] = (NS, None)
+            ops[_GUEST_RESUME_NS] = (NS, None)
         for k, e in enumerate(self._events()):
             if e.period:
                 # the start value perf wrote at the last sched-in (perf: -left)
@@ -1163,6 +1164,9 @@ def _times(e: PerfEvent) -> tuple[int, int, int, bool, bool]:
 
 #: perf's time of the CPU context's last full reschedule (`CpuContext.settled.now_ns`)
 _SETTLED_NS: Path = ("perf_ctx", (0, "settled"), (0, "now_ns"))
+#: ... and of the one perf_load_guest_context() saw, kept for perf_put_guest_context()
+#: (`CpuContext.guest_resume`: under switch_at=exit, the put's reschedule of the same exit)
+_GUEST_RESUME_NS: Path = ("perf_ctx", (0, "guest_resume"), (0, "now_ns"))
 _GUEST_CYCLES: Path = ("vcpu", (0, "stats"), (0, "guest_cycles"))
 
 
@@ -1187,8 +1191,12 @@ def _derive(path: Path, op: int, src: Path | None, p: Probe, freq: int, cpu: int
     if op == CLOCK:
         return Rule(path, CLOCK, v - p.start)
     if op == NS:
-        last = _last_resched(p, cpu)
-        return None if last is None else Rule(path, NS, last[0])
+        # the time perf took at one of the exit's reschedules of `cpu` (the latest that
+        # gives the value): its cycle offset is the rule's constant
+        for c, off, _ in reversed(p.resched):
+            if c == cpu and v == (p.start + off) * 1_000_000_000 // freq:
+                return Rule(path, NS, off)
+        return None
     if op == COPY:
         assert src is not None
         w = p.after.get(src)
@@ -1209,9 +1217,8 @@ def _holds(rule: Rule, p: Probe, freq: int, cpu: int) -> bool:
     if op == CLOCK:
         return v == p.start + c
     if op == NS:
-        last = _last_resched(p, cpu)
-        # the time perf took at the exit's last reschedule, logged at its exact cycle
-        return last is not None and last[0] == c and v == (p.start + c) * 1_000_000_000 // freq
+        # the time perf took at a reschedule of the exit, logged at its exact cycle
+        return any(rc == cpu and off == c for rc, off, _ in p.resched) and v == (p.start + c) * 1_000_000_000 // freq
     if op == COPY:
         assert rule.src is not None
         w0, w1 = p.before.get(rule.src), p.after.get(rule.src)
