@@ -508,7 +508,7 @@ def vpmu_fast_forward_rules(vcpu: VCpu) -> FastForwardRules | None:
     at its exact point. With it, the core checks every rule on both probes (the constant
     of each must be the same in both) and adds the exit in bulk, setting each field to
     what that exit would have left; a field no rule reproduces keeps the exit real. The
-    core has its own rules for the values it owns: perf's last reschedule time, a
+    core has its own rules for the values it owns: perf's reschedule times, a
     sampling event's start value, and the guest counters a switch saves (for
     ``switched_counters`` only).
 
