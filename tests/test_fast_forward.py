@@ -11,7 +11,9 @@ from __future__ import annotations
 import math
 import random
 import sys
+from collections.abc import Callable
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -169,9 +171,9 @@ def test_emulated_fast_forwards_most_exits_once_learned() -> None:
     assert ff.batched_exits - batched0 > 0.9 * (v.stats.total_exits - exits0)
 
 
-def test_planted_wrong_delta_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Plant a bug (each learned exit adds one cycle too many to the cost ledger) and check
-    the whole-state comparison sees it."""
+def _plant(monkeypatch: pytest.MonkeyPatch, attr: str, wrong: Callable[[ffm.ExitKind], Any]) -> None:
+    """Plant a bug in what the fast-forward learns: every learned kind's `attr` replaced by
+    `wrong(kind)`."""
     real_learn = ffm._learn
 
     def bad_learn(
@@ -179,10 +181,16 @@ def test_planted_wrong_delta_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
     ) -> ffm.ExitKind | None:
         k = real_learn(a, b, vcpu, declared)  # type: ignore[arg-type]
         if k is not None:
-            k.deltas = [(p, d + 1 if p[0] == "ledger" else d) for p, d in k.deltas]
+            setattr(k, attr, wrong(k))
         return k
 
     monkeypatch.setattr(ffm, "_learn", bad_learn)
+
+
+def test_planted_wrong_delta_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Plant a bug (each learned exit adds one cycle too many to the cost ledger) and check
+    the whole-state comparison sees it."""
+    _plant(monkeypatch, "deltas", lambda k: [(p, d + 1 if p[0] == "ledger" else d) for p, d in k.deltas])
     fast = _busy_host("emulated", {}, True, 0)
     slow = _busy_host("emulated", {}, False, 0)
     assert state_walk.diff(ffm.whole_view(fast), ffm.whole_view(slow))
@@ -344,17 +352,7 @@ def test_verify_switch_catches_a_planted_bug(mode: str, monkeypatch: pytest.Monk
     from vpmu_core.scenario.loader import load
     from vpmu_core.scenario.runner import run_scenario
 
-    real_learn = ffm._learn
-
-    def bad_learn(
-        a: ffm.Probe, b: ffm.Probe, vcpu: object, declared: ffm.Declared | None = None
-    ) -> ffm.ExitKind | None:
-        k = real_learn(a, b, vcpu, declared)  # type: ignore[arg-type]
-        if k is not None:
-            k.deltas = [(p, 2 * d if p[0] == "truth" else d) for p, d in k.deltas]
-        return k
-
-    monkeypatch.setattr(ffm, "_learn", bad_learn)
+    _plant(monkeypatch, "deltas", lambda k: [(p, 2 * d if p[0] == "truth" else d) for p, d in k.deltas])
     monkeypatch.setenv("VPMU_FF_VERIFY", "1")
     cat = load_catalog()
     scn, _ = load("cloud_mix", mode=mode, sets=["duration_ns=20000000"], catalog=cat)
@@ -441,17 +439,7 @@ def _ruled(host: vpmu.Host) -> list[ffm.ExitKind]:
 def test_a_rule_off_by_one_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
     """Plant a bug past the learning check (every clock rule one cycle early: the next put
     measures a blind window one cycle longer): the whole-state comparison sees it."""
-    real_learn = ffm._learn
-
-    def bad_learn(
-        a: ffm.Probe, b: ffm.Probe, vcpu: object, declared: ffm.Declared | None = None
-    ) -> ffm.ExitKind | None:
-        k = real_learn(a, b, vcpu, declared)  # type: ignore[arg-type]
-        if k is not None:
-            k.rules = tuple(r._replace(c=r.c - 1) if r.op == ffm.CLOCK else r for r in k.rules)
-        return k
-
-    monkeypatch.setattr(ffm, "_learn", bad_learn)
+    _plant(monkeypatch, "rules", lambda k: tuple(r._replace(c=r.c - 1) if r.op == ffm.CLOCK else r for r in k.rules))
     fast, slow = _exit_host(True), _exit_host(False)
     assert _ruled(fast) and fast.vms[0].vcpus[0].fast_forward.batched_exits > 0  # type: ignore[union-attr]
     assert any("blind" in d for d in state_walk.diff(ffm.whole_view(fast), ffm.whole_view(slow)))

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 import vpmu_core as vpmu
-from tests.test_perf_install import CONFIGS, _replay, _snapshot, _toy
+from tests.test_perf_install import CONFIGS, _snapshot, _toy, assert_replays_alike
 from vpmu_core.perf.core import PerfSubsystem
 
 A = vpmu.PerfEventAttr
@@ -74,14 +74,7 @@ def test_put_guest_context_decides_as_a_full_reschedule(seed: int) -> None:
     fast, full = _toy(), _toy()
     hits = _count_resumes(fast.perf)
     _force_full(full.perf)
-    read = seed % 2 == 0  # odd seeds never read(2) before the end: times stay lazily synced
-    snaps: list[Any] = []
-    _replay(full, ops, lambda i: snaps.append(_snapshot(full, read)))
-    seen: list[Any] = []
-    _replay(fast, ops, lambda i: seen.append(_snapshot(fast, read)))
-    for i, (a, b) in enumerate(zip(seen, snaps, strict=True)):
-        assert a == b, f"step {i}: {ops[i]}"
-    assert fast.report() == full.report()
+    assert_replays_alike(fast, full, ops, read=seed % 2 == 0)
     assert hits[0] > 0, "the sequence never took the resume path"
 
 

@@ -122,13 +122,10 @@ def _replay(host: Any, ops: list[tuple[Any, ...]], check: Any) -> None:
         check(i)
 
 
-@pytest.mark.parametrize("seed", range(16))
-def test_install_decides_as_a_full_reschedule(seed: int) -> None:
-    ops = _script(seed, 160)
-    fast, full = _toy(), _toy()
-    hits = _count_installs(fast.perf)
-    _force_full(full.perf)
-    read = seed % 2 == 0  # odd seeds never read(2) before the end: times stay lazily synced
+def assert_replays_alike(fast: Any, full: Any, ops: list[tuple[Any, ...]], read: bool) -> None:
+    """`ops` on two hosts built alike, one with a fast path forced off: after every step both
+    show the same (`read`: also read(2) at each step; without it times stay lazily synced),
+    and the same report at the end."""
     snaps: list[Any] = []
     _replay(full, ops, lambda i: snaps.append(_snapshot(full, read)))
     seen: list[Any] = []
@@ -136,6 +133,15 @@ def test_install_decides_as_a_full_reschedule(seed: int) -> None:
     for i, (a, b) in enumerate(zip(seen, snaps, strict=True)):
         assert a == b, f"step {i}: {ops[i]}"
     assert fast.report() == full.report()
+
+
+@pytest.mark.parametrize("seed", range(16))
+def test_install_decides_as_a_full_reschedule(seed: int) -> None:
+    ops = _script(seed, 160)
+    fast, full = _toy(), _toy()
+    hits = _count_installs(fast.perf)
+    _force_full(full.perf)
+    assert_replays_alike(fast, full, ops, read=seed % 2 == 0)
     assert hits[0] > 0, "the sequence never took the install path"
 
 
