@@ -324,7 +324,7 @@ class FastForward:
         self._table: list[Exit] | None = None
         self._mass: list[float] | None = None  # the probability of each exit in _table
         self._arrays: tuple[Any, ...] | None = None  # `_plan_bulk`'s per-code kind arrays
-        self._misses = 0  # exit points in a row that could not start a batch
+        self._misses = 0  # misses since the last batch (`_miss`)
         self._cooldown = 0  # exit points left to run one by one without looking
         self._added = self._realed = 0  # recent exits added in bulk / run for real in batches
         self._unworthy = 0  # batches in a row that were not worth it
@@ -634,8 +634,10 @@ class FastForward:
         return unprobed, refused
 
     def _miss(self) -> None:
-        """An exit point that could not start a batch: after COOLDOWN_AFTER in a row, skip
-        looking (the signature costs about an exit) for 1, 2, 4, ... exit points."""
+        """An exit point that could not start a batch for a reason that will not pass by
+        itself: after COOLDOWN_AFTER of them since the last batch (only a batch resets the
+        count), skip looking (the signature costs about an exit) for 1, 2, 4, ... exit
+        points."""
         self._misses += 1
         if self._misses >= COOLDOWN_AFTER:
             self._cooldown = min(COOLDOWN_MAX, 1 << min(16, self._misses - COOLDOWN_AFTER))
