@@ -948,6 +948,18 @@ class FastForward:
             plan.pos.extend(start[:n].tolist())
             plan.guest_before.extend(g[:n].tolist())
 
+    def _guest_to(self, cur: WorkCursor, done: int, target: int) -> int:
+        """Run the batch's guest work from `done` to `target` guest cycles as one span (the
+        guest tick takes it off too); returns the guest cycles done."""
+        if target <= done:
+            return done
+        v = self.vcpu
+        counts = cur.take(target - done)
+        v._guest_piece(v.cpu, counts, cur.work.cpl)
+        if v.guest_tick is not None:
+            v._guest_tick_left -= counts[0]
+        return target
+
     def _run_batch(
         self,
         exits: list[Exit],
@@ -973,7 +985,6 @@ class FastForward:
         adder = state_walk.Adder(self._roots())
         guest_done = 0
         accounted = 0
-        cpl = cur.work.cpl
         # the positional fields the bulk exits set (each at the position of its last writer)
         n_paths = len({r.path for ex in present if not kinds[ex].needs_real for r in kinds[ex].rules})  # type: ignore[union-attr]
         freq = v.host.freq_hz
@@ -984,22 +995,12 @@ class FastForward:
                 # a copy takes its source where the guest work reached the exit that last
                 # wrote it (the source moves with guest work only): run the guest to there
                 for j in sorted({j for j, rule in writers.values() if rule.op == COPY}):
-                    if guest_before[j] > guest_done:
-                        counts = cur.take(guest_before[j] - guest_done)
-                        v._guest_piece(cpu, counts, cpl)
-                        if v.guest_tick is not None:
-                            v._guest_tick_left -= counts[0]
-                        guest_done = guest_before[j]
+                    guest_done = self._guest_to(cur, guest_done, guest_before[j])
                     for j2, rule in writers.values():
                         if j2 == j and rule.op == COPY:
                             src = state_walk.value_at(adder.roots, rule.src)  # type: ignore[arg-type]
                             state_walk.assign(adder.roots, rule.path, src + rule.c)
-            if target > guest_done:
-                counts = cur.take(target - guest_done)
-                v._guest_piece(cpu, counts, cpl)
-                if v.guest_tick is not None:
-                    v._guest_tick_left -= counts[0]
-                guest_done = target
+            guest_done = self._guest_to(cur, guest_done, target)
             # what the exits up to this real one add (none of them real), summed per path
             # first: integer sums, so one addition per value is the same as one per exit
             tally: Counter[Exit] = Counter(exits[accounted:r])
@@ -1021,8 +1022,8 @@ class FastForward:
                 elif op == NEG:
                     # its source is an accumulator: as exit j left it, without the exits after j
                     src = state_walk.value_at(adder.roots, rule.src)  # type: ignore[arg-type]
-                    for i in range(j + 1, r):
-                        src -= dict(kinds[exits[i]].deltas).get(rule.src, 0)  # type: ignore[union-attr]
+                    for ex, times in Counter(exits[j + 1 : r]).items():
+                        src -= dict(kinds[ex].deltas).get(rule.src, 0) * times  # type: ignore[union-attr]
                     state_walk.assign(adder.roots, rule.path, (rule.c - src) & rule.mask)
             accounted = r + 1
             if r < n:
